@@ -1,0 +1,150 @@
+"""Record crypto as pure functions over bytes: AEAD, associated data, chain, keyed ids, key wrapping.
+
+- Payloads: AES-256-GCM with a random 96-bit nonce per record. Never a counter
+  nonce: a restored backup would replay sequence numbers under the same key.
+- Associated data binds the log id, sequence number, timestamp, event type,
+  the searchable ids, both key ids and the previous chain head, so a moved,
+  swapped or re-ordered ciphertext fails to authenticate.
+- Leaves hash the associated data, nonces and ciphertexts (never plaintext), so
+  verification needs no keys and survives crypto-shredding.
+- Searchable identifiers are HMAC-SHA256 under a key held outside the log,
+  never plain hashes (a hashed low-entropy identifier is still personal data).
+- Data keys are wrapped with AES-256-GCM under the key-encryption key, with
+  associated data naming the key's id and scope so wrapped keys cannot be swapped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import struct
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from .merkle import hash_leaf
+
+__all__ = [
+    "FORMAT",
+    "GENESIS_HEAD",
+    "KEY_LEN",
+    "KID_LEN",
+    "NONCE_LEN",
+    "DecryptError",
+    "keyed_id",
+    "leaf_preimage",
+    "new_key",
+    "new_kid",
+    "next_head",
+    "open_aead",
+    "record_aad",
+    "record_leaf",
+    "seal",
+    "unwrap_key",
+    "wrap_key",
+]
+
+FORMAT = b"v1"
+KID_FORMAT = 0x01
+KID_LEN = 5
+KEY_LEN = 32
+NONCE_LEN = 12
+GENESIS_HEAD = bytes(32)
+META_PART = b"\x01"
+CONTENT_PART = b"\x02"
+
+
+class DecryptError(Exception):
+    """Authentication failed: wrong key, or the ciphertext or its context was altered."""
+
+
+def new_key() -> bytes:
+    return AESGCM.generate_key(bit_length=256)
+
+
+def new_kid() -> bytes:
+    """A format byte and four random bytes, like Tink's output prefix."""
+    return bytes([KID_FORMAT]) + os.urandom(KID_LEN - 1)
+
+
+def _lp(data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + data
+
+
+def _opt(data: bytes | None) -> bytes:
+    return b"\x00" if data is None else b"\x01" + _lp(data)
+
+
+def record_aad(
+    *,
+    log_id: bytes,
+    seq: int,
+    ts_ns: int,
+    event_type: str,
+    tenant_h: bytes,
+    subject_h: bytes | None,
+    request_h: bytes | None,
+    kid: bytes,
+    ckid: bytes | None,
+    prev_head: bytes,
+) -> bytes:
+    """Unambiguous encoding of everything a record's ciphertexts are bound to."""
+    return b"".join(
+        (
+            FORMAT,
+            _lp(log_id),
+            struct.pack(">QQ", seq, ts_ns),
+            _lp(event_type.encode()),
+            _lp(tenant_h),
+            _opt(subject_h),
+            _opt(request_h),
+            _lp(kid),
+            _opt(ckid),
+            _lp(prev_head),
+        )
+    )
+
+
+def seal(aead: AESGCM, plaintext: bytes, aad: bytes) -> tuple[bytes, bytes]:
+    """Encrypt under a fresh random nonce; returns (nonce, ciphertext with tag)."""
+    nonce = os.urandom(NONCE_LEN)
+    return nonce, aead.encrypt(nonce, plaintext, aad)
+
+
+def open_aead(aead: AESGCM, nonce: bytes, ciphertext: bytes, aad: bytes) -> bytes:
+    try:
+        return aead.decrypt(nonce, ciphertext, aad)
+    except (InvalidTag, ValueError) as exc:
+        raise DecryptError("authentication failed") from exc
+
+
+def leaf_preimage(aad: bytes, nonce: bytes, ct: bytes, cnonce: bytes | None, cct: bytes | None) -> bytes:
+    """The bytes a record's leaf hashes: its context and ciphertexts, never plaintext."""
+    return b"".join((_lp(aad), _lp(nonce), _lp(ct), _opt(cnonce), _opt(cct)))
+
+
+def record_leaf(preimage: bytes) -> bytes:
+    return hash_leaf(preimage)
+
+
+def next_head(prev_head: bytes, leaf: bytes) -> bytes:
+    """head_i = SHA-256(head_{i-1} || leaf_i)."""
+    return hashlib.sha256(prev_head + leaf).digest()
+
+
+def keyed_id(key: bytes, purpose: bytes, *parts: str) -> bytes:
+    """HMAC-SHA256 of length-prefixed parts, domain-separated by purpose."""
+    msg = _lp(purpose) + b"".join(_lp(p.encode()) for p in parts)
+    return hmac.new(key, msg, hashlib.sha256).digest()
+
+
+def wrap_key(kek: bytes, key: bytes, context: bytes) -> bytes:
+    nonce = os.urandom(NONCE_LEN)
+    return nonce + AESGCM(kek).encrypt(nonce, key, context)
+
+
+def unwrap_key(kek: bytes, wrapped: bytes, context: bytes) -> bytes:
+    if len(wrapped) < NONCE_LEN + 16:
+        raise DecryptError("wrapped key too short")
+    return open_aead(AESGCM(kek), wrapped[:NONCE_LEN], wrapped[NONCE_LEN:], context)

@@ -1,0 +1,346 @@
+"""``AuditLog``: the public, async face of the audit log the node calls.
+
+``open()`` takes an exclusive lock (one writer per log), checks the keys, reads
+the tree back and refuses to start when the database is behind or diverges from
+a checkpoint it already exported. ``append()`` returns a sequence number only
+once the record is committed and fsynced; when it cannot be, it raises
+AuditUnavailableError (the node answers 503 and forwards nothing).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import hmac
+import os
+import sqlite3
+import time
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any, Self
+
+import aiosqlite
+import msgspec
+
+from .checkpoint import CheckpointStore, load_signing_key, open_checkpoint, vkey
+from .config import AuditConfig
+from .crypto import GENESIS_HEAD, next_head
+from .errors import AuditError, AuditKeyError, AuditRollbackError, AuditTamperedError, AuditUnavailableError
+from .events import AuditEvent, AuditHit, AuditStats
+from .kek import KeyEncryptionKey, kek_from_env, kek_from_file
+from .keystore import Keyring, month_of
+from .merkle import CompactRange
+from .record import encode_parts
+from .store import connect_rw, ensure_log_id, read_checkpoints
+from .writer import ChainState, Command, PendingAppend, Writer
+
+__all__ = ["AuditLog", "load_kek"]
+
+
+def load_kek(config: AuditConfig) -> KeyEncryptionKey:
+    if config.kek_file is not None:
+        return kek_from_file(config.kek_file)
+    assert config.kek_env is not None  # __post_init__ guarantees exactly one
+    return kek_from_env(config.kek_env)
+
+
+class _Lock:
+    """An exclusive flock beside the log: a second writer would fork the chain."""
+
+    def __init__(self, path: str) -> None:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        self._fd = os.open(path + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._fd)
+            raise AuditUnavailableError(f"{path}: another process is writing this audit log") from None
+
+    def release(self) -> None:
+        with contextlib.suppress(OSError):
+            os.close(self._fd)
+
+
+def _startup_read(
+    path: str, store: CheckpointStore
+) -> tuple[bytes, list[tuple[int, str]], ChainState, dict[int, bytes]]:
+    """Create/migrate the database and read the chain back, with roots at every checkpointed size."""
+    conn = connect_rw(path)
+    try:
+        log_id = ensure_log_id(conn)
+        stored = read_checkpoints(conn)
+        wanted = {s for s, _ in stored}
+        for note in store.read_all():
+            lines = note.split("\n")
+            if len(lines) > 1 and lines[1].isdigit():
+                wanted.add(int(lines[1]))
+        state, roots = _read_chain(conn, wanted)
+    finally:
+        conn.close()
+    return log_id, stored, state, roots
+
+
+def _read_chain(conn: Any, wanted: set[int]) -> tuple[ChainState, dict[int, bytes]]:
+    tree, head, roots = CompactRange(), GENESIS_HEAD, {}
+    if 0 in wanted:
+        roots[0] = tree.root()
+    expected = 0
+    cur = conn.execute("SELECT seq, prev_head, leaf FROM audit ORDER BY seq")
+    while batch := cur.fetchmany(8192):
+        for seq, prev_head, leaf in batch:
+            if seq != expected or bytes(prev_head) != head:
+                raise AuditTamperedError(f"the chain breaks at seq {seq}; run `bastion audit verify`")
+            head = next_head(head, bytes(leaf))
+            tree.append(bytes(leaf))
+            expected += 1
+            if tree.size in wanted:
+                roots[tree.size] = tree.root()
+    return ChainState(tree.size, head, tree), roots
+
+
+class AuditLog:
+    def __init__(
+        self,
+        *,
+        config: AuditConfig,
+        lock: _Lock,
+        conn: aiosqlite.Connection,
+        reader: aiosqlite.Connection,
+        keyring: Keyring,
+        writer: Writer,
+        clock: Callable[[], int],
+    ) -> None:
+        self.config = config
+        self._lock = lock
+        self._conn = conn
+        self._reader = reader
+        self._keyring = keyring
+        self._writer = writer
+        self._clock = clock
+        self._task = asyncio.get_running_loop().create_task(writer.run(), name="audit-writer")
+        self._closed = False
+
+    @classmethod
+    async def open(cls, config: AuditConfig, *, clock: Callable[[], int] = time.time_ns) -> AuditLog:
+        """Open (creating if new) the log; raises AuditKeyError, AuditRollbackError, AuditTamperedError."""
+        lock = _Lock(config.path)
+        try:
+            return await cls._open_locked(config, lock, clock)
+        except sqlite3.Error as exc:
+            lock.release()
+            raise AuditUnavailableError(f"cannot open the audit log {config.path}: {exc}") from exc
+        except BaseException:
+            lock.release()
+            raise
+
+    @classmethod
+    async def _open_locked(cls, config: AuditConfig, lock: _Lock, clock: Callable[[], int]) -> AuditLog:
+        kek = load_kek(config)
+        signer = load_signing_key(config.signing_key_file)
+        store = CheckpointStore(config.checkpoint_path)
+        public = signer.public_key()
+        log_id, stored, state, roots = await asyncio.to_thread(_startup_read, config.path, store)
+        checkpoints = [open_checkpoint(n, config.origin, public) for _, n in stored]
+        external = [open_checkpoint(n, config.origin, public) for n in store.read_all()]
+        for cp in checkpoints + external:
+            if cp.size > state.size:
+                raise AuditRollbackError(
+                    f"the log has {state.size} records but a checkpoint it signed has {cp.size}: "
+                    "the database was truncated or rolled back; refusing to start"
+                )
+            if not hmac.compare_digest(roots[cp.size], cp.root):
+                raise AuditTamperedError(
+                    f"the log's root at size {cp.size} differs from its signed checkpoint"
+                )
+        keyring = await asyncio.to_thread(
+            Keyring.open,
+            config.resolved_keys_path,
+            kek,
+            log_id,
+            allow_create=state.size == 0,
+            max_uses=config.dek_max_uses,
+        )
+        conn = reader = None
+        try:
+            conn = await aiosqlite.connect(config.path, isolation_level=None)
+            await conn.execute("PRAGMA synchronous=FULL")
+            await conn.execute("PRAGMA busy_timeout=5000")
+            reader = await aiosqlite.connect(config.path, isolation_level=None)
+            await reader.execute("PRAGMA query_only=ON")
+        except BaseException:
+            for c in (conn, reader):
+                if c is not None:
+                    await c.close()
+            keyring.close()
+            raise
+        last = None
+        if checkpoints:
+            note = stored[-1][1]
+            last = (checkpoints[-1].size, time.time(), len(note.encode()))
+        writer = Writer(
+            conn=conn,
+            keyring=keyring,
+            log_id=log_id,
+            state=state,
+            signer=signer,
+            origin=config.origin,
+            store=store,
+            every_records=config.checkpoint_every_records,
+            every_s=config.checkpoint_every_s,
+            queue_max=config.queue_max,
+            max_batch=config.max_batch,
+            last_checkpoint=last,
+        )
+        log = cls(
+            config=config, lock=lock, conn=conn, reader=reader, keyring=keyring, writer=writer, clock=clock
+        )
+        if config.retention_months is not None:
+            await log.apply_retention()
+        return log
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    @property
+    def verifier_key(self) -> str:
+        """The signed-note verifier key for this log's checkpoints (give it to auditors)."""
+        return vkey(self.config.origin, load_signing_key(self.config.signing_key_file).public_key())
+
+    async def append(self, event: AuditEvent) -> int:
+        """Record ``event``; returns its sequence number once committed and fsynced."""
+        if self._task.done():
+            raise AuditUnavailableError("audit writer is not running")
+        request_id = event.meta.get("request_id")
+        try:
+            plaintext = encode_parts(event.tenant, event.meta, event.subject, event.content)
+        except (TypeError, msgspec.EncodeError) as exc:
+            raise AuditError(f"audit event cannot be encoded: {exc}") from exc
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._writer.submit(
+            PendingAppend(
+                self._clock(),
+                event.type,
+                event.tenant,
+                event.subject,
+                request_id if isinstance(request_id, str) else None,
+                plaintext,
+                future,
+            )
+        )
+        return await future
+
+    async def find(self, *, request_id: str, tenant: str) -> list[AuditHit]:
+        """Records of ``tenant`` carrying ``meta["request_id"] == request_id`` (durable ones only)."""
+        request_h = self._keyring.request_id(tenant, request_id)
+        cur = await self._reader.execute(
+            "SELECT seq, event_type, ts_ns FROM audit WHERE request_h = ? ORDER BY seq", (request_h,)
+        )
+        return [AuditHit(seq=int(s), type=str(t), ts_ns=int(ts)) for s, t, ts in await cur.fetchall()]
+
+    async def _command(self, action: Callable[[Keyring], list[tuple[str, dict[str, Any]]]]) -> list[int]:
+        future: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
+        self._writer.submit(Command(action, future))
+        return await future
+
+    async def shred(self, tenant: str, subject: str | None = None) -> list[int]:
+        """Crypto-shred a tenant's (or one subject's) data keys; returns the destruction records' seqs."""
+        if not tenant:
+            raise AuditError("the log's own records (tenant '') cannot be shredded")
+
+        def action(kr: Keyring) -> list[tuple[str, dict[str, Any]]]:
+            tenant_h = kr.tenant_id(tenant)
+            subject_h = None if subject is None else kr.subject_id(tenant, subject)
+            gone = kr.destroy(tenant_h, subject_h, "shred")
+            return [
+                (
+                    "key.destroyed",
+                    {
+                        "reason": "shred",
+                        "scope": "tenant" if subject is None else "subject",
+                        "tenant_h": tenant_h.hex(),
+                        "subject_h": None if subject_h is None else subject_h.hex(),
+                        "kids": [k.hex() for k, _ in gone],
+                        "months": sorted({m for _, m in gone}),
+                    },
+                )
+            ]
+
+        return await self._command(action)
+
+    async def apply_retention(self) -> list[int]:
+        """Destroy the keys of whole months older than ``retention_months``; logs what expired."""
+        months = self.config.retention_months
+        if months is None:
+            return []
+        year, month = (int(x) for x in month_of(self._clock()).split("-"))
+        index = year * 12 + (month - 1) - months
+        cutoff = f"{index // 12:04d}-{index % 12 + 1:02d}"
+
+        def action(kr: Keyring) -> list[tuple[str, dict[str, Any]]]:
+            gone = kr.expire_before(cutoff, "retention")
+            if not gone:
+                return []
+            return [
+                (
+                    "retention.expired",
+                    {
+                        "before": cutoff,
+                        "months": sorted({m for _, m in gone}),
+                        "kids": [k.hex() for k, _ in gone],
+                    },
+                )
+            ]
+
+        return await self._command(action)
+
+    async def rotate_kek(self, new_kek: KeyEncryptionKey) -> list[int]:
+        """Rewrap every data key under ``new_kek`` (point the config at it before the next start)."""
+
+        def action(kr: Keyring) -> list[tuple[str, dict[str, Any]]]:
+            old = kr.kek_id
+            count = kr.rewrap(new_kek)
+            return [
+                (
+                    "key.rotated",
+                    {"kind": "kek", "old_kek_id": old, "new_kek_id": new_kek.kek_id, "rewrapped": count},
+                )
+            ]
+
+        if not isinstance(new_kek, KeyEncryptionKey):
+            raise AuditKeyError("not a KeyEncryptionKey")
+        return await self._command(action)
+
+    def stats(self) -> AuditStats:
+        w = self._writer
+        last = w.last_checkpoint
+        return AuditStats(
+            queue_depth=w.queue.qsize(),
+            queue_max=w.queue.maxsize,
+            records=w.state.size,
+            last_checkpoint_size=None if last is None else last[0],
+            last_checkpoint_at=None if last is None else last[1],
+            last_checkpoint_bytes=None if last is None else last[2],
+            checkpoint_errors=w.checkpoint_errors,
+            failed=w.failed is not None,
+        )
+
+    async def aclose(self) -> None:
+        """Flush queued records, write a final checkpoint, close everything (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            if not self._task.done():
+                await self._writer.stop()
+            await self._task
+        finally:
+            await self._conn.close()
+            await self._reader.close()
+            self._keyring.close()
+            self._lock.release()

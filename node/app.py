@@ -1,0 +1,295 @@
+"""The composition root: ``create_app`` wires config, engines, router and audit.
+
+Engines, the audit log's writer, HTTP clients and the GPU sampler live in one
+lifespan (an ``AsyncExitStack``), so shutdown closes them in reverse order.
+Tests pass real alternatives (a started engine, fake-upstream providers, an
+opened audit log) through the same keyword parameters.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import os
+import uuid
+from collections.abc import AsyncIterator, Mapping
+from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from litestar import Litestar, Request, Response, get, post
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
+
+from audit import AuditEvent, AuditLog
+from router import Router
+from router.config import RouteConfig, RouterConfig
+from serving.errors import AuthenticationError, EngineUnavailableError
+from serving.gpu import GpuSampler, load_nvml
+from serving.models import ModelsFile, load_models_file, resolve_model_dir
+from serving.protocol import Provider
+
+from .completions import handle_generation
+from .config import NodeConfig, resolve
+from .errors import exception_handlers
+from .metrics import AuditStats, GpuTimeMeter, Metrics
+from .state import NodeState
+from .tenancy import TenantRegistry
+
+__all__ = ["create_app"]
+
+_log = logging.getLogger("bastion.node")
+
+
+def _request_id_middleware(app: ASGIApp) -> ASGIApp:
+    """Every response carries ``x-request-id`` (handlers may set their own id first)."""
+
+    async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await app(scope, receive, send)
+            return
+        state = scope.setdefault("state", {})  # type: ignore[typeddict-item]
+        state.setdefault("request_id", "req-" + uuid.uuid4().hex)
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                if not any(k.lower() == b"x-request-id" for k, _ in headers):
+                    headers.append((b"x-request-id", str(state["request_id"]).encode()))
+                message["headers"] = headers  # type: ignore[typeddict-unknown-key]
+            await send(message)
+
+        await app(scope, receive, send_with_id)
+
+    return middleware
+
+
+def served_models(config: NodeConfig, models: ModelsFile) -> list[str]:
+    """The local models this node starts: ``serve``, else every one a tenant or route names."""
+    known = {m.name for m in models.models}
+    if config.serve is not None:
+        wanted = list(config.serve)
+    else:
+        named = {m for t in config.tenants for m in t.models} | {r.local for r in config.routes if r.local}
+        wanted = sorted(n for n in named if n in known)
+    missing = [n for n in wanted if n not in known]
+    if missing:
+        raise ValueError(f"models not in the models file: {missing}")
+    return wanted
+
+
+def router_config(config: NodeConfig, local: Mapping[str, Provider]) -> RouterConfig:
+    """The configured routes, plus one local-only alias per served model that no route names."""
+    routes = list(config.routes)
+    aliased = {r.alias for r in routes}
+    for name in local:
+        if name not in aliased:
+            routes.append(msgspec.convert({"alias": name, "local": name}, RouteConfig))
+    return msgspec.convert(
+        {
+            "providers": [msgspec.to_builtins(p) for p in config.providers],
+            "routes": [msgspec.to_builtins(r) for r in routes],
+            "routing": msgspec.to_builtins(config.routing),
+        },
+        RouterConfig,
+    )
+
+
+async def start_engines(
+    config: NodeConfig, base: Path, models: ModelsFile, stack: AsyncExitStack
+) -> dict[str, Provider]:
+    """Verify and start every served model's engine; each is closed when ``stack`` unwinds."""
+    from serving.engine import LocalEngine  # vLLM is heavy: import it only to serve
+
+    data_dir = resolve(base, config.data_dir)
+    models_dir = resolve(base, config.models_file).parent
+    local: dict[str, Provider] = {}
+    for name in served_models(config, models):
+        spec = models.get(name)
+        engine = LocalEngine(spec, resolve_model_dir(spec, data_dir=data_dir, models_file_dir=models_dir))
+        await engine.start()  # verifies every pinned file first; a mismatch never loads
+        stack.push_async_callback(engine.aclose)
+        local[name] = engine
+    return local
+
+
+def create_app(
+    config: NodeConfig,
+    *,
+    config_dir: Path | None = None,
+    engines: Mapping[str, Provider] | None = None,
+    providers: Mapping[str, Provider] | None = None,
+    audit: AuditLog | None = None,
+) -> Litestar:
+    """Build the node. ``engines``/``providers``/``audit`` replace what config would start."""
+    base = config_dir or Path.cwd()
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        async with AsyncExitStack() as stack:
+            models = load_models_file(resolve(base, config.models_file))
+            local = dict(engines) if engines is not None else await start_engines(config, base, models, stack)
+            log = audit
+            if log is None and config.audit is not None:
+                log = await stack.enter_async_context(await AuditLog.open(config.audit))
+            routing = router_config(config, local)
+            router = Router(routing, local=local, external=providers)
+            stack.push_async_callback(router.aclose)
+            metrics = Metrics(
+                tenants=[t.name for t in config.tenants],
+                models=[r.alias for r in routing.routes] + list(local),
+                providers=[p.name for p in routing.providers],
+                currency=config.metrics.currency,
+                gpu_hour_cost=config.metrics.gpu_hour_cost,
+            )
+            gpu = await stack.enter_async_context(
+                GpuSampler(nvml=load_nvml(), interval_s=config.metrics.gpu_interval_s)
+            )
+            state = NodeState(
+                config=config,
+                config_dir=base,
+                tenants=TenantRegistry(config.tenants),
+                models=models,
+                engines=local,
+                router=router,
+                audit=log,
+                metrics=metrics,
+                gpu=gpu,
+                gpu_meters={name: GpuTimeMeter() for name in local},
+            )
+            _wire_metric_sources(state)
+            app.state.node = state
+            if log is not None:
+                await log.append(
+                    AuditEvent(type="config.loaded", tenant="", meta=_config_summary(config, local))
+                )
+            else:
+                _log.warning("audit log is OFF: requests are not recorded (configure [audit])")
+            yield
+
+    @post("/v1/chat/completions", status_code=200)
+    async def chat_completions(request: Request[Any, Any, Any]) -> Response[Any]:
+        return await handle_generation(_state(request), request, chat=True)
+
+    @post("/v1/completions", status_code=200)
+    async def completions(request: Request[Any, Any, Any]) -> Response[Any]:
+        return await handle_generation(_state(request), request, chat=False)
+
+    @get("/v1/models")
+    async def list_models(request: Request[Any, Any, Any]) -> dict[str, Any]:
+        state = _state(request)
+        principal = state.tenants.authenticate(request.headers.get("authorization"))
+        aliases = set(state.router.aliases())
+        data = []
+        for name in principal.tenant.models:
+            if name in aliases:
+                entry: dict[str, Any] = {
+                    "id": name,
+                    "object": "model",
+                    "created": int(state.started_at),
+                    "owned_by": "bastion",
+                }
+                if revision := state.revision_of(name):
+                    entry["revision"] = revision
+                data.append(entry)
+        return {"object": "list", "data": data}
+
+    @get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "alive"}
+
+    @get("/readyz")
+    async def readyz(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
+        state = _state(request)
+        engines = {}
+        for name, engine in state.engines.items():
+            h = await engine.health()
+            engines[name] = {
+                "healthy": h.healthy,
+                "detail": h.detail,
+                "waiting": h.waiting,
+                "running": h.running,
+            }
+        ready = all(e["healthy"] for e in engines.values())
+        if not ready:
+            err = EngineUnavailableError("A local engine is not ready.")
+            body = err.to_body() | {"engines": engines}
+            return Response(body, status_code=503, headers={"retry-after": "5"})
+        return Response({"status": "ready", "engines": engines})
+
+    @get("/metrics", media_type="text/plain; version=0.0.4; charset=utf-8")
+    async def metrics_endpoint(request: Request[Any, Any, Any]) -> Response[bytes]:
+        state = _state(request)
+        _check_metrics_token(state, request.headers.get("authorization"))
+        return Response(state.metrics.render(), media_type=state.metrics.content_type)
+
+    extra = _extra_routes()
+    return Litestar(
+        route_handlers=[
+            chat_completions,
+            completions,
+            list_models,
+            healthz,
+            readyz,
+            metrics_endpoint,
+            *extra,
+        ],
+        lifespan=[lifespan],
+        exception_handlers=exception_handlers,  # type: ignore[arg-type]
+        middleware=[_request_id_middleware],
+        request_max_body_size=config.server.max_body_bytes,
+        openapi_config=None,
+        debug=False,
+    )
+
+
+def _wire_metric_sources(state: NodeState) -> None:
+    """Values read at scrape time: never computed on the request path."""
+    metrics = state.metrics
+    if state.gpu is not None:
+        metrics.add_gpu_source(state.gpu.snapshot)
+    with_stats = {name: e for name, e in state.engines.items() if hasattr(e, "stats")}
+    metrics.add_engine_source(lambda: {name: e.stats() for name, e in with_stats.items()})  # type: ignore[attr-defined]
+    metrics.add_breaker_source(state.router.breaker_states)
+    audit = state.audit
+    if audit is not None:
+
+        def audit_stats() -> AuditStats:
+            st = audit.stats()
+            return AuditStats(queue_depth=st.queue_depth, last_checkpoint_size=st.last_checkpoint_size)
+
+        metrics.add_audit_source(audit_stats)
+
+
+def _extra_routes() -> list[Any]:
+    from .feedback import feedback_routes
+
+    return feedback_routes()
+
+
+def _state(request: Request[Any, Any, Any]) -> NodeState:
+    state: NodeState = request.app.state.node
+    return state
+
+
+def _check_metrics_token(state: NodeState, authorization: str | None) -> None:
+    env = state.config.metrics.token_env
+    if not env:
+        return
+    expected = os.environ.get(env, "")
+    scheme, _, token = (authorization or "").partition(" ")
+    if not expected or scheme.lower() != "bearer" or not hmac.compare_digest(token.strip(), expected):
+        raise AuthenticationError("The metrics endpoint needs its bearer token.")
+
+
+def _config_summary(config: NodeConfig, local: Mapping[str, Provider]) -> dict[str, Any]:
+    """What the start-up audit event says of the config: shape and digests, never secrets."""
+    digest = hashlib.sha256(msgspec.json.encode(config)).hexdigest()
+    return {
+        "config_sha256": digest,
+        "tenants": sorted(t.name for t in config.tenants),
+        "models": {name: p.describe().revisions.get(name, "") for name, p in local.items()},
+        "providers": sorted(p.name for p in config.providers),
+        "dev_mode": config.dev_mode,
+    }

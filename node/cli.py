@@ -1,0 +1,308 @@
+"""The ``bastion`` command line.
+
+``serve`` (dev mode without a config), ``models`` (build-dev, verify, list,
+pull, record-canaries), ``keys create``, ``audit`` (verify, export, prove,
+shred, ...), ``canary run`` and ``status``. Exit codes: 0 ok, 2 bad usage or
+config, 3 a model fails its pins, 4 the audit log refuses to open, other
+codes as each subcommand documents.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from contextlib import AsyncExitStack
+from pathlib import Path
+
+__all__ = ["main"]
+
+_NO_EGRESS_ENV = {
+    # vLLM and Hugging Face send usage statistics or reach hubs unless told not to.
+    "VLLM_NO_USAGE_STATS": "1",
+    "DO_NOT_TRACK": "1",
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+}
+
+
+def _find_config(explicit: str | None) -> Path | None:
+    if explicit:
+        return Path(explicit)
+    if env := os.environ.get("BASTION_CONFIG"):
+        return Path(env)
+    local = Path("node.toml")
+    return local if local.exists() else None
+
+
+def _repo_models_file() -> Path:
+    """The models.toml shipped beside the code (dev mode's tiny model is pinned there)."""
+    env = os.environ.get("BASTION_MODELS_FILE")
+    if env:
+        return Path(env).resolve()
+    here = Path(__file__).resolve().parent.parent / "models.toml"
+    return here if here.exists() else Path("models.toml").resolve()
+
+
+def _fail(message: str, code: int = 2) -> int:
+    print(f"bastion: {message}", file=sys.stderr)
+    return code
+
+
+# -- serve -------------------------------------------------------------------------------------------
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    os.environ.update(_NO_EGRESS_ENV)
+    from .config import ConfigError, load_config
+    from .devmode import banner, default_data_dir, dev_config
+
+    path = _find_config(args.config)
+    key_banner: str | None = None
+    try:
+        if path is None:
+            data_dir = Path(args.data_dir).resolve() if args.data_dir else default_data_dir()
+            from serving.model_commands import ensure_dev_model
+
+            models_file = _repo_models_file()
+            ensure_dev_model(models_file, data_dir)
+            setup = dev_config(
+                data_dir=data_dir,
+                models_file=models_file,
+                host=args.host or "127.0.0.1",
+                port=args.port or 8000,
+            )
+            config, config_dir, key_banner = setup.config, Path.cwd(), banner(setup)
+        else:
+            config = load_config(path)
+            config_dir = path.resolve().parent
+            if args.host or args.port is not None:
+                import msgspec
+
+                server = msgspec.structs.replace(
+                    config.server, host=args.host or config.server.host, port=args.port or config.server.port
+                )
+                config = msgspec.structs.replace(config, server=server)
+    except (ConfigError, ValueError) as exc:
+        return _fail(str(exc))
+    return _run_async(_serve(config, config_dir, key_banner))
+
+
+async def _serve(config: object, config_dir: Path, key_banner: str | None) -> int:
+    import uvicorn
+
+    from audit import AuditError, AuditLog
+    from serving.errors import PinMismatchError
+    from serving.models import load_models_file
+
+    from .app import create_app, start_engines
+    from .config import NodeConfig, resolve
+    from .logs import configure_logging
+
+    assert isinstance(config, NodeConfig)
+    configure_logging()
+    async with AsyncExitStack() as stack:
+        try:
+            models = load_models_file(resolve(config_dir, config.models_file))
+            engines = await start_engines(config, config_dir, models, stack)
+        except PinMismatchError as exc:
+            return _fail(f"refusing to serve: {exc}", 3)
+        audit = None
+        if config.audit is not None:
+            try:
+                audit = await stack.enter_async_context(await AuditLog.open(config.audit))
+            except AuditError as exc:
+                return _fail(f"refusing to serve: audit log: {exc}", 4)
+        app = create_app(config, config_dir=config_dir, engines=engines, audit=audit)
+        server = uvicorn.Server(
+            uvicorn.Config(
+                app,
+                host=config.server.host,
+                port=config.server.port,
+                log_level="warning",
+                access_log=False,
+                lifespan="on",
+                timeout_graceful_shutdown=10,
+            )
+        )
+        if key_banner:
+            print(key_banner, flush=True)
+        else:
+            print(f"bastion: serving on http://{config.server.host}:{config.server.port}", flush=True)
+        await server.serve()
+        return 0 if server.started else 1
+
+
+def _run_async(coro: object) -> int:
+    try:
+        import uvloop
+
+        return int(uvloop.run(coro))  # type: ignore[arg-type]
+    except ImportError:
+        return int(asyncio.run(coro))  # type: ignore[arg-type]
+    except KeyboardInterrupt:
+        return 130
+
+
+# -- models ------------------------------------------------------------------------------------------
+
+
+def _models_context(args: argparse.Namespace) -> tuple[Path, Path]:
+    """(models file, data dir) from --config, or the repo's models.toml and ./data."""
+    from .config import load_config, resolve
+
+    path = _find_config(getattr(args, "config", None))
+    if path is None:
+        data = Path(args.data_dir).resolve() if getattr(args, "data_dir", None) else Path("data").resolve()
+        return _repo_models_file(), data
+    config = load_config(path)
+    base = path.resolve().parent
+    return resolve(base, config.models_file), resolve(base, config.data_dir)
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from serving import model_commands as mc
+
+    from .config import ConfigError
+
+    try:
+        models_file, data_dir = _models_context(args)
+    except ConfigError as exc:
+        return _fail(str(exc))
+    if args.models_cmd == "build-dev":
+        out = mc.build_dev(data_dir)
+        print(f"built the tiny dev model into {out}")
+        return 0
+    if args.models_cmd == "verify":
+        return mc.verify_command(models_file, data_dir, names=args.names or None)
+    if args.models_cmd == "list":
+        print(mc.describe_models(models_file, data_dir))
+        return 0
+    if args.models_cmd == "pull":
+        return mc.pull_command(args.name, models_file, data_dir)
+    if args.models_cmd == "record-canaries":
+        os.environ.update(_NO_EGRESS_ENV)
+        from .canaries import record_canaries_command
+
+        return _run_async(record_canaries_command(models_file, data_dir, args.name))
+    return _fail("unknown models command")
+
+
+# -- keys ------------------------------------------------------------------------------------------
+
+
+def _cmd_keys(args: argparse.Namespace) -> int:
+    from .tenancy import create_key
+
+    key = create_key()
+    print(f"New API key for tenant '{args.tenant}' (shown once; store it in the client's secret store):")
+    print(f"  {key.key}")
+    print(f'Add this entry to the tenant\'s keys in node.toml ([[tenants]] name = "{args.tenant}"):')
+    print(f"  keys = [{key.config_line()}]   # or append to the existing list")
+    return 0
+
+
+# -- audit -----------------------------------------------------------------------------------------
+
+
+def _cmd_audit(args: argparse.Namespace) -> int:
+    from audit.cli import run_audit_command
+
+    from .config import ConfigError, load_config
+    from .devmode import default_data_dir, dev_config
+
+    path = _find_config(args.config)
+    try:
+        if path is None:
+            setup = dev_config(
+                data_dir=default_data_dir(), models_file=_repo_models_file(), host="127.0.0.1", port=8000
+            )
+            audit_config = setup.config.audit
+        else:
+            audit_config = load_config(path).audit
+    except (ConfigError, ValueError) as exc:
+        return _fail(str(exc))
+    if audit_config is None:
+        return _fail("this node has no [audit] section")
+    return run_audit_command(args, audit_config)
+
+
+# -- status and canary -------------------------------------------------------------------------------
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from .status import status_command
+
+    return status_command(args.url, token=os.environ.get(args.token_env) if args.token_env else None)
+
+
+def _cmd_canary(args: argparse.Namespace) -> int:
+    os.environ.update(_NO_EGRESS_ENV)
+    from .canaries import run_canaries_command
+
+    return _run_async(run_canaries_command(_find_config(args.config), args.names or None))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from audit.cli import add_audit_commands
+
+    parser = argparse.ArgumentParser(prog="bastion", description="Local-first, residency-safe LLM node")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the node (dev mode without a config)")
+    serve.add_argument("--config", help="node.toml (default: $BASTION_CONFIG, ./node.toml, else dev mode)")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    serve.add_argument("--data-dir", help="dev mode's data folder (default: ./data)")
+    serve.set_defaults(func=_cmd_serve)
+
+    models = sub.add_parser("models", help="pinned models")
+    models.add_argument("--config")
+    models.add_argument("--data-dir")
+    msub = models.add_subparsers(dest="models_cmd", required=True)
+    msub.add_parser("build-dev", help="build the tiny dev model deterministically")
+    verify = msub.add_parser("verify", help="check every model on disk against its pins")
+    verify.add_argument("names", nargs="*")
+    msub.add_parser("list", help="show the pinned models")
+    pull = msub.add_parser("pull", help="download a model at its pinned revision and verify it")
+    pull.add_argument("name")
+    rec = msub.add_parser("record-canaries", help="record a model's drift canaries into the models file")
+    rec.add_argument("name")
+    models.set_defaults(func=_cmd_models)
+
+    keys = sub.add_parser("keys", help="API keys")
+    ksub = keys.add_subparsers(dest="keys_cmd", required=True)
+    create = ksub.add_parser("create", help="print a new key once, and its config line")
+    create.add_argument("--tenant", required=True)
+    keys.set_defaults(func=_cmd_keys)
+
+    audit = sub.add_parser("audit", help="the audit log")
+    audit.add_argument("--config")
+    add_audit_commands(audit.add_subparsers(dest="audit_cmd", required=True))
+    audit.set_defaults(func=_cmd_audit)
+
+    status = sub.add_parser("status", help="one-screen view of a running node")
+    status.add_argument("--url", default="http://127.0.0.1:8000")
+    status.add_argument("--token-env", help="environment variable with the metrics token")
+    status.set_defaults(func=_cmd_status)
+
+    canary = sub.add_parser("canary", help="drift canaries")
+    csub = canary.add_subparsers(dest="canary_cmd", required=True)
+    crun = csub.add_parser("run", help="replay canaries against local models and providers")
+    crun.add_argument("names", nargs="*")
+    canary.add_argument("--config")
+    canary.set_defaults(func=_cmd_canary)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

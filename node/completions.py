@@ -1,0 +1,261 @@
+"""The request path of ``/v1/chat/completions`` and ``/v1/completions``.
+
+authenticate -> decode -> model access -> route (the router records the
+decision through ``before_forward``, which appends the durable start record
+before any provider is contacted) -> stream or collect -> end record (durable
+before the response finishes) -> metrics and the request log line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anyio
+from litestar import Request, Response
+from litestar.response import Stream
+
+from audit import AuditEvent
+from router import RoutedStream, RouteRequest
+from serving.errors import BadRequestError, BastionError, ModelNotFoundError
+from serving.protocol import Delta, GenerationRequest, ToolCall
+
+from .errors import error_response, to_bastion_error
+from .recorder import RequestRecord
+from .state import NodeState
+from .tenancy import Principal
+from .wire import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    StreamEncoder,
+    chat_completion_body,
+    completion_body,
+    decode_request,
+)
+
+__all__ = ["handle_generation"]
+
+_log = logging.getLogger("bastion.request")
+
+RESIDENCY_HEADER = "x-bastion-residency"
+
+
+def cache_salt(tenant: str) -> str:
+    """Per-tenant prefix-cache salt: one tenant's cached prefixes never serve another's."""
+    return hashlib.sha256(b"bastion-cache-salt\x00" + tenant.encode()).hexdigest()[:32]
+
+
+async def handle_generation(
+    state: NodeState, request: Request[Any, Any, Any], *, chat: bool
+) -> Response[Any]:
+    started = time.monotonic()
+    request_id = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
+    request.scope["state"]["request_id"] = request_id
+    principal = state.tenants.authenticate(request.headers.get("authorization"))
+    try:
+        wire, generation = await _decode(state, request, principal, request_id, chat=chat)
+    except BastionError as exc:
+        await _record_rejection(state, principal, request_id, "chat" if chat else "completions", exc)
+        raise
+    record = RequestRecord(
+        state=state,
+        principal=principal,
+        request_id=request_id,
+        endpoint="chat" if chat else "completions",
+        alias=wire.model,
+        subject=wire.user,
+        generation=generation,
+        started=started,
+    )
+    route_request = RouteRequest(
+        tenant=principal.tenant.name,
+        policy=principal.tenant,
+        alias=wire.model,
+        generation=generation,
+        residency_header=request.headers.get(RESIDENCY_HEADER),
+    )
+    try:
+        routed = await state.router.open(route_request, before_forward=record.started_forwarding)
+    except BaseException as exc:
+        await record.failed_before_stream(exc)
+        raise
+    headers = record.route_headers(routed)
+    record.stream = wire.stream
+    if wire.stream:
+        encoder = StreamEncoder(
+            request_id=request_id, model=wire.model, chat=chat, include_usage=wire.include_usage()
+        )
+        return _ClosingStream(
+            _sse(record, routed, encoder),
+            media_type="text/event-stream",
+            headers={**headers, "cache-control": "no-cache", "x-accel-buffering": "no"},
+        )
+    return await _collect(record, routed, chat=chat, headers=headers, principal=principal)
+
+
+async def _decode(
+    state: NodeState, request: Request[Any, Any, Any], principal: Principal, request_id: str, *, chat: bool
+) -> tuple[ChatCompletionRequest | CompletionRequest, GenerationRequest]:
+    body = await request.body()
+    wire: ChatCompletionRequest | CompletionRequest
+    if chat:
+        wire = decode_request(body, ChatCompletionRequest)
+        if len(wire.messages) > state.config.limits.max_messages:
+            raise BadRequestError(
+                f"at most {state.config.limits.max_messages} messages per request", param="messages"
+            )
+    else:
+        wire = decode_request(body, CompletionRequest)
+    state.tenants.check_model(principal, wire.model)
+    if wire.model not in state.router.aliases():
+        raise ModelNotFoundError(
+            f"The model '{wire.model}' does not exist or you do not have access to it.", param="model"
+        )
+    generation = GenerationRequest(
+        request_id=request_id,
+        model=wire.model,
+        messages=wire.chat_messages() if isinstance(wire, ChatCompletionRequest) else None,
+        prompt=wire.prompt_text() if isinstance(wire, CompletionRequest) else None,
+        sampling=wire.sampling(state.config.limits.max_tokens_cap),
+        tenant=principal.tenant.name,
+        cache_salt=cache_salt(principal.tenant.name),
+        tools=tuple(wire.tools) if isinstance(wire, ChatCompletionRequest) and wire.tools else None,
+    )
+    return wire, generation
+
+
+async def _record_rejection(
+    state: NodeState, principal: Principal, request_id: str, endpoint: str, exc: BastionError
+) -> None:
+    """An authenticated request refused before routing still leaves an audit record."""
+    state.metrics.observe_request(
+        tenant=principal.tenant.name, model="", route="none", status=exc.status_code, e2e_s=None
+    )
+    if state.audit is None:
+        return
+    meta = {
+        "request_id": request_id,
+        "key_id": principal.key_id,
+        "endpoint": endpoint,
+        "http_status": exc.status_code,
+        "error_code": exc.code,
+        "param": exc.param,
+    }
+    try:
+        await state.audit.append(AuditEvent(type="request.rejected", tenant=principal.tenant.name, meta=meta))
+    except Exception:
+        _log.exception("could not record rejected request %s", request_id)
+
+
+async def _collect(
+    record: RequestRecord, routed: RoutedStream, *, chat: bool, headers: dict[str, str], principal: Principal
+) -> Response[Any]:
+    parts: list[str] = []
+    last = Delta()
+    tool_calls: tuple[ToolCall, ...] | None = None
+    try:
+        async for delta in routed:
+            record.on_delta(delta)
+            if delta.text:
+                parts.append(delta.text)
+            if delta.tool_calls:
+                tool_calls = (tool_calls or ()) + delta.tool_calls
+            last = delta
+    except BaseException as exc:
+        await _close_quietly(routed)
+        err = to_bastion_error(exc) if isinstance(exc, Exception) else None
+        with anyio.CancelScope(shield=True):
+            await record.ended(
+                status="cancelled" if err is None else err.code, text="".join(parts), error=err
+            )
+        if err is None:
+            raise
+        resp = error_response(err)
+        resp.headers.update(headers)
+        return resp
+    text = "".join(parts)
+    with anyio.CancelScope(shield=True):
+        await record.ended(status="ok", text=text, error=None, last=last)
+    body = (
+        chat_completion_body(
+            request_id=record.request_id,
+            model=record.alias,
+            created=int(time.time()),
+            text=text,
+            last=last,
+            tool_calls=tool_calls,
+        )
+        if chat
+        else completion_body(
+            request_id=record.request_id, model=record.alias, created=int(time.time()), text=text, last=last
+        )
+    )
+    return Response(body, media_type="application/json", headers=headers)
+
+
+async def _sse(record: RequestRecord, routed: RoutedStream, encoder: StreamEncoder) -> AsyncIterator[bytes]:
+    parts: list[str] = []
+    last = Delta()
+    status = "ok"
+    error: BastionError | None = None
+    try:
+        if encoder.chat:
+            yield encoder.role()
+        async for delta in routed:
+            record.on_delta(delta)
+            if delta.text:
+                parts.append(delta.text)
+                yield encoder.text(delta.text)
+            if delta.tool_calls:
+                yield encoder.tool_calls(delta.tool_calls)
+            last = delta
+    except Exception as exc:  # a failure after the first token: an error event, never a silent cut
+        error = to_bastion_error(exc)
+        status = error.code
+    except BaseException:  # the client went away: abort upstream, record, re-raise
+        status = "cancelled"
+        raise
+    finally:
+        await _close_quietly(routed)
+        with anyio.CancelScope(shield=True):
+            # Durable before the response finishes; a failing audit turns into an error event.
+            try:
+                await record.ended(status=status, text="".join(parts), error=error, last=last)
+            except Exception as exc:
+                if status == "ok":
+                    error = to_bastion_error(exc)
+                    status = error.code
+    if error is not None:
+        yield encoder.error(error.to_body())
+    else:
+        yield encoder.finish(last)
+
+
+class _ClosingStream(Stream):
+    """A Stream that always closes its generator, so a disconnect aborts and records at once.
+
+    Litestar cancels the sending task on ``http.disconnect`` but leaves the
+    generator to the garbage collector; closing it here runs its ``finally``
+    (abort upstream, durable end record) deterministically.
+    """
+
+    async def send_body(self, send: Any, receive: Any) -> None:
+        try:
+            await super().send_body(send, receive)
+        finally:
+            aclose = getattr(self.iterator, "aclose", None)
+            if aclose is not None:
+                with anyio.CancelScope(shield=True):
+                    await aclose()
+
+
+async def _close_quietly(routed: RoutedStream) -> None:
+    with anyio.CancelScope(shield=True):
+        try:
+            await routed.aclose()
+        except Exception:  # closing must never mask the real outcome
+            _log.debug("closing a routed stream failed", exc_info=True)

@@ -1,0 +1,155 @@
+"""``node.toml``: the node's configuration, decoded strictly.
+
+Every section is a msgspec Struct with ``forbid_unknown_fields``: a typo or a
+wrong type is an error that names its location (``$.tenants[0].residency``),
+never a silent default. Config is only ever built by decoding, tests included.
+The router's and the audit log's own sections are their packages' Structs.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from pathlib import Path
+from typing import Annotated
+
+import msgspec
+
+from audit import AuditConfig
+from router.config import ProviderConfig, RouteConfig, RoutingOptions, TenantPolicy
+
+__all__ = [
+    "ApiKeyConfig",
+    "ConfigError",
+    "LimitsConfig",
+    "MetricsConfig",
+    "NodeConfig",
+    "ServerConfig",
+    "TenantConfig",
+    "decode_config",
+    "load_config",
+]
+
+_NAME = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9][a-z0-9_.-]{0,62}$")]
+_HEX64 = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}$")]
+
+
+class ConfigError(Exception):
+    """The config file is missing, unreadable or invalid; the message names the location."""
+
+
+class ServerConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    host: str = "127.0.0.1"
+    port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 8000
+    #: requests with a larger body get 413
+    max_body_bytes: Annotated[int, msgspec.Meta(ge=1024, le=64 * 1024 * 1024)] = 4 * 1024 * 1024
+
+    def __post_init__(self) -> None:
+        try:
+            ipaddress.ip_address(self.host)
+        except ValueError:
+            if self.host != "localhost":
+                raise ValueError(f"host must be an IP address or 'localhost', got {self.host!r}") from None
+
+
+class LimitsConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    #: highest ``max_tokens`` a request may ask for (the model's context still applies)
+    max_tokens_cap: Annotated[int, msgspec.Meta(ge=1)] = 32768
+    #: most messages in one chat request
+    max_messages: Annotated[int, msgspec.Meta(ge=1)] = 1024
+
+
+class MetricsConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    #: environment variable holding a bearer token for ``GET /metrics`` (unset: open on the listen address)
+    token_env: str | None = None
+    gpu_interval_s: Annotated[float, msgspec.Meta(gt=0)] = 5.0
+    #: what a GPU-hour costs on this node, to price local requests beside API token prices
+    gpu_hour_cost: Annotated[float, msgspec.Meta(ge=0)] = 0.0
+    currency: str = "EUR"
+    #: OTLP endpoint for traces; tracing is off (and free) when unset
+    otlp_endpoint: str | None = None
+
+
+class ApiKeyConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A tenant API key, stored only as the SHA-256 of the key (keys are 256-bit random)."""
+
+    id: Annotated[str, msgspec.Meta(pattern=r"^k_[0-9a-z]{8,32}$")]
+    sha256: _HEX64
+
+
+class TenantConfig(TenantPolicy, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A tenant: its keys, the models (aliases) it may use, and its routing policy."""
+
+    name: _NAME
+    keys: tuple[ApiKeyConfig, ...] = ()
+    models: tuple[str, ...] = ()
+
+
+class NodeConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    server: ServerConfig = ServerConfig()
+    limits: LimitsConfig = LimitsConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    #: relative paths resolve against the config file's folder
+    models_file: str = "models.toml"
+    data_dir: str = "data"
+    #: serve only these models from models.toml (default: every model that a tenant or route names)
+    serve: tuple[str, ...] | None = None
+    tenants: tuple[TenantConfig, ...] = ()
+    audit: AuditConfig | None = None
+    providers: tuple[ProviderConfig, ...] = ()
+    routes: tuple[RouteConfig, ...] = ()
+    routing: RoutingOptions = RoutingOptions()
+    #: set by dev mode only: loopback-only bind, banner
+    dev_mode: bool = False
+
+    def __post_init__(self) -> None:
+        names = [t.name for t in self.tenants]
+        if len(set(names)) != len(names):
+            raise ValueError(f"tenant names must be unique, got {names}")
+        key_ids = [k.id for t in self.tenants for k in t.keys]
+        if len(set(key_ids)) != len(key_ids):
+            raise ValueError("API key ids must be unique across tenants")
+        if self.dev_mode and not _is_loopback(self.server.host):
+            raise ValueError(f"dev mode binds to loopback only; refusing host {self.server.host!r}")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def decode_config(text: str | bytes, *, source: str = "node.toml") -> NodeConfig:
+    """Decode ``node.toml`` text strictly; errors name the file and the location."""
+    try:
+        return msgspec.toml.decode(text, type=NodeConfig)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise ConfigError(f"{source}: not valid TOML: {exc}") from None
+
+
+_SECRETISH = re.compile(r"^\s*(api_key|password|secret|token)\s*=", re.MULTILINE)
+
+
+def load_config(path: Path) -> NodeConfig:
+    """Read and decode a config file. Relative paths inside it stay relative to its folder."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config: {exc.strerror}") from None
+    if match := _SECRETISH.search(text):
+        raise ConfigError(
+            f"{path}: '{match.group(1)}' looks like a secret in the config file; "
+            "name an environment variable or a file instead (e.g. api_key_env)"
+        )
+    return decode_config(text, source=str(path))
+
+
+def resolve(config_dir: Path, value: str) -> Path:
+    """A path from the config, relative to the config file's folder."""
+    p = Path(value).expanduser()
+    return p if p.is_absolute() else (config_dir / p)

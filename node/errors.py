@@ -1,0 +1,86 @@
+"""One exception handler: every failure becomes an OpenAI-style error body.
+
+``BastionError`` subclasses carry their own status and code; Litestar's own
+HTTP exceptions (413, 404 route, 405) and the audit log's errors are mapped
+into the same taxonomy here, so clients see one shape everywhere.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+from litestar import Request, Response
+from litestar.exceptions import HTTPException
+
+from audit import AuditError, AuditUnavailableError
+from serving.errors import (
+    BadRequestError,
+    BastionError,
+    InternalError,
+    ModelNotFoundError,
+    PayloadTooLargeError,
+    ServiceUnavailableError,
+)
+
+__all__ = ["AuditFailedError", "exception_handlers", "to_bastion_error"]
+
+_log = logging.getLogger("bastion.errors")
+
+
+class AuditFailedError(ServiceUnavailableError):
+    """The audit log could not take the record: the request is refused (fail closed)."""
+
+    code = "audit_unavailable"
+
+
+class _NotFound(ModelNotFoundError):
+    code = "not_found"
+
+
+class _MethodNotAllowed(BadRequestError):
+    status_code = 405
+    code = "method_not_allowed"
+
+
+def to_bastion_error(exc: BaseException) -> BastionError:
+    """Map any exception into the taxonomy (unknown ones become a 500 without details)."""
+    if isinstance(exc, BastionError):
+        return exc
+    if isinstance(exc, AuditUnavailableError):
+        return AuditFailedError(
+            "The audit log cannot record this request right now; nothing was sent.", retry_after_s=1.0
+        )
+    if isinstance(exc, AuditError):
+        return AuditFailedError("The audit log failed; the request was not processed.")
+    if isinstance(exc, HTTPException):
+        if exc.status_code == 413:
+            return PayloadTooLargeError("The request body is larger than this node accepts.")
+        if exc.status_code == 404:
+            return _NotFound("Unknown path.")
+        if exc.status_code == 405:
+            return _MethodNotAllowed("Method not allowed for this path.")
+        if 400 <= exc.status_code < 500:
+            return BadRequestError(str(exc.detail))
+        return InternalError("Internal server error.")
+    _log.error("unhandled error", exc_info=exc)
+    return InternalError("Internal server error.")
+
+
+def error_response(err: BastionError, request_id: str | None = None) -> Response[dict[str, object]]:
+    headers: dict[str, str] = {}
+    if err.retry_after_s is not None:
+        headers["retry-after"] = str(max(1, math.ceil(err.retry_after_s)))
+    if err.reason:
+        headers["x-bastion-route-reason"] = err.reason
+    if request_id:
+        headers["x-request-id"] = request_id
+    return Response(err.to_body(), status_code=err.status_code, headers=headers)  # type: ignore[arg-type]
+
+
+def _handle(request: Request[object, object, object], exc: Exception) -> Response[dict[str, object]]:
+    request_id = request.scope.get("state", {}).get("request_id")  # type: ignore[union-attr]
+    return error_response(to_bastion_error(exc), request_id if isinstance(request_id, str) else None)
+
+
+exception_handlers = {Exception: _handle}

@@ -1,0 +1,234 @@
+"""One request's record: its audit events, timings, metrics and log line.
+
+The start record is appended (and durable) in ``started_forwarding``, which the
+router awaits before it contacts any provider; if the audit log cannot take
+it, the router forwards nothing. The end record is durable before the
+response's last byte is sent.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from audit import AuditEvent
+from router import RoutedStream
+from serving.errors import BastionError
+from serving.protocol import Delta, GenerationRequest
+
+from .errors import to_bastion_error
+from .logs import log_request
+from .metrics import RequestTimer, RequestTimings
+from .state import NodeState
+from .tenancy import Principal
+
+__all__ = ["RequestRecord"]
+
+_log = logging.getLogger("bastion.request")
+
+
+@dataclass(kw_only=True)
+class RequestRecord:
+    state: NodeState
+    principal: Principal
+    request_id: str
+    endpoint: str
+    alias: str
+    subject: str | None
+    generation: GenerationRequest
+    started: float
+    route: str = "none"
+    reason: str = "rejected"
+    provider: str = ""
+    model: str = ""
+    revision: str = ""
+    redactions: dict[str, int] = field(default_factory=dict)
+    external_cost: float = 0.0
+    forwarded: bool = False
+    first_token_at: float | None = None
+    last_token_at: float | None = None
+    chunks: int = 0
+    stream: bool = False
+    timer: RequestTimer | None = None
+    _ended: bool = False
+
+    @property
+    def tenant(self) -> str:
+        return self.principal.tenant.name
+
+    async def started_forwarding(self, decision: Any) -> None:
+        """Called by the router before each attempt; the first writes the start record."""
+        self.route = str(getattr(decision, "route", self.route))
+        self.reason = str(getattr(decision, "reason", self.reason))
+        self.provider = str(getattr(decision, "provider", ""))
+        self.model = str(getattr(decision, "model", ""))
+        self.revision = str(getattr(decision, "revision", "")) or self.state.revision_of(self.model)
+        redactions = getattr(decision, "redactions", None)
+        if isinstance(redactions, dict):
+            self.redactions = {str(k): int(v) for k, v in redactions.items()}
+        event_type = "request.failover" if self.forwarded else "request.start"
+        if self.timer is None:
+            meter = self.state.gpu_meters.get(self.model) if self.route == "local" else None
+            self.timer = self.state.metrics.track_request(
+                tenant=self.tenant, model=self.alias, route=self.route, gpu_meter=meter
+            )
+            self.timer.started_s = self.started
+            self.timer.dequeued()
+        self.forwarded = True
+        audit = self.state.audit
+        if audit is None:
+            return
+        content: dict[str, Any] | None = None
+        if event_type == "request.start":
+            g = self.generation
+            content = (
+                {"messages": [m_to_dict(m) for m in g.messages]}
+                if g.messages is not None
+                else {"prompt": g.prompt}
+            )
+        await audit.append(
+            AuditEvent(
+                type=event_type, tenant=self.tenant, subject=self.subject, meta=self._meta(), content=content
+            )
+        )
+
+    def _meta(self) -> dict[str, Any]:
+        s = self.generation.sampling
+        return {
+            "request_id": self.request_id,
+            "key_id": self.principal.key_id,
+            "endpoint": self.endpoint,
+            "alias": self.alias,
+            "route": self.route,
+            "reason": self.reason,
+            "provider": self.provider,
+            "model": self.model,
+            "revision": self.revision,
+            "redactions": self.redactions,
+            "sampling": {
+                "max_tokens": s.max_tokens,
+                "temperature": s.temperature,
+                "top_p": s.top_p,
+                "stop": list(s.stop),
+                "seed": s.seed,
+            },
+        }
+
+    def on_delta(self, delta: Delta) -> None:
+        if delta.text or delta.tool_calls:
+            now = time.monotonic()
+            if self.first_token_at is None:
+                self.first_token_at = now
+            self.last_token_at = now
+            self.chunks += 1
+        if self.timer is not None:
+            self.timer.tokens(delta.completion_tokens)
+
+    def apply_route(self, routed: RoutedStream) -> None:
+        self.route, self.reason = routed.route, routed.reason
+        self.provider, self.model = routed.provider, routed.model
+        self.revision = routed.revision or self.revision
+        self.redactions = dict(routed.redactions)
+
+    def route_headers(self, routed: RoutedStream) -> dict[str, str]:
+        self.apply_route(routed)
+        headers = {
+            "x-request-id": self.request_id,
+            "x-bastion-route": self.route,
+            "x-bastion-route-reason": self.reason,
+        }
+        if self.revision:
+            headers["x-bastion-model-revision"] = self.revision
+        return headers
+
+    async def failed_before_stream(self, exc: BaseException) -> None:
+        """The request ended before any token: record it (forwarded or not) and count it."""
+        err = to_bastion_error(exc) if isinstance(exc, Exception) else None
+        reason = getattr(err, "reason", None)
+        if reason:
+            self.reason = reason
+        status = "cancelled" if err is None else err.code
+        try:
+            await self.ended(status=status, text="", error=err)
+        except Exception:
+            _log.exception("could not record a failed request %s", self.request_id)
+
+    async def ended(
+        self, *, status: str, text: str, error: BastionError | None, last: Delta | None = None
+    ) -> None:
+        if self._ended:
+            return
+        self._ended = True
+        now = time.monotonic()
+        last = last or Delta()
+        ttft = (self.first_token_at - self.started) if self.first_token_at is not None else None
+        e2e = now - self.started
+        http_status = 200 if error is None and status == "ok" else (error.status_code if error else 499)
+        meta = self._meta() | {
+            "status": status,
+            "http_status": http_status,
+            "error_code": error.code if error else None,
+            "prompt_tokens": last.prompt_tokens,
+            "completion_tokens": last.completion_tokens,
+            "cached_tokens": last.cached_tokens,
+            "finish_reason": last.finish_reason,
+            "ttft_ms": round(ttft * 1000, 3) if ttft is not None else None,
+            "e2e_ms": round(e2e * 1000, 3),
+        }
+        timings = self._observe(http_status, last, error)
+        log_request(
+            _log,
+            request_id=self.request_id,
+            tenant=self.tenant,
+            model=self.alias,
+            route=self.route,
+            status=http_status,
+            timings=timings,
+            endpoint=self.endpoint,
+            code=error.code if error else (None if status == "ok" else status),
+            stream=self.stream,
+            prompt_tokens=last.prompt_tokens,
+            completion_tokens=last.completion_tokens,
+            cached_tokens=last.cached_tokens,
+            route_reason=self.reason,
+        )
+        audit = self.state.audit
+        if audit is None:
+            return
+        event_type = "request.end" if self.forwarded else "request.rejected"
+        content = {"completion": text} if self.forwarded else None
+        await audit.append(
+            AuditEvent(type=event_type, tenant=self.tenant, subject=self.subject, meta=meta, content=content)
+        )
+
+    def _observe(self, http_status: int, last: Delta, error: BastionError | None) -> RequestTimings:
+        if self.timer is not None:
+            return self.timer.finish(
+                status=http_status,
+                prompt_tokens=last.prompt_tokens,
+                completion_tokens=last.completion_tokens,
+                external_cost=self.external_cost,
+            )
+        # refused before any provider was contacted: counted, no latency observed
+        e2e = time.monotonic() - self.started
+        self.state.metrics.observe_request(
+            tenant=self.tenant, model=self.alias, route="none", status=http_status, e2e_s=None
+        )
+        return RequestTimings(
+            e2e_s=e2e, queue_wait_s=None, ttft_s=None, itl_mean_s=None, gpu_seconds=0.0, cost=0.0
+        )
+
+
+def m_to_dict(m: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {"role": m.role, "content": m.content}
+    if m.name:
+        out["name"] = m.name
+    if m.tool_calls:
+        out["tool_calls"] = [
+            {"id": c.id, "name": c.function.name, "arguments": c.function.arguments} for c in m.tool_calls
+        ]
+    if m.tool_call_id:
+        out["tool_call_id"] = m.tool_call_id
+    return out

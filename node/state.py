@@ -1,0 +1,47 @@
+"""What a running node holds: built once in the lifespan, read by every handler."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from audit import AuditLog
+from router import Router
+from serving.models import ModelsFile
+from serving.protocol import Provider
+
+from .config import NodeConfig
+from .tenancy import TenantRegistry
+
+if TYPE_CHECKING:
+    from serving.gpu import GpuSampler
+
+    from .feedback import FeedbackStore
+    from .metrics import GpuTimeMeter, Metrics
+
+__all__ = ["NodeState"]
+
+
+@dataclass(kw_only=True)
+class NodeState:
+    config: NodeConfig
+    config_dir: Path
+    tenants: TenantRegistry
+    models: ModelsFile
+    engines: dict[str, Provider]
+    router: Router
+    audit: AuditLog | None
+    metrics: Metrics
+    gpu: GpuSampler | None = None
+    feedback: FeedbackStore | None = None
+    #: per local model: splits engine time among concurrent requests (GPU-seconds per request)
+    gpu_meters: dict[str, GpuTimeMeter] = field(default_factory=dict)
+    started_at: float = field(default_factory=time.time)
+
+    def revision_of(self, model: str) -> str:
+        engine = self.engines.get(model)
+        if engine is None:
+            return ""
+        return engine.describe().revisions.get(model, "")

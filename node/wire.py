@@ -1,0 +1,298 @@
+"""The OpenAI wire schema: request Structs and response encoders.
+
+Separate from config Structs and from the internal ``serving.protocol`` types.
+Requests are decoded strictly (an unrecognised argument is a 400 naming it, as
+OpenAI does). Stream chunks are encoded from pre-built byte templates: the
+per-token path is one ``msgspec.json.encode`` of the delta text.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Annotated, Any, Literal, TypeVar
+
+import msgspec
+
+from serving.errors import BadRequestError
+from serving.protocol import ChatMessage, Delta, FunctionCall, SamplingOptions, ToolCall
+
+__all__ = [
+    "ChatCompletionRequest",
+    "CompletionRequest",
+    "StreamEncoder",
+    "chat_completion_body",
+    "completion_body",
+    "decode_request",
+]
+
+_Temperature = Annotated[float, msgspec.Meta(ge=0.0, le=2.0)]
+_TopP = Annotated[float, msgspec.Meta(gt=0.0, le=1.0)]
+_Tokens = Annotated[int, msgspec.Meta(ge=1)]
+
+
+class TextPart(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    type: Literal["text"]
+    text: str
+
+
+class WireFunctionCall(msgspec.Struct, frozen=True, kw_only=True):
+    name: str
+    arguments: str = ""
+
+
+class WireToolCall(msgspec.Struct, frozen=True, kw_only=True):
+    id: str
+    function: WireFunctionCall
+    type: Literal["function"] = "function"
+
+
+class WireMessage(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[TextPart] | None = None
+    name: str | None = None
+    tool_calls: list[WireToolCall] | None = None
+    tool_call_id: str | None = None
+    refusal: str | None = None
+
+
+class StreamOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    include_usage: bool = False
+
+
+class _Common(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    model: str
+    max_tokens: _Tokens | None = None
+    temperature: _Temperature | None = None
+    top_p: _TopP | None = None
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    n: Annotated[int, msgspec.Meta(ge=1, le=1)] = 1
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    user: Annotated[str, msgspec.Meta(max_length=256)] | None = None
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    #: benchmark helpers (vLLM extensions): exact output length on local engines
+    ignore_eos: bool = False
+    min_tokens: Annotated[int, msgspec.Meta(ge=0)] = 0
+
+    def __post_init__(self) -> None:
+        if self.frequency_penalty != 0.0 or self.presence_penalty != 0.0:
+            raise ValueError("frequency_penalty and presence_penalty are not supported (only 0)")
+        stops = [self.stop] if isinstance(self.stop, str) else (self.stop or [])
+        if len(stops) > 4:
+            raise ValueError("at most 4 stop sequences - at `$.stop`")
+
+    def stops(self) -> tuple[str, ...]:
+        if self.stop is None:
+            return ()
+        return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+
+    def include_usage(self) -> bool:
+        return self.stream_options is not None and self.stream_options.include_usage
+
+
+class ChatCompletionRequest(_Common, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    messages: Annotated[list[WireMessage], msgspec.Meta(min_length=1)]
+    max_completion_tokens: _Tokens | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+
+    def sampling(self, cap: int) -> SamplingOptions:
+        max_tokens = self.max_completion_tokens or self.max_tokens
+        return _sampling(self, max_tokens, cap)
+
+    def chat_messages(self) -> tuple[ChatMessage, ...]:
+        return tuple(_to_message(m) for m in self.messages)
+
+
+class CompletionRequest(_Common, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    prompt: str | list[str]
+    echo: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.echo:
+            raise ValueError("echo is not supported - at `$.echo`")
+        if isinstance(self.prompt, list) and len(self.prompt) != 1:
+            raise ValueError("only one prompt per request is supported - at `$.prompt`")
+
+    def prompt_text(self) -> str:
+        return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
+
+    def sampling(self, cap: int) -> SamplingOptions:
+        # OpenAI's legacy completions default to 16 tokens
+        return _sampling(self, self.max_tokens or 16, cap)
+
+
+def _sampling(req: _Common, max_tokens: int | None, cap: int) -> SamplingOptions:
+    if max_tokens is not None and max_tokens > cap:
+        raise BadRequestError(
+            f"max_tokens {max_tokens} is above this node's cap of {cap}", param="max_tokens"
+        )
+    if req.min_tokens and max_tokens is not None and req.min_tokens > max_tokens:
+        raise BadRequestError("min_tokens must not exceed max_tokens", param="min_tokens")
+    return SamplingOptions(
+        max_tokens=max_tokens,
+        temperature=req.temperature,
+        top_p=req.top_p,
+        stop=req.stops(),
+        seed=req.seed,
+        ignore_eos=req.ignore_eos,
+        min_tokens=req.min_tokens,
+    )
+
+
+def _to_message(m: WireMessage) -> ChatMessage:
+    content = m.content if not isinstance(m.content, list) else "".join(p.text for p in m.content)
+    calls = (
+        tuple(
+            ToolCall(id=c.id, function=FunctionCall(name=c.function.name, arguments=c.function.arguments))
+            for c in m.tool_calls
+        )
+        if m.tool_calls
+        else None
+    )
+    return ChatMessage(
+        role=m.role, content=content, name=m.name, tool_calls=calls, tool_call_id=m.tool_call_id
+    )
+
+
+_T = TypeVar("_T")
+_LOCATION = re.compile(r"at `\$\.?([^`]*)`")
+
+
+def decode_request(body: bytes, kind: type[_T]) -> _T:
+    """Decode a request body, turning every schema problem into a 400 with its ``param``."""
+    if not body:
+        raise BadRequestError("The request body is empty; expected a JSON object.")
+    try:
+        return msgspec.json.decode(body, type=kind)
+    except msgspec.ValidationError as exc:
+        text = str(exc)
+        match = _LOCATION.search(text)
+        param = match.group(1) if match and match.group(1) else None
+        if text.startswith("Object contains unknown field"):
+            text = f"Unrecognized request argument supplied: {param}"
+        raise BadRequestError(text, param=param) from None
+    except msgspec.DecodeError as exc:
+        raise BadRequestError(f"The request body is not valid JSON: {exc}") from None
+
+
+# -- responses ---------------------------------------------------------------------------------------
+
+
+def _usage(prompt: int, completion: int, cached: int) -> dict[str, Any]:
+    usage: dict[str, Any] = {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    }
+    if cached:
+        usage["prompt_tokens_details"] = {"cached_tokens": cached}
+    return usage
+
+
+def _tool_calls_json(calls: tuple[ToolCall, ...]) -> list[dict[str, Any]]:
+    return [
+        {"id": c.id, "type": c.type, "function": {"name": c.function.name, "arguments": c.function.arguments}}
+        for c in calls
+    ]
+
+
+def chat_completion_body(
+    *,
+    request_id: str,
+    model: str,
+    created: int,
+    text: str,
+    last: Delta,
+    tool_calls: tuple[ToolCall, ...] | None,
+) -> bytes:
+    message: dict[str, Any] = {"role": "assistant", "content": text if text or not tool_calls else None}
+    if tool_calls:
+        message["tool_calls"] = _tool_calls_json(tool_calls)
+    return msgspec.json.encode(
+        {
+            "id": request_id,
+            "object": "chat.completion",
+            "created": created,
+            "model": model,
+            "choices": [
+                {"index": 0, "message": message, "logprobs": None, "finish_reason": last.finish_reason}
+            ],
+            "usage": _usage(last.prompt_tokens, last.completion_tokens, last.cached_tokens),
+        }
+    )
+
+
+def completion_body(*, request_id: str, model: str, created: int, text: str, last: Delta) -> bytes:
+    return msgspec.json.encode(
+        {
+            "id": request_id,
+            "object": "text_completion",
+            "created": created,
+            "model": model,
+            "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": last.finish_reason}],
+            "usage": _usage(last.prompt_tokens, last.completion_tokens, last.cached_tokens),
+        }
+    )
+
+
+class StreamEncoder:
+    """Encodes SSE events for one streamed response from byte templates."""
+
+    def __init__(self, *, request_id: str, model: str, chat: bool, include_usage: bool) -> None:
+        self.chat = chat
+        self.include_usage = include_usage
+        self.created = int(time.time())
+        head = {
+            "id": request_id,
+            "object": "chat.completion.chunk" if chat else "text_completion",
+            "created": self.created,
+            "model": model,
+        }
+        head_json = msgspec.json.encode(head)[:-1]  # drop the closing brace
+        self._head = b"data: " + head_json
+        if chat:
+            self._text_pre = self._head + b',"choices":[{"index":0,"delta":{"content":'
+            self._text_post = b'},"logprobs":null,"finish_reason":null}]}\n\n'
+        else:
+            self._text_pre = self._head + b',"choices":[{"index":0,"text":'
+            self._text_post = b',"logprobs":null,"finish_reason":null}]}\n\n'
+
+    def role(self) -> bytes:
+        """The first chat chunk announces the assistant role, as OpenAI's does."""
+        return (
+            self._head + b',"choices":[{"index":0,"delta":{"role":"assistant","content":""},'
+            b'"logprobs":null,"finish_reason":null}]}\n\n'
+        )
+
+    def text(self, text: str) -> bytes:
+        return self._text_pre + msgspec.json.encode(text) + self._text_post
+
+    def tool_calls(self, calls: tuple[ToolCall, ...]) -> bytes:
+        delta = {"tool_calls": [{"index": i, **c} for i, c in enumerate(_tool_calls_json(calls))]}
+        return self._chunk({"index": 0, "delta": delta, "logprobs": None, "finish_reason": None})
+
+    def finish(self, last: Delta) -> bytes:
+        choice: dict[str, Any] = {"index": 0, "logprobs": None, "finish_reason": last.finish_reason}
+        if self.chat:
+            choice["delta"] = {}
+        else:
+            choice["text"] = ""
+        out = self._chunk(choice)
+        if self.include_usage:
+            usage = _usage(last.prompt_tokens, last.completion_tokens, last.cached_tokens)
+            out += self._head + b',"choices":[],"usage":' + msgspec.json.encode(usage) + b"}\n\n"
+        return out + b"data: [DONE]\n\n"
+
+    def _chunk(self, choice: dict[str, Any]) -> bytes:
+        return self._head + b',"choices":[' + msgspec.json.encode(choice) + b"]}\n\n"
+
+    @staticmethod
+    def error(body: dict[str, Any]) -> bytes:
+        """A mid-stream failure: an error event, then the end of the stream (never a silent cut)."""
+        return b"event: error\ndata: " + msgspec.json.encode(body) + b"\n\ndata: [DONE]\n\n"

@@ -1,0 +1,253 @@
+"""Anthropic Messages API provider: translation both ways.
+
+Out: OpenAI-style chat (system/developer messages, assistant tool calls, tool
+results) becomes a Messages request (top-level ``system``, strictly alternating
+user/assistant turns of content blocks, ``tool_use``/``tool_result`` blocks,
+required ``max_tokens``). In: the event stream (``message_start``,
+``content_block_*``, ``message_delta``, ``message_stop``, ``error``) becomes
+``Delta``s, with stop reasons and usage mapped to OpenAI's. A stream that ends
+before ``message_stop`` is an error.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import msgspec
+
+from router.config import ProviderConfig
+from router.sse import SseEvent
+from router.transport import Upstream, load_api_key
+from serving.errors import BadRequestError, UpstreamError
+from serving.protocol import (
+    ChatMessage,
+    Delta,
+    FunctionCall,
+    GenerationRequest,
+    Health,
+    ProviderInfo,
+    ToolCall,
+)
+from serving.protocol import FinishReason as _FinishReason
+
+__all__ = ["ANTHROPIC_VERSION", "AnthropicProvider", "build_messages_body", "stop_reason_to_finish"]
+
+ANTHROPIC_VERSION = "2023-06-01"
+
+_STOP: dict[str, _FinishReason] = {
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "pause_turn": "stop",
+    "max_tokens": "length",
+    "tool_use": "tool_calls",
+    "refusal": "content_filter",
+}
+
+
+def stop_reason_to_finish(stop_reason: str | None) -> _FinishReason:
+    return _STOP.get(stop_reason or "", "stop")
+
+
+class _Block(msgspec.Struct):
+    type: str = ""
+    id: str | None = None
+    name: str | None = None
+    text: str | None = None
+
+
+class _BlockDelta(msgspec.Struct):
+    type: str = ""
+    text: str | None = None
+    partial_json: str | None = None
+    stop_reason: str | None = None
+
+
+class _Usage(msgspec.Struct):
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    cache_read_input_tokens: int | None = None
+    cache_creation_input_tokens: int | None = None
+
+
+class _Message(msgspec.Struct):
+    usage: _Usage | None = None
+
+
+class _Event(msgspec.Struct):
+    type: str = ""
+    index: int = 0
+    message: _Message | None = None
+    content_block: _Block | None = None
+    delta: _BlockDelta | None = None
+    usage: _Usage | None = None
+    error: dict[str, Any] | None = None
+
+
+_decode_event = msgspec.json.Decoder(_Event).decode
+_encode = msgspec.json.Encoder().encode
+_decode_json = msgspec.json.decode
+
+
+def _blocks(message: ChatMessage) -> tuple[str, list[dict[str, Any]]]:
+    if message.role == "tool":
+        result: dict[str, Any] = {
+            "type": "tool_result",
+            "tool_use_id": message.tool_call_id or "",
+            "content": message.content or "",
+        }
+        return "user", [result]
+    blocks: list[dict[str, Any]] = []
+    if message.content:
+        blocks.append({"type": "text", "text": message.content})
+    if message.role == "assistant" and message.tool_calls:
+        for call in message.tool_calls:
+            try:
+                arguments = _decode_json(call.function.arguments or "{}")
+            except msgspec.DecodeError:
+                raise BadRequestError("tool call arguments are not valid JSON", param="messages") from None
+            blocks.append({"type": "tool_use", "id": call.id, "name": call.function.name, "input": arguments})
+    return ("assistant" if message.role == "assistant" else "user"), blocks
+
+
+def build_messages_body(request: GenerationRequest, *, default_max_tokens: int) -> bytes:
+    """The Messages API body for an OpenAI-style request."""
+    messages = request.messages
+    if messages is None:
+        messages = (ChatMessage(role="user", content=request.prompt or ""),)
+    system = [m.content for m in messages if m.role in ("system", "developer") and m.content]
+    turns: list[dict[str, Any]] = []
+    for message in messages:
+        if message.role in ("system", "developer"):
+            continue
+        role, blocks = _blocks(message)
+        if not blocks:
+            continue
+        if turns and turns[-1]["role"] == role:
+            # The API wants strictly alternating turns: parallel tool results share one user turn.
+            turns[-1]["content"].extend(blocks)
+        else:
+            turns.append({"role": role, "content": blocks})
+    s = request.sampling
+    body: dict[str, Any] = {
+        "model": request.model,
+        "messages": turns,
+        "max_tokens": s.max_tokens or default_max_tokens,
+        "stream": True,
+    }
+    if system:
+        body["system"] = "\n\n".join(system)
+    if s.temperature is not None:
+        body["temperature"] = s.temperature
+    if s.top_p is not None:
+        body["top_p"] = s.top_p
+    if s.stop:
+        body["stop_sequences"] = list(s.stop)
+    if request.tools:
+        body["tools"] = [_tool(t) for t in request.tools]
+    return _encode(body)
+
+
+def _tool(tool: dict[str, object]) -> dict[str, object]:
+    fn = tool.get("function")
+    if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
+        raise BadRequestError("tools must be OpenAI function tools", param="tools")
+    out: dict[str, object] = {"name": fn["name"], "input_schema": fn.get("parameters") or {"type": "object"}}
+    if fn.get("description"):
+        out["description"] = fn["description"]
+    return out
+
+
+class AnthropicProvider:
+    """A ``serving.protocol.Provider`` for the Anthropic Messages API."""
+
+    def __init__(self, config: ProviderConfig, *, transport: httpx.AsyncBaseTransport | None = None) -> None:
+        self._config = config
+        secret = load_api_key(config)
+        headers = {"anthropic-version": ANTHROPIC_VERSION}
+        if secret is not None:
+            headers["x-api-key"] = secret
+        self._upstream = Upstream(config, auth_headers=headers, secret=secret, transport=transport)
+        self._last_ok: float | None = None
+
+    def describe(self) -> ProviderInfo:
+        models = tuple(self._config.models)
+        return ProviderInfo(
+            name=self._config.name,
+            kind="anthropic",
+            region=self._config.region,
+            models=models,
+            revisions={m: m for m in models},
+        )
+
+    async def health(self) -> Health:
+        return Health(healthy=True, detail="passive", last_ok_s=self._last_ok)
+
+    async def aclose(self) -> None:
+        await self._upstream.aclose()
+
+    async def stream(self, request: GenerationRequest) -> AsyncIterator[Delta]:
+        body = build_messages_body(request, default_max_tokens=self._config.default_max_tokens)
+        name = self._config.name
+        prompt_tokens = completion_tokens = cached = 0
+        stop_reason: str | None = None
+        tools: dict[int, list[str]] = {}  # block index -> [id, name, partial json]
+        stopped = False
+        async for sse in self._upstream.events("/v1/messages", body, terminal=_is_stop):
+            try:
+                event = _decode_event(sse.data)
+            except msgspec.DecodeError:
+                raise UpstreamError(
+                    f"provider {name!r}: malformed stream event", reason="malformed-stream"
+                ) from None
+            kind = event.type or sse.event
+            if kind == "content_block_delta" and event.delta is not None:
+                if event.delta.text:
+                    yield Delta(text=event.delta.text)
+                elif event.delta.partial_json is not None and event.index in tools:
+                    tools[event.index][2] += event.delta.partial_json
+            elif kind == "content_block_start" and event.content_block is not None:
+                block = event.content_block
+                if block.type == "tool_use":
+                    tools[event.index] = [block.id or "", block.name or "", ""]
+                elif block.text:
+                    yield Delta(text=block.text)
+            elif kind == "message_start" and event.message is not None and event.message.usage is not None:
+                u = event.message.usage
+                cached = u.cache_read_input_tokens or 0
+                prompt_tokens = (u.input_tokens or 0) + cached + (u.cache_creation_input_tokens or 0)
+                completion_tokens = u.output_tokens or 0
+            elif kind == "message_delta":
+                if event.delta is not None and event.delta.stop_reason is not None:
+                    stop_reason = event.delta.stop_reason
+                if event.usage is not None and event.usage.output_tokens is not None:
+                    completion_tokens = event.usage.output_tokens
+            elif kind == "message_stop":
+                # Deliver the end now; the loop then lets the transport finish the body.
+                stopped = True
+                self._last_ok = time.monotonic()
+                calls = tuple(
+                    ToolCall(id=v[0], function=FunctionCall(name=v[1], arguments=v[2] or "{}"))
+                    for _, v in sorted(tools.items())
+                )
+                yield Delta(
+                    finish_reason=stop_reason_to_finish(stop_reason),
+                    prompt_tokens=prompt_tokens,
+                    completion_tokens=completion_tokens,
+                    cached_tokens=cached,
+                    tool_calls=calls or None,
+                )
+            elif kind == "error":
+                raise UpstreamError(
+                    f"provider {name!r}: error event in stream", reason="upstream-stream-error"
+                )
+        if not stopped:
+            raise UpstreamError(
+                f"provider {name!r}: stream ended before message_stop", reason="stream-truncated"
+            )
+
+
+def _is_stop(event: SseEvent) -> bool:
+    return event.event == "message_stop"

@@ -1,0 +1,29 @@
+"""Router-specific members of the error taxonomy.
+
+They subclass ``serving.errors`` so that ``node`` maps them by their parents'
+status and code without knowing them; the lead may move them into
+``serving.errors`` later.
+"""
+
+from __future__ import annotations
+
+from serving.errors import UpstreamError
+
+__all__ = ["UpstreamRateLimitedError", "UpstreamTimeoutError"]
+
+
+class UpstreamTimeoutError(UpstreamError):
+    """An external provider missed its connect, first-byte, between-chunk or total deadline."""
+
+    status_code = 504
+    code = "upstream_timeout"
+
+
+class UpstreamRateLimitedError(UpstreamError):
+    """An external provider answered 429; ``retry_after_s`` holds its ``Retry-After``.
+
+    The router treats it as a cooldown for that provider, not a breaker failure,
+    and never shows it to a client as the tenant's own rate limit.
+    """
+
+    code = "upstream_rate_limited"

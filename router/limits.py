@@ -1,0 +1,122 @@
+"""Per-tenant rate limits and budgets, enforced before routing.
+
+- ``rpm``: requests admitted in the last 60 s (sliding log).
+- ``tpm``: tokens (prompt + completion) recorded in the last 60 s.
+- ``tokens_per_day``: tokens recorded since 00:00 UTC.
+- ``spend_per_month``: external spend since the 1st, 00:00 UTC, computed from
+  the providers' usage fields and the configured prices. It only removes
+  external candidates: an exhausted spend budget still lets local requests run.
+
+A token or spend limit refuses a request once what has been *consumed* reaches
+it; the request that crosses the line completes, as its size is unknown until
+the provider reports usage. State is in memory, per node process.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import deque
+from collections.abc import Callable
+
+from router.config import TenantPolicy
+from serving.errors import BudgetExceededError, RateLimitedError
+
+__all__ = ["Limiter", "TenantUsage"]
+
+_MINUTE = 60.0
+
+
+class TenantUsage:
+    """One tenant's counters."""
+
+    __slots__ = ("day", "day_tokens", "month", "month_spend", "requests", "tokens")
+
+    def __init__(self) -> None:
+        self.requests: deque[float] = deque()
+        self.tokens: deque[tuple[float, int]] = deque()
+        self.day = ""
+        self.day_tokens = 0
+        self.month = ""
+        self.month_spend = 0.0
+
+
+class Limiter:
+    def __init__(self, *, clock: Callable[[], float], wall_clock: Callable[[], float]) -> None:
+        self._clock = clock
+        self._wall = wall_clock
+        self._tenants: dict[str, TenantUsage] = {}
+
+    def usage(self, tenant: str) -> TenantUsage:
+        usage = self._tenants.get(tenant)
+        if usage is None:
+            usage = self._tenants[tenant] = TenantUsage()
+        now = dt.datetime.fromtimestamp(self._wall(), dt.UTC)
+        day, month = now.strftime("%Y-%m-%d"), now.strftime("%Y-%m")
+        if usage.day != day:
+            usage.day, usage.day_tokens = day, 0
+        if usage.month != month:
+            usage.month, usage.month_spend = month, 0.0
+        return usage
+
+    def admit(self, tenant: str, policy: TenantPolicy) -> None:
+        """Count one request against ``rpm``, or raise 429 with ``Retry-After``."""
+        usage = self.usage(tenant)
+        now = self._clock()
+        horizon = now - _MINUTE
+        while usage.requests and usage.requests[0] <= horizon:
+            usage.requests.popleft()
+        while usage.tokens and usage.tokens[0][0] <= horizon:
+            usage.tokens.popleft()
+        if policy.tokens_per_day is not None and usage.day_tokens >= policy.tokens_per_day:
+            raise BudgetExceededError(
+                f"tenant {tenant!r} used its {policy.tokens_per_day} tokens for today",
+                retry_after_s=self._until_next_day(),
+                reason="budget-tokens-per-day",
+            )
+        if policy.rpm is not None and len(usage.requests) >= policy.rpm:
+            raise RateLimitedError(
+                f"tenant {tenant!r} is over its limit of {policy.rpm} requests per minute",
+                retry_after_s=max(0.001, usage.requests[0] + _MINUTE - now),
+                reason="rate-limit-rpm",
+            )
+        if policy.tpm is not None:
+            total = sum(n for _, n in usage.tokens)
+            if total >= policy.tpm:
+                raise RateLimitedError(
+                    f"tenant {tenant!r} is over its limit of {policy.tpm} tokens per minute",
+                    retry_after_s=self._tpm_retry_after(usage, total, policy.tpm, now),
+                    reason="rate-limit-tpm",
+                )
+        usage.requests.append(now)
+
+    def spend_left(self, tenant: str, policy: TenantPolicy) -> float | None:
+        """Currency left this month for external calls (``None``: unlimited)."""
+        if policy.spend_per_month is None:
+            return None
+        return policy.spend_per_month - self.usage(tenant).month_spend
+
+    def until_next_month(self) -> float:
+        now = dt.datetime.fromtimestamp(self._wall(), dt.UTC)
+        first = dt.datetime(now.year + now.month // 12, now.month % 12 + 1, 1, tzinfo=dt.UTC)
+        return (first - now).total_seconds()
+
+    def record(self, tenant: str, *, tokens: int, spend: float = 0.0) -> None:
+        """Charge tokens (and external spend) once the provider reported usage."""
+        usage = self.usage(tenant)
+        if tokens > 0:
+            usage.tokens.append((self._clock(), tokens))
+            usage.day_tokens += tokens
+        usage.month_spend += spend
+
+    def _until_next_day(self) -> float:
+        now = dt.datetime.fromtimestamp(self._wall(), dt.UTC)
+        tomorrow = dt.datetime.combine(now.date() + dt.timedelta(days=1), dt.time(), tzinfo=dt.UTC)
+        return (tomorrow - now).total_seconds()
+
+    @staticmethod
+    def _tpm_retry_after(usage: TenantUsage, total: int, tpm: int, now: float) -> float:
+        for when, n in usage.tokens:
+            total -= n
+            if total < tpm:
+                return max(0.001, when + _MINUTE - now)
+        return _MINUTE

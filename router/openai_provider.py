@@ -1,0 +1,226 @@
+"""OpenAI-compatible external provider: OpenAI, Azure OpenAI, vLLM, TGI, Ollama, a peer Bastion.
+
+Streams ``/chat/completions`` (or ``/completions`` for a plain prompt) with
+``stream_options.include_usage`` and turns chunks into ``Delta``s. Tool-call
+fragments are assembled and delivered whole on the last delta. A stream that
+ends without a finish reason is an error, never a clean end (the cut-stream bug
+of other gateways).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import msgspec
+
+from router.config import ProviderConfig
+from router.sse import SseEvent
+from router.transport import Upstream, load_api_key
+from serving.errors import UpstreamError
+from serving.protocol import (
+    ChatMessage,
+    Delta,
+    FunctionCall,
+    GenerationRequest,
+    Health,
+    ProviderInfo,
+    ToolCall,
+)
+from serving.protocol import FinishReason as _FinishReason
+
+__all__ = ["OpenAIProvider"]
+
+_FINISH: dict[str, _FinishReason] = {
+    "stop": "stop",
+    "length": "length",
+    "tool_calls": "tool_calls",
+    "function_call": "tool_calls",
+    "content_filter": "content_filter",
+}
+
+
+class _Fn(msgspec.Struct):
+    name: str | None = None
+    arguments: str | None = None
+
+
+class _ToolFragment(msgspec.Struct):
+    index: int = 0
+    id: str | None = None
+    function: _Fn | None = None
+
+
+class _ChunkDelta(msgspec.Struct):
+    content: str | None = None
+    tool_calls: list[_ToolFragment] | None = None
+
+
+class _Choice(msgspec.Struct):
+    delta: _ChunkDelta | None = None
+    text: str | None = None
+    finish_reason: str | None = None
+
+
+class _Usage(msgspec.Struct):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+class _Chunk(msgspec.Struct):
+    choices: list[_Choice] = []
+    usage: _Usage | None = None
+    error: dict[str, Any] | None = None
+
+
+_decode_chunk = msgspec.json.Decoder(_Chunk).decode
+_encode = msgspec.json.Encoder().encode
+
+
+def _message(m: ChatMessage) -> dict[str, Any]:
+    out: dict[str, Any] = {"role": m.role, "content": m.content}
+    if m.name is not None:
+        out["name"] = m.name
+    if m.tool_calls:
+        out["tool_calls"] = [
+            {
+                "id": t.id,
+                "type": t.type,
+                "function": {"name": t.function.name, "arguments": t.function.arguments},
+            }
+            for t in m.tool_calls
+        ]
+    if m.tool_call_id is not None:
+        out["tool_call_id"] = m.tool_call_id
+    return out
+
+
+def build_body(request: GenerationRequest) -> tuple[str, bytes]:
+    """The path and JSON body for ``request`` (the tenant and cache salt never leave the node)."""
+    s = request.sampling
+    body: dict[str, Any] = {"model": request.model, "stream": True, "stream_options": {"include_usage": True}}
+    if request.messages is not None:
+        path = "/chat/completions"
+        body["messages"] = [_message(m) for m in request.messages]
+        if request.tools:
+            body["tools"] = list(request.tools)
+    else:
+        path = "/completions"
+        body["prompt"] = request.prompt or ""
+    for key, value in (
+        ("max_tokens", s.max_tokens),
+        ("temperature", s.temperature),
+        ("top_p", s.top_p),
+        ("seed", s.seed),
+    ):
+        if value is not None:
+            body[key] = value
+    if s.stop:
+        body["stop"] = list(s.stop)
+    return path, _encode(body)
+
+
+class OpenAIProvider:
+    """A ``serving.protocol.Provider`` for an OpenAI-compatible endpoint."""
+
+    def __init__(self, config: ProviderConfig, *, transport: httpx.AsyncBaseTransport | None = None) -> None:
+        self._config = config
+        secret = load_api_key(config)
+        headers: dict[str, str] = {}
+        if secret is not None:
+            headers = (
+                {"api-key": secret} if config.auth == "api-key" else {"authorization": f"Bearer {secret}"}
+            )
+        self._upstream = Upstream(config, auth_headers=headers, secret=secret, transport=transport)
+        self._last_ok: float | None = None
+
+    def describe(self) -> ProviderInfo:
+        models = tuple(self._config.models)
+        return ProviderInfo(
+            name=self._config.name,
+            kind="openai",
+            region=self._config.region,
+            models=models,
+            revisions={m: m for m in models},
+        )
+
+    async def health(self) -> Health:
+        # Passive: probing a paid external API would cost money and leak traffic; breakers judge it.
+        return Health(healthy=True, detail="passive", last_ok_s=self._last_ok)
+
+    async def aclose(self) -> None:
+        await self._upstream.aclose()
+
+    async def stream(self, request: GenerationRequest) -> AsyncIterator[Delta]:
+        path, body = build_body(request)
+        name = self._config.name
+        finish: _FinishReason | None = None
+        usage = _Usage()
+        tools: dict[int, list[str]] = {}  # index -> [id, name, arguments]
+        finished = False
+        async for event in self._upstream.events(path, body, terminal=_is_done):
+            data = event.data
+            if data == b"[DONE]":
+                # Deliver the end now; the loop then lets the transport finish the body.
+                if finish is not None:
+                    yield self._final(finish, usage, tools)
+                    finished = True
+                continue
+            try:
+                chunk = _decode_chunk(data)
+            except msgspec.DecodeError:
+                raise UpstreamError(
+                    f"provider {name!r}: malformed stream chunk", reason="malformed-stream"
+                ) from None
+            if chunk.error is not None:
+                raise UpstreamError(
+                    f"provider {name!r}: error event in stream", reason="upstream-stream-error"
+                )
+            if chunk.usage is not None:
+                usage = chunk.usage
+            for choice in chunk.choices:
+                text = choice.text if choice.delta is None else choice.delta.content
+                if choice.delta is not None and choice.delta.tool_calls:
+                    _merge_tools(tools, choice.delta.tool_calls)
+                if choice.finish_reason is not None:
+                    finish = _FINISH.get(choice.finish_reason, "stop")
+                if text:
+                    yield Delta(text=text)
+        if finished:
+            return
+        if finish is None:
+            raise UpstreamError(
+                f"provider {name!r}: stream ended without a finish reason", reason="stream-truncated"
+            )
+        yield self._final(finish, usage, tools)  # servers that end without [DONE]
+
+    def _final(self, finish: _FinishReason, usage: _Usage, tools: dict[int, list[str]]) -> Delta:
+        self._last_ok = time.monotonic()
+        calls = tuple(
+            ToolCall(id=v[0], function=FunctionCall(name=v[1], arguments=v[2]))
+            for _, v in sorted(tools.items())
+        )
+        return Delta(
+            finish_reason=finish,
+            prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens,
+            tool_calls=calls or None,
+        )
+
+
+def _merge_tools(tools: dict[int, list[str]], fragments: list[_ToolFragment]) -> None:
+    for frag in fragments:
+        slot = tools.setdefault(frag.index, ["", "", ""])
+        if frag.id:
+            slot[0] = frag.id
+        if frag.function is not None:
+            if frag.function.name:
+                slot[1] += frag.function.name
+            if frag.function.arguments:
+                slot[2] += frag.function.arguments
+
+
+def _is_done(event: SseEvent) -> bool:
+    return event.data == b"[DONE]"

@@ -1,0 +1,195 @@
+"""The routing decision: which candidates, in which order, and why.
+
+Pure functions over a snapshot (the tenant's residency, the local engine's
+state, breakers, cooldowns, spend), so every rule is testable without I/O.
+
+Residency is decided first and structurally: ``plan_local_only`` never sees
+an external provider, so a ``local-only`` request cannot be planned outward.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import msgspec
+
+from router.config import LOCAL_ONLY, ProviderConfig, RouteConfig, TenantPolicy
+from serving.errors import BadRequestError
+
+__all__ = [
+    "RESIDENCY_HEADER",
+    "Candidate",
+    "ExternalState",
+    "LocalState",
+    "Plan",
+    "Residency",
+    "effective_residency",
+    "plan_local_only",
+    "plan_with_fallbacks",
+]
+
+RESIDENCY_HEADER = "x-bastion-residency"
+
+
+class Residency(msgspec.Struct, frozen=True, kw_only=True):
+    local_only: bool
+    #: regions external providers may be in (``None``: local-only)
+    regions: frozenset[str] | None = None
+
+
+def effective_residency(policy: TenantPolicy, header: str | None) -> Residency:
+    """The tenant's residency, tightened (never loosened) by ``x-bastion-residency``.
+
+    The header is ``local-only`` or a comma-separated list of regions, which is
+    intersected with the tenant's. Anything else is refused rather than guessed.
+    """
+    if policy.residency == LOCAL_ONLY:
+        base = Residency(local_only=True)
+    else:
+        base = Residency(local_only=False, regions=frozenset(policy.residency))
+    if header is None:
+        return base
+    value = header.strip().lower()
+    if value == LOCAL_ONLY:
+        return Residency(local_only=True)
+    regions = frozenset(r.strip() for r in value.split(",") if r.strip())
+    if not regions or any(not r.replace("-", "").isalnum() for r in regions):
+        raise BadRequestError(
+            f"{RESIDENCY_HEADER} must be 'local-only' or a list of regions",
+            param=RESIDENCY_HEADER,
+            reason="bad-residency-header",
+        )
+    if base.local_only or base.regions is None:
+        return base
+    return Residency(local_only=False, regions=base.regions & regions)
+
+
+class Candidate(msgspec.Struct, frozen=True, kw_only=True):
+    #: ``local`` for the node's engine, else the external provider's name
+    provider: str
+    model: str
+    local: bool
+
+    @property
+    def route(self) -> str:
+        return "local" if self.local else f"external:{self.provider}"
+
+
+class LocalState(msgspec.Struct, frozen=True, kw_only=True):
+    """The local engine for this route, as seen now."""
+
+    model: str
+    healthy: bool
+    breaker_open: bool
+    overloaded: bool
+    retry_after_s: float = 1.0
+
+    @property
+    def unavailable_reason(self) -> str | None:
+        if not self.healthy:
+            return "local-unhealthy"
+        if self.breaker_open:
+            return "breaker-open"
+        if self.overloaded:
+            return "overflow"
+        return None
+
+
+class ExternalState(msgspec.Struct, frozen=True, kw_only=True):
+    breaker_open: bool = False
+    #: seconds left of a 429 ``Retry-After`` cooldown
+    cooldown_s: float = 0.0
+    breaker_retry_after_s: float = 0.0
+    available: bool = True
+
+
+class Plan(msgspec.Struct, frozen=True, kw_only=True):
+    candidates: tuple[Candidate, ...]
+    #: why the first candidate (``ok``, ``overflow``, ``local-unhealthy``, ``breaker-open``, ``no-local``)
+    reason: str
+    #: (provider, why) for everything left out
+    skipped: tuple[tuple[str, str], ...] = ()
+    #: when nothing is left: the soonest a retry could succeed
+    retry_after_s: float = 1.0
+    #: when nothing is left because of the monthly spend budget
+    budget_exhausted: bool = False
+
+
+def plan_local_only(local: LocalState | None) -> Plan:
+    """A plan from the local engine alone: the only planner a ``local-only`` request reaches."""
+    if local is None:
+        return Plan(candidates=(), reason="no-local", skipped=(("local", "no-local"),))
+    why = local.unavailable_reason
+    if why is None:
+        return Plan(candidates=(Candidate(provider="local", model=local.model, local=True),), reason="ok")
+    return Plan(candidates=(), reason=why, skipped=(("local", why),), retry_after_s=local.retry_after_s)
+
+
+def plan_with_fallbacks(
+    route: RouteConfig,
+    residency: Residency,
+    policy: TenantPolicy,
+    local: LocalState | None,
+    providers: Mapping[str, ProviderConfig],
+    external: Mapping[str, ExternalState],
+    *,
+    spend_left: float | None,
+) -> Plan:
+    """Local first when it can take the request in budget, then eligible fallbacks in order.
+
+    An overloaded (but healthy) local engine goes last: better late than failed.
+    """
+    if residency.local_only or residency.regions is None:
+        return plan_local_only(local)
+    head = plan_local_only(local)
+    skipped = list(head.skipped)
+    candidates = list(head.candidates)
+    retry_after = [head.retry_after_s] if not candidates else []
+    budget_exhausted = False
+    for fb in route.fallbacks:
+        why = _ineligible(fb.provider, residency, policy, providers, external, spend_left)
+        state = external.get(fb.provider)
+        if why is None and state is not None:
+            candidates.append(Candidate(provider=fb.provider, model=fb.model, local=False))
+            continue
+        skipped.append((fb.provider, why or "no-provider"))
+        budget_exhausted |= why == "budget"
+        if state is not None and why == "breaker-open":
+            retry_after.append(state.breaker_retry_after_s)
+        elif state is not None and why == "upstream-rate-limited":
+            retry_after.append(state.cooldown_s)
+    if local is not None and local.unavailable_reason == "overflow":
+        candidates.append(Candidate(provider="local", model=local.model, local=True))
+    reason = head.reason if local is not None else "no-local"
+    return Plan(
+        candidates=tuple(candidates),
+        reason=reason,
+        skipped=tuple(skipped),
+        retry_after_s=max(0.001, min(retry_after, default=1.0)),
+        budget_exhausted=budget_exhausted and not candidates,
+    )
+
+
+def _ineligible(
+    name: str,
+    residency: Residency,
+    policy: TenantPolicy,
+    providers: Mapping[str, ProviderConfig],
+    external: Mapping[str, ExternalState],
+    spend_left: float | None,
+) -> str | None:
+    config = providers.get(name)
+    state = external.get(name)
+    if config is None or state is None or not state.available:
+        return "no-provider"
+    if residency.regions is None or config.region not in residency.regions:
+        return "residency"
+    if policy.allowed_providers is not None and name not in policy.allowed_providers:
+        return "not-allowed"
+    if spend_left is not None and spend_left <= 0:
+        return "budget"
+    if state.breaker_open:
+        return "breaker-open"
+    if state.cooldown_s > 0:
+        return "upstream-rate-limited"
+    return None

@@ -1,0 +1,436 @@
+"""The orchestrator: limits, decision, redaction, connect with failover, stream.
+
+``Router.open`` is the one call the node makes per generation:
+
+1. per-tenant limits (rpm, tpm, tokens per day) or 429;
+2. the tenant's residency, tightened by ``x-bastion-residency``;
+3. a plan: for ``local-only`` from the local engine alone (``plan_local_only``
+   is given no external provider and ``_connect`` only the local table), else
+   local first when it fits its TTFT budget, then fallbacks in order;
+4. candidates tried in order until one yields its first delta (jittered
+   backoff; a 429's ``Retry-After`` cools that provider down and is waited out
+   when it fits the failover budget), redacting before the first egress;
+5. a ``RoutedStream`` that restores placeholders and settles breakers, budgets
+   and spend when it ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+
+import msgspec
+
+from router.anthropic_provider import AnthropicProvider
+from router.breaker import Breaker
+from router.config import RouteConfig, RouterConfig, TenantPolicy
+from router.errors import UpstreamRateLimitedError
+from router.limits import Limiter
+from router.openai_provider import OpenAIProvider
+from router.policy import (
+    Candidate,
+    ExternalState,
+    LocalState,
+    Plan,
+    Residency,
+    effective_residency,
+    plan_local_only,
+    plan_with_fallbacks,
+)
+from router.redaction import Redaction, Redactor
+from router.stream import Attempt, Outcome, RoutedStream
+from serving.errors import (
+    BastionError,
+    BudgetExceededError,
+    ModelNotFoundError,
+    ResidencyRejectedError,
+    ServiceUnavailableError,
+    UpstreamError,
+)
+from serving.protocol import Delta, GenerationRequest, Provider
+
+__all__ = ["RouteRequest", "RoutedStream", "Router"]
+
+_EWMA = 0.2
+
+
+class RouteRequest(msgspec.Struct, frozen=True, kw_only=True):
+    tenant: str
+    policy: TenantPolicy
+    #: what the client asked for (``model`` in the OpenAI request)
+    alias: str
+    #: the request; its ``model`` is replaced by each candidate's own model name
+    generation: GenerationRequest
+    #: ``x-bastion-residency``: may only tighten the tenant's residency
+    residency_header: str | None = None
+
+
+class Router:
+    """Routes generations for the node. ``local`` maps local served model names to engines;
+    ``external`` maps provider names to providers (built from ``config`` when ``None``, and
+    then owned and closed by the router)."""
+
+    def __init__(
+        self,
+        config: RouterConfig,
+        *,
+        local: Mapping[str, Provider],
+        external: Mapping[str, Provider] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+        redactor: Redactor | None = None,
+    ) -> None:
+        self._config = config
+        self._options = config.routing
+        self._routes = {r.alias: r for r in config.routes}
+        self._providers = {p.name: p for p in config.providers}
+        self._local = dict(local)
+        self._owned: list[OpenAIProvider | AnthropicProvider] = []
+        if external is None:
+            built: dict[str, Provider] = {}
+            for p in config.providers:
+                provider = OpenAIProvider(p) if p.kind == "openai" else AnthropicProvider(p)
+                self._owned.append(provider)
+                built[p.name] = provider
+            external = built
+        self._external = dict(external)
+        self._clock = clock
+        self._breakers = {name: Breaker(p.breaker, clock=clock) for name, p in self._providers.items()}
+        self._local_breakers = {
+            name: Breaker(self._options.local_breaker, clock=clock) for name in self._local
+        }
+        self._cooldown_until: dict[str, float] = {}
+        self._ttft_ms: dict[str, float] = {}
+        self._limiter = Limiter(clock=clock, wall_clock=wall_clock)
+        self._redactor = redactor or Redactor(phone_region=self._options.phone_region)
+
+    async def aclose(self) -> None:
+        for provider in self._owned:
+            await provider.aclose()
+
+    def aliases(self) -> list[str]:
+        return sorted(self._routes)
+
+    def breaker_states(self) -> dict[str, str]:
+        """``local:<model>`` and external provider names -> ``closed`` / ``open`` / ``half-open``."""
+        states = {f"local:{k}": b.state.value for k, b in self._local_breakers.items()}
+        states.update({k: b.state.value for k, b in self._breakers.items()})
+        return states
+
+    @property
+    def limiter(self) -> Limiter:
+        return self._limiter
+
+    async def open(self, request: RouteRequest) -> RoutedStream:
+        """Admit, decide, redact and connect; return once the first delta arrived.
+
+        Raises ``RateLimitedError``/``BudgetExceededError`` (429),
+        ``ResidencyRejectedError``/``ServiceUnavailableError`` (503),
+        ``RedactionError`` (503), ``UpstreamError`` (502) or a provider's
+        ``BadRequestError``; each with ``reason`` and, where known, ``retry_after_s``.
+        """
+        route = self._routes.get(request.alias)
+        if route is None:
+            raise ModelNotFoundError(f"model {request.alias!r} is not routed here", param="model")
+        residency = effective_residency(request.policy, request.residency_header)
+        self._limiter.admit(request.tenant, request.policy)
+        plan = await self._plan(route, residency, request)
+        if not plan.candidates and plan.reason == "overflow":
+            plan = await self._wait_for_local(route, residency, request)
+        if not plan.candidates:
+            raise self._rejection(plan, residency, request)
+        attempts = [
+            Attempt(
+                route="local" if name == "local" else f"external:{name}",
+                model="",
+                outcome="skipped",
+                reason=why,
+            )
+            for name, why in plan.skipped
+        ]
+        # The only table of providers a local-only request can reach: the local engines.
+        table: Mapping[str, Provider] = {} if residency.local_only else self._external
+        return await self._connect(request, residency, plan, table, attempts)
+
+    # -- deciding ---------------------------------------------------------------------------------
+
+    async def _plan(self, route: RouteConfig, residency: Residency, request: RouteRequest) -> Plan:
+        local = await self._local_state(route)
+        if residency.local_only:
+            return plan_local_only(local)
+        now = self._clock()
+        external = {
+            name: ExternalState(
+                breaker_open=not b.can_pass(),
+                breaker_retry_after_s=b.retry_after_s(),
+                cooldown_s=max(0.0, self._cooldown_until.get(name, 0.0) - now),
+                available=name in self._external,
+            )
+            for name, b in self._breakers.items()
+        }
+        return plan_with_fallbacks(
+            route,
+            residency,
+            request.policy,
+            local,
+            self._providers,
+            external,
+            spend_left=self._limiter.spend_left(request.tenant, request.policy),
+        )
+
+    async def _local_state(self, route: RouteConfig) -> LocalState | None:
+        if route.local is None:
+            return None
+        provider = self._local.get(route.local)
+        breaker = self._local_breakers.get(route.local)
+        if provider is None or breaker is None:
+            return LocalState(model=route.local, healthy=False, breaker_open=False, overloaded=False)
+        try:
+            health = await provider.health()
+        except Exception:
+            return LocalState(model=route.local, healthy=False, breaker_open=False, overloaded=False)
+        predicted_ms = self._ttft_ms.get(route.local, self._options.local_ttft_prior_ms) * (
+            health.waiting + 1
+        )
+        saturated = health.kv_cache_usage >= self._options.kv_cache_high and health.waiting > 0
+        return LocalState(
+            model=route.local,
+            healthy=health.healthy,
+            breaker_open=not breaker.can_pass(),
+            overloaded=predicted_ms > route.ttft_budget_ms or saturated,
+            retry_after_s=max(1.0, breaker.retry_after_s()),
+        )
+
+    async def _wait_for_local(self, route: RouteConfig, residency: Residency, request: RouteRequest) -> Plan:
+        """The local engine is busy and nothing else may take the request: wait within its TTFT budget."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + route.ttft_budget_ms / 1000
+        step = min(0.05, route.ttft_budget_ms / 10_000)
+        while True:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return await self._plan(route, residency, request)
+            await asyncio.sleep(min(step, remaining))
+            plan = await self._plan(route, residency, request)
+            if plan.candidates or plan.reason != "overflow":
+                return plan
+
+    def _rejection(self, plan: Plan, residency: Residency, request: RouteRequest) -> BastionError:
+        if residency.local_only:
+            return ResidencyRejectedError(
+                f"the local engine cannot take this local-only request now ({plan.reason}); "
+                "it was not sent to any external provider",
+                retry_after_s=plan.retry_after_s,
+                reason=plan.reason,
+            )
+        if plan.budget_exhausted:
+            return BudgetExceededError(
+                f"tenant {request.tenant!r} has spent its external budget for this month",
+                retry_after_s=self._limiter.until_next_month(),
+                reason="budget-spend-per-month",
+            )
+        whys = {why for _, why in plan.skipped if why != "local-unhealthy"}
+        if whys <= {"residency", "not-allowed", "no-provider", "no-local", "overflow"}:
+            return ResidencyRejectedError(
+                f"no provider this tenant may use can take the request now ({plan.reason})",
+                retry_after_s=plan.retry_after_s,
+                reason=plan.reason,
+            )
+        reason = "breaker-open" if "breaker-open" in whys else "upstream-rate-limited"
+        return ServiceUnavailableError(
+            f"every candidate is unavailable ({reason})",
+            retry_after_s=plan.retry_after_s,
+            reason=reason,
+        )
+
+    # -- connecting -------------------------------------------------------------------------------
+
+    async def _connect(
+        self,
+        request: RouteRequest,
+        residency: Residency,
+        plan: Plan,
+        table: Mapping[str, Provider],
+        attempts: list[Attempt],
+    ) -> RoutedStream:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._options.failover_budget_s
+        queue = list(plan.candidates)
+        deferred: list[tuple[float, Candidate]] = []  # (ready at, candidate) after a 429
+        retried: set[str] = set()
+        redaction: Redaction | None = None
+        last: BastionError | None = None
+        tries = 0
+        while queue or deferred:
+            if not queue:
+                deferred.sort(key=lambda d: d[0])
+                ready, candidate = deferred.pop(0)
+                await asyncio.sleep(max(0.0, ready - loop.time()))
+            else:
+                candidate = queue.pop(0)
+                if tries:
+                    await asyncio.sleep(self._backoff(tries, deadline - loop.time()))
+            if candidate.local:
+                provider = self._local.get(candidate.model)
+                breaker = self._local_breakers.get(candidate.model)
+            else:
+                provider = table.get(candidate.provider)
+                breaker = self._breakers.get(candidate.provider)
+            if provider is None or breaker is None:
+                attempts.append(
+                    Attempt(
+                        route=candidate.route, model=candidate.model, outcome="skipped", reason="no-provider"
+                    )
+                )
+                continue
+            if not breaker.acquire():
+                attempts.append(
+                    Attempt(
+                        route=candidate.route, model=candidate.model, outcome="skipped", reason="breaker-open"
+                    )
+                )
+                continue
+            tries += 1
+            generation = msgspec.structs.replace(request.generation, model=candidate.model)
+            if not candidate.local and request.policy.redact:
+                redaction = redaction or self._redactor.redact(request.generation)
+                generation = msgspec.structs.replace(redaction.request, model=candidate.model)
+            started = self._clock()
+            stream = provider.stream(generation)
+            try:
+                first = await anext(stream)
+            except UpstreamRateLimitedError as exc:
+                breaker.release()
+                wait = exc.retry_after_s if exc.retry_after_s is not None else 1.0
+                self._cooldown_until[candidate.provider] = self._clock() + wait
+                attempts.append(
+                    Attempt(
+                        route=candidate.route,
+                        model=candidate.model,
+                        outcome="rate-limited",
+                        reason=exc.reason or "upstream-429",
+                        status_code=429,
+                    )
+                )
+                if candidate.route not in retried and loop.time() + wait <= deadline:
+                    retried.add(candidate.route)
+                    deferred.append((loop.time() + wait, candidate))
+                last = exc
+                continue
+            except BastionError as exc:
+                await _aclose(stream)
+                if 400 <= exc.status_code < 500:
+                    breaker.release()  # the request's fault: another provider would refuse it too
+                    raise
+                breaker.record_failure()
+                attempts.append(
+                    Attempt(
+                        route=candidate.route,
+                        model=candidate.model,
+                        outcome="failed",
+                        reason=exc.reason or exc.code,
+                        status_code=exc.status_code,
+                    )
+                )
+                last = exc
+                continue
+            except (StopAsyncIteration, Exception) as exc:
+                await _aclose(stream)
+                breaker.record_failure()
+                why = "empty-stream" if isinstance(exc, StopAsyncIteration) else "provider-error"
+                attempts.append(
+                    Attempt(route=candidate.route, model=candidate.model, outcome="failed", reason=why)
+                )
+                last = UpstreamError(f"{candidate.route}: {why}", reason=why)
+                continue
+            if candidate.local:
+                self._observe_ttft(candidate.model, (self._clock() - started) * 1000)
+            failed_before = any(a.outcome in ("failed", "rate-limited") for a in attempts)
+            reason = "failover" if failed_before else plan.reason
+            attempts.append(
+                Attempt(route=candidate.route, model=candidate.model, outcome="ok", reason=reason)
+            )
+            return self._routed(request, candidate, reason, first, stream, breaker, redaction, attempts)
+        raise self._exhausted(residency, last)
+
+    def _routed(
+        self,
+        request: RouteRequest,
+        candidate: Candidate,
+        reason: str,
+        first: Delta,
+        stream: AsyncIterator[Delta],
+        breaker: Breaker,
+        redaction: Redaction | None,
+        attempts: list[Attempt],
+    ) -> RoutedStream:
+        provider = self._local[candidate.model] if candidate.local else self._external[candidate.provider]
+        info = provider.describe()
+        price = None if candidate.local else self._providers[candidate.provider].models.get(candidate.model)
+        tenant = request.tenant
+
+        def settle(outcome: Outcome) -> float:
+            if outcome.cancelled:
+                breaker.release()
+                return 0.0
+            if not outcome.ok:
+                breaker.record_failure()
+                return 0.0
+            breaker.record_success()
+            cost = 0.0
+            if price is not None:
+                cost = (
+                    outcome.prompt_tokens * price.input_per_mtok
+                    + outcome.completion_tokens * price.output_per_mtok
+                ) / 1_000_000
+            self._limiter.record(tenant, tokens=outcome.prompt_tokens + outcome.completion_tokens, spend=cost)
+            return cost
+
+        used = redaction if redaction is not None and not candidate.local else None
+        restorer = used.restorer() if used is not None and request.policy.restore_pii else None
+        return RoutedStream(
+            first=first,
+            rest=stream,
+            route=candidate.route,
+            reason=reason,
+            provider=info.name,
+            model=candidate.model,
+            revision=info.revisions.get(candidate.model, candidate.model),
+            redactions=dict(used.counts) if used is not None else {},
+            attempts=attempts,
+            restorer=restorer,
+            settle=settle,
+        )
+
+    def _exhausted(self, residency: Residency, last: BastionError | None) -> BastionError:
+        if residency.local_only:
+            return ResidencyRejectedError(
+                "the local engine failed this local-only request; it was not sent to any external provider",
+                retry_after_s=1.0,
+                reason="local-failed",
+            )
+        if isinstance(last, UpstreamRateLimitedError):
+            return ServiceUnavailableError(
+                "every provider is rate limiting",
+                reason="upstream-rate-limited",
+                retry_after_s=last.retry_after_s or 1.0,
+            )
+        return UpstreamError(
+            "no candidate could serve the request", reason="all-candidates-failed", retry_after_s=1.0
+        )
+
+    def _backoff(self, tries: int, remaining: float) -> float:
+        base = min(self._options.backoff_max_s, self._options.backoff_base_s * 2.0 ** (tries - 1))
+        return max(0.0, min(remaining, base * random.uniform(0.5, 1.5)))
+
+    def _observe_ttft(self, model: str, ms: float) -> None:
+        old = self._ttft_ms.get(model)
+        self._ttft_ms[model] = ms if old is None else old + _EWMA * (ms - old)
+
+
+async def _aclose(stream: AsyncIterator[Delta]) -> None:
+    close = getattr(stream, "aclose", None)
+    if close is not None:
+        await close()

@@ -1,0 +1,197 @@
+"""One provider's HTTP connection: shared client, keys, deadlines, status mapping.
+
+Each external provider owns one ``httpx.AsyncClient`` (a connection pool).
+Four deadlines bound a call: connect, first byte (headers and the first body
+bytes, which include the upstream's prefill), between chunks, and total. They
+are enforced per await, never around a ``yield``, so a deadline can only
+cancel our own read and never the consumer's code.
+
+Keys come from an environment variable or a file and are scrubbed from every
+error message we build; upstream error bodies are never copied into messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import os
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from pathlib import Path
+
+import httpx
+
+from router.config import ProviderConfig
+from router.errors import UpstreamRateLimitedError, UpstreamTimeoutError
+from router.sse import SseEvent, SseParser
+from serving.errors import BadRequestError, BastionError, UpstreamError
+
+__all__ = ["Upstream", "load_api_key", "parse_retry_after"]
+
+# Upstream statuses that mean the request itself is bad: another provider would refuse it too.
+_CLIENT_FAULT = frozenset({400, 413, 422})
+# How long to wait for the end of the body after the terminal event.
+_DRAIN_S = 0.5
+
+
+def load_api_key(config: ProviderConfig, environ: Mapping[str, str] | None = None) -> str | None:
+    """The provider's key from its environment variable or file; ``None`` when it needs none."""
+    env = os.environ if environ is None else environ
+    if config.api_key_env is not None:
+        key = env.get(config.api_key_env, "").strip()
+        if not key:
+            raise ValueError(f"provider {config.name!r}: environment variable {config.api_key_env} is empty")
+        return key
+    if config.api_key_file is not None:
+        try:
+            key = Path(config.api_key_file).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ValueError(
+                f"provider {config.name!r}: cannot read api_key_file ({type(exc).__name__})"
+            ) from None
+        if not key:
+            raise ValueError(f"provider {config.name!r}: api_key_file is empty")
+        return key
+    return None
+
+
+def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
+    """Seconds from a ``Retry-After`` header (delta-seconds or an HTTP date)."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    current = time.time() if now is None else now
+    return max(0.0, when.timestamp() - current)
+
+
+class Upstream:
+    """POST a JSON body and iterate the SSE events of the answer, under the four deadlines."""
+
+    def __init__(
+        self,
+        config: ProviderConfig,
+        *,
+        auth_headers: Mapping[str, str],
+        secret: str | None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.name = config.name
+        self._t = config.timeouts
+        self._secret = secret
+        self._base = config.base_url.rstrip("/")
+        self._client = httpx.AsyncClient(
+            timeout=httpx.Timeout(
+                connect=self._t.connect_s,
+                read=None,
+                write=self._t.between_chunks_s,
+                pool=self._t.first_byte_s,
+            ),
+            limits=httpx.Limits(
+                max_connections=config.max_connections, max_keepalive_connections=config.max_connections
+            ),
+            headers={"content-type": "application/json", "accept": "text/event-stream", **auth_headers},
+            params=dict(config.query),
+            transport=transport,
+            trust_env=False,
+            follow_redirects=False,
+        )
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    def _error(self, cls: type[BastionError], message: str, reason: str, **kw: float | None) -> BastionError:
+        text = f"provider {self.name!r}: {message}"
+        if self._secret:
+            text = text.replace(self._secret, "[REDACTED]")
+        return cls(text, reason=reason, retry_after_s=kw.get("retry_after_s"))
+
+    async def events(
+        self, path: str, body: bytes, *, terminal: Callable[[SseEvent], bool]
+    ) -> AsyncIterator[SseEvent]:
+        """Send ``body`` to ``path`` and yield its SSE events; raise from the taxonomy on failure.
+
+        After the ``terminal`` event the rest of the body (the chunked terminator) is read
+        briefly, so the connection goes back to the pool instead of being closed.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._t.total_s
+        request = self._client.build_request("POST", self._base + path, content=body)
+        try:
+            async with asyncio.timeout(min(self._t.first_byte_s, self._t.total_s)):
+                response = await self._client.send(request, stream=True)
+        except TimeoutError:
+            raise self._error(
+                UpstreamTimeoutError, "no response before the first-byte deadline", "first-byte-timeout"
+            ) from None
+        except httpx.TimeoutException:
+            raise self._error(UpstreamTimeoutError, "connect timed out", "connect-timeout") from None
+        except httpx.ConnectError:
+            raise self._error(UpstreamError, "connection failed", "connect-failed") from None
+        except httpx.HTTPError as exc:
+            raise self._error(
+                UpstreamError, f"transport error ({type(exc).__name__})", "transport-error"
+            ) from None
+        try:
+            self._check_response(response)
+            chunks = response.aiter_bytes()
+            parser = SseParser()
+            limit = self._t.first_byte_s
+            while True:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    raise self._error(UpstreamTimeoutError, "total deadline passed", "total-timeout")
+                try:
+                    async with asyncio.timeout(min(limit, remaining)):
+                        chunk = await anext(chunks)
+                except StopAsyncIteration:
+                    break
+                except TimeoutError:
+                    raise self._error(UpstreamTimeoutError, "stream stalled", "stream-stalled") from None
+                except httpx.HTTPError as exc:
+                    raise self._error(
+                        UpstreamError, f"stream cut ({type(exc).__name__})", "stream-cut"
+                    ) from None
+                limit = self._t.between_chunks_s
+                try:
+                    events = parser.feed(chunk)
+                except ValueError:
+                    raise self._error(UpstreamError, "oversized SSE event", "malformed-stream") from None
+                for event in events:
+                    yield event
+                    if terminal(event):
+                        await self._drain(chunks, loop.time() + _DRAIN_S)
+                        return
+        finally:
+            await response.aclose()
+
+    @staticmethod
+    async def _drain(chunks: AsyncIterator[bytes], deadline: float) -> None:
+        try:
+            async with asyncio.timeout_at(deadline):
+                async for _ in chunks:
+                    pass
+        except (TimeoutError, httpx.HTTPError):
+            pass  # the answer is complete; the connection is simply not reused
+
+    def _check_response(self, response: httpx.Response) -> None:
+        status = response.status_code
+        if status == 429:
+            retry = parse_retry_after(response.headers.get("retry-after"))
+            raise self._error(
+                UpstreamRateLimitedError, "rate limited (429)", "upstream-429", retry_after_s=retry
+            )
+        if status in _CLIENT_FAULT:
+            raise self._error(BadRequestError, f"refused the request ({status})", "upstream-rejected")
+        if status >= 300:
+            raise self._error(UpstreamError, f"answered {status}", f"upstream-{status}")
+        ctype = response.headers.get("content-type", "")
+        if not ctype.startswith("text/event-stream"):
+            raise self._error(UpstreamError, "answered with a non-SSE content type", "bad-content-type")

@@ -1,0 +1,87 @@
+"""Turning a request into the model's own prompt tokens, and checking it fits.
+
+Chat requests go through the model's chat template (from its tokenizer
+config), completions through its tokenizer as is. The engine is handed these
+token ids, so the count used for the context check, the usage reported and
+what the model sees are one and the same.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from serving.errors import BadRequestError, ContextLengthExceededError
+from serving.protocol import ChatMessage, GenerationRequest
+
+__all__ = ["PromptTokenizer", "budget_max_tokens", "render_prompt"]
+
+
+class PromptTokenizer(Protocol):
+    """The slice of a Hugging Face tokenizer this module uses."""
+
+    def apply_chat_template(self, conversation: Any, **kwargs: Any) -> Any: ...
+
+    def encode(self, text: str, **kwargs: Any) -> list[int]: ...
+
+
+def _message_dict(message: ChatMessage) -> dict[str, Any]:
+    d: dict[str, Any] = {"role": message.role, "content": message.content or ""}
+    if message.name is not None:
+        d["name"] = message.name
+    if message.tool_call_id is not None:
+        d["tool_call_id"] = message.tool_call_id
+    if message.tool_calls:
+        d["tool_calls"] = [
+            {"id": c.id, "type": c.type, "function": {"name": c.function.name, "arguments": c.function.arguments}}
+            for c in message.tool_calls
+        ]
+    return d
+
+
+def render_prompt(tokenizer: PromptTokenizer, request: GenerationRequest) -> tuple[list[int], str]:
+    """Token ids of the prompt, and the request field they came from (``messages`` or ``prompt``)."""
+    if (request.messages is None) == (request.prompt is None):
+        raise BadRequestError("set exactly one of `messages` and `prompt`", param="messages")
+    if request.messages is not None:
+        if not request.messages:
+            raise BadRequestError("`messages` must not be empty", param="messages")
+        try:
+            text = tokenizer.apply_chat_template(
+                [_message_dict(m) for m in request.messages], tokenize=False, add_generation_prompt=True
+            )
+        except Exception as exc:  # a template may raise on a role sequence it does not support
+            raise BadRequestError(f"the model's chat template rejected these messages: {exc}", param="messages") from exc
+        # the template already placed the special tokens it wants
+        return list(tokenizer.encode(str(text), add_special_tokens=False)), "messages"
+    assert request.prompt is not None
+    return list(tokenizer.encode(request.prompt, add_special_tokens=True)), "prompt"
+
+
+def budget_max_tokens(
+    prompt_tokens: int, max_tokens: int | None, max_model_len: int, *, prompt_param: str, min_tokens: int = 0
+) -> int:
+    """The ``max_tokens`` to generate: the request's, or what is left of the context.
+
+    Raises ``ContextLengthExceededError`` when the prompt alone, or the prompt
+    plus ``max_tokens``, does not fit in ``max_model_len``.
+    """
+    if max_tokens is not None and max_tokens < 1:
+        raise BadRequestError("`max_tokens` must be at least 1", param="max_tokens")
+    if min_tokens < 0 or (max_tokens is not None and min_tokens > max_tokens):
+        raise BadRequestError("`min_tokens` must be between 0 and `max_tokens`", param="min_tokens")
+    if prompt_tokens >= max_model_len:
+        raise ContextLengthExceededError(
+            f"This model's maximum context length is {max_model_len} tokens. However, your {prompt_param} "
+            f"resulted in {prompt_tokens} tokens, leaving no room for a completion.",
+            param=prompt_param,
+        )
+    if max_tokens is None:
+        return max_model_len - prompt_tokens
+    if prompt_tokens + max_tokens > max_model_len:
+        raise ContextLengthExceededError(
+            f"This model's maximum context length is {max_model_len} tokens. However, you requested "
+            f"{prompt_tokens + max_tokens} tokens ({prompt_tokens} in the {prompt_param}, {max_tokens} for the "
+            "completion). Please reduce the length of the prompt or the completion.",
+            param="max_tokens",
+        )
+    return max_tokens

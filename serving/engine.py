@@ -1,0 +1,367 @@
+"""The local engine: one pinned model served by vLLM's in-process ``AsyncLLM``.
+
+``LocalEngine`` satisfies ``serving.protocol.Provider``. It refuses to load a
+model whose files fail their pins, switches off every egress path before vLLM
+starts, streams generations as deltas with running token counts, aborts a
+request in the engine when its consumer goes away, and proves readiness with
+real one-token generations (see ``serving.health``): a wedged or dead engine
+fails requests fast with ``EngineUnavailableError`` instead of letting them hang.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Final, Literal
+
+from serving.chat_template import budget_max_tokens, render_prompt
+from serving.engine_stats import EngineStats, StatsSink
+from serving.errors import BadRequestError, EngineUnavailableError, InternalError
+from serving.health import HealthState
+from serving.models import ModelSpec
+from serving.pins import verify_model
+from serving.protocol import Delta, GenerationRequest, Health, ProviderInfo
+
+__all__ = ["NO_EGRESS_ENV", "EngineStats", "LocalEngine"]
+
+#: set in the process before vLLM is imported: no usage stats, no hub look-ups
+NO_EGRESS_ENV: Final = {
+    "VLLM_NO_USAGE_STATS": "1",
+    "VLLM_DO_NOT_TRACK": "1",
+    "DO_NOT_TRACK": "1",
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+}
+
+_FINISH: Final[dict[str, Literal["stop", "length", "abort"]]] = {
+    "stop": "stop",
+    "length": "length",
+    "abort": "abort",
+}
+
+
+def _apply_no_egress_env() -> None:
+    os.environ.update(NO_EGRESS_ENV)
+    # The hub library reads its offline flag once, at import; if something
+    # imported it earlier, set the flag it actually consults.
+    with contextlib.suppress(ImportError):
+        from huggingface_hub import constants
+
+        constants.HF_HUB_OFFLINE = True
+
+
+class LocalEngine:
+    """A pinned model on vLLM ``AsyncLLM``, with probe-based health. Use ``async with``."""
+
+    def __init__(
+        self,
+        spec: ModelSpec,
+        model_dir: Path,
+        *,
+        probe_interval_s: float = 15.0,
+        probe_timeout_s: float = 10.0,
+    ) -> None:
+        self.spec = spec
+        self.model_dir = model_dir
+        self.name = spec.name
+        self.revision = spec.pinned_revision
+        self.max_model_len = spec.max_model_len
+        self._probe_interval_s = probe_interval_s
+        self._probe_timeout_s = probe_timeout_s
+        self._health = HealthState()
+        self._stats = StatsSink()
+        self._llm: Any = None
+        self._tokenizer: Any = None
+        self._probe_ids: list[int] = []
+        self._probe_lock = asyncio.Lock()
+        self._probe_task: asyncio.Task[None] | None = None
+        self._inflight: set[str] = set()
+        #: seconds the last ``start()`` took (pins + engine + first probe)
+        self.start_seconds: float | None = None
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Verify pins, start vLLM, prove one forward pass, then probe in the background.
+
+        Raises ``PinMismatchError`` (nothing is loaded) or ``EngineUnavailableError``.
+        """
+        t0 = time.monotonic()
+        # hashing multi-GB weights must not stall other engines' event loop work
+        await asyncio.to_thread(verify_model, self.spec, self.model_dir)
+        _apply_no_egress_env()
+        try:
+            self._llm = await asyncio.to_thread(self._create_llm)
+        except Exception as exc:
+            self._health.dead(f"engine failed to start: {type(exc).__name__}: {exc}")
+            raise EngineUnavailableError(f"model {self.name!r}: engine failed to start: {exc}") from exc
+        self._tokenizer = self._llm.get_tokenizer()
+        self._probe_ids = list(self._tokenizer.encode("ping", add_special_tokens=True)) or [0]
+        health = await self.probe()
+        if not health.healthy:
+            await self.aclose()
+            raise EngineUnavailableError(f"model {self.name!r}: first probe failed: {health.detail}")
+        self._probe_task = asyncio.create_task(self._probe_loop(), name=f"probe:{self.name}")
+        self.start_seconds = time.monotonic() - t0
+
+    def _create_llm(self) -> Any:
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        spec = self.spec
+        args = AsyncEngineArgs(
+            model=str(self.model_dir),
+            tokenizer=str(self.model_dir),
+            served_model_name=[spec.name],
+            # only safetensors: never unpickle a checkpoint, never run repo code
+            load_format="safetensors",
+            trust_remote_code=False,
+            dtype=spec.dtype,
+            max_model_len=spec.max_model_len,
+            gpu_memory_utilization=spec.gpu_memory_utilization,
+            tensor_parallel_size=spec.tensor_parallel_size,
+            max_num_seqs=spec.max_num_seqs,
+            enable_prefix_caching=spec.enable_prefix_caching,
+            enforce_eager=spec.enforce_eager,
+            kv_cache_memory_bytes=spec.kv_cache_memory_bytes,
+            # vLLM's default loggers would register Prometheus metrics and log
+            # every few seconds; ours only records (see serving.engine_stats)
+            disable_log_stats=True,
+            enable_log_requests=False,
+        )
+        return AsyncLLM.from_engine_args(args, stat_loggers=[self._stats.logger_factory()])
+
+    async def aclose(self) -> None:
+        """Stop probing, abort what is in flight, shut vLLM down and reap its processes."""
+        if self._probe_task is not None:
+            self._probe_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._probe_task
+            self._probe_task = None
+        llm, self._llm = self._llm, None
+        self._health.stopped()
+        if llm is None:
+            return
+        if self._inflight and not llm.errored:
+            with contextlib.suppress(Exception):
+                await llm.abort(list(self._inflight))
+        await asyncio.to_thread(llm.shutdown)
+        # AsyncLLM sits in reference cycles; collect it now, while the modules its
+        # __del__ needs still exist (at interpreter exit they are gone and it raises)
+        del llm
+        gc.collect()
+
+    async def __aenter__(self) -> LocalEngine:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    def engine_pids(self) -> tuple[int, ...]:
+        """Process ids of vLLM's engine-core processes (diagnostics: orphan checks, fault drills)."""
+        try:
+            procs = self._llm.engine_core.resources.engine_manager.processes
+            return tuple(int(p.pid) for p in procs if p.pid is not None)
+        except AttributeError:
+            return ()
+
+    # -- provider ------------------------------------------------------------------
+
+    def describe(self) -> ProviderInfo:
+        return ProviderInfo(
+            name="local", kind="local", region="local", models=(self.name,), revisions={self.name: self.revision}
+        )
+
+    def _check_alive(self) -> None:
+        llm = self._llm
+        if llm is not None and not self._health.terminal and llm.errored:
+            self._health.dead("engine process died")
+
+    async def health(self) -> Health:
+        """The last probe's verdict plus the scheduler's queue figures (no forward pass)."""
+        return self._health_now()
+
+    def _health_now(self) -> Health:
+        self._check_alive()
+        s = self.stats()
+        h = self._health
+        return Health(
+            healthy=h.ready,
+            detail=f"{h.state}: {h.detail}",
+            last_ok_s=h.last_ok_s,
+            waiting=s.waiting,
+            running=s.running,
+            kv_cache_usage=s.kv_cache_usage,
+        )
+
+    async def probe(self) -> Health:
+        """Run a one-token generation now; mark the engine wedged if it misses the timeout."""
+        async with self._probe_lock:
+            await self._probe_once()
+        return self._health_now()
+
+    async def _probe_once(self) -> None:
+        self._check_alive()
+        if self._health.terminal or self._llm is None:
+            return
+        from vllm.sampling_params import RequestOutputKind, SamplingParams
+        from vllm.v1.engine.exceptions import EngineDeadError
+
+        params = SamplingParams(max_tokens=1, temperature=0.0, output_kind=RequestOutputKind.FINAL_ONLY)
+        request_id = f"bastion-probe-{uuid.uuid4().hex}"
+        t0 = time.monotonic()
+        try:
+            async with asyncio.timeout(self._probe_timeout_s):
+                async for _ in self._llm.generate({"prompt_token_ids": self._probe_ids}, params, request_id):
+                    pass
+        except TimeoutError:
+            self._health.wedged(f"probe did not finish within {self._probe_timeout_s:g} s")
+        except EngineDeadError:
+            self._health.dead("engine process died")
+        except Exception as exc:
+            self._check_alive()
+            self._health.wedged(f"probe failed: {type(exc).__name__}: {exc}")
+        else:
+            self._health.probe_ok(time.monotonic() - t0)
+        if not self._health.ready:
+            await self._abort_inflight()
+
+    async def _abort_inflight(self) -> None:
+        """End every in-flight stream: each sees an abort and raises ``EngineUnavailableError``."""
+        if not self._inflight or self._llm is None:
+            return
+        with contextlib.suppress(Exception):
+            await self._llm.abort(list(self._inflight))
+
+    async def _probe_loop(self) -> None:
+        while not self._health.terminal:
+            await asyncio.sleep(self._probe_interval_s)
+            async with self._probe_lock:
+                await self._probe_once()
+
+    def stats(self) -> EngineStats:
+        llm = self._llm
+        unfinished = int(llm.get_num_unfinished_requests()) if llm is not None else 0
+        return self._stats.snapshot(unfinished)
+
+    def _unavailable(self) -> EngineUnavailableError:
+        h = self._health
+        return EngineUnavailableError(
+            f"model {self.name!r} is unavailable: engine {h.state} ({h.detail})", retry_after_s=5.0
+        )
+
+    def count_prompt_tokens(self, request: GenerationRequest) -> int:
+        """Prompt tokens as this model counts them (its tokenizer and chat template)."""
+        if self._tokenizer is None:
+            raise self._unavailable()
+        ids, _ = render_prompt(self._tokenizer, request)
+        return len(ids)
+
+    def stream(self, request: GenerationRequest) -> AsyncIterator[Delta]:
+        """Generate; see ``serving.protocol.Provider.stream``. Validation errors are raised
+        on the first ``__anext__``, before anything is queued in the engine."""
+        return self._stream(request)
+
+    def _prepare(self, request: GenerationRequest) -> tuple[list[int], Any]:
+        from vllm.exceptions import VLLMClientError
+        from vllm.sampling_params import RequestOutputKind, SamplingParams
+
+        ids, param = render_prompt(self._tokenizer, request)
+        s = request.sampling
+        max_tokens = budget_max_tokens(
+            len(ids), s.max_tokens, self.max_model_len, prompt_param=param, min_tokens=s.min_tokens
+        )
+        try:
+            params = SamplingParams(
+                n=1,
+                max_tokens=max_tokens,
+                min_tokens=s.min_tokens,
+                temperature=1.0 if s.temperature is None else s.temperature,
+                top_p=1.0 if s.top_p is None else s.top_p,
+                stop=list(s.stop) or None,
+                seed=s.seed,
+                ignore_eos=s.ignore_eos,
+                output_kind=RequestOutputKind.DELTA,
+            )
+        except (ValueError, VLLMClientError) as exc:
+            param = getattr(exc, "parameter", None)
+            raise BadRequestError(f"invalid sampling parameters: {exc}", param=param) from exc
+        return ids, params
+
+    async def _stream(self, request: GenerationRequest) -> AsyncIterator[Delta]:
+        self._check_alive()
+        if not self._health.ready or self._llm is None:
+            raise self._unavailable()
+        from vllm.exceptions import GracefulHTTPError, VLLMClientError
+        from vllm.v1.engine.exceptions import EngineDeadError
+
+        ids, params = self._prepare(request)
+        prompt: dict[str, Any] = {"prompt_token_ids": ids}
+        if request.cache_salt:
+            prompt["cache_salt"] = request.cache_salt
+        # our own id: two client requests may share a request_id, vLLM's abort is by id
+        request_id = f"{request.request_id}-{uuid.uuid4().hex[:12]}"
+        completion = 0
+        finished = False
+        self._inflight.add(request_id)
+        gen = self._llm.generate(prompt, params, request_id)
+        try:
+            async for out in gen:
+                cached = int(out.num_cached_tokens or 0)
+                step = out.outputs[0] if out.outputs else None
+                if step is not None:
+                    completion += len(step.token_ids)
+                reason = step.finish_reason if step is not None else None
+                if out.finished:
+                    finished = True
+                    if reason == "abort" and not self._health.ready:
+                        raise self._unavailable()
+                    yield Delta(
+                        text=step.text if step is not None else "",
+                        prompt_tokens=len(ids),
+                        completion_tokens=completion,
+                        cached_tokens=cached,
+                        finish_reason=_FINISH.get(str(reason), "stop"),
+                    )
+                    return
+                if step is not None and (step.text or step.token_ids):
+                    yield Delta(text=step.text, prompt_tokens=len(ids), completion_tokens=completion, cached_tokens=cached)
+            # the engine's generator ended without a finished output: it was torn down under us
+            self._check_alive()
+            raise self._unavailable()
+        except EngineDeadError as exc:
+            self._health.dead("engine process died")
+            raise self._unavailable() from exc
+        except (BadRequestError, EngineUnavailableError):
+            raise
+        except (GeneratorExit, asyncio.CancelledError):
+            raise
+        except (ValueError, VLLMClientError) as exc:
+            raise BadRequestError(f"the engine rejected the request: {exc}") from exc
+        except GracefulHTTPError as exc:
+            # vLLM's admission control (queue full): busy, not broken
+            raise EngineUnavailableError(f"model {self.name!r} is busy: {exc}", retry_after_s=1.0) from exc
+        except Exception as exc:
+            self._check_alive()
+            if not self._health.ready:
+                raise self._unavailable() from exc
+            raise InternalError(f"generation failed: {type(exc).__name__}") from exc
+        finally:
+            self._inflight.discard(request_id)
+            if not finished and self._llm is not None and not self._llm.errored:
+                # the consumer went away (or we failed mid-stream): free the sequence now
+                with contextlib.suppress(Exception):
+                    await self._llm.abort(request_id)
+            with contextlib.suppress(Exception):
+                await gen.aclose()

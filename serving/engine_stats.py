@@ -1,0 +1,115 @@
+"""Engine statistics read from vLLM's stat-logger hook.
+
+vLLM hands every scheduler step's stats to its stat loggers. Bastion passes one
+custom logger per engine (and no default ones, so vLLM registers no Prometheus
+metrics of its own in our process); it keeps the latest queue and KV-cache
+figures and running totals for the prefix cache and preemptions.
+``SchedulerStats``/``IterationStats`` are not a stable vLLM interface, so every
+field is read defensively.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+
+__all__ = ["EngineStats", "StatsSink"]
+
+
+class EngineStats(msgspec.Struct, frozen=True, kw_only=True):
+    """A snapshot of one engine's scheduler, as of its last step."""
+
+    #: requests queued in the scheduler, not yet running
+    waiting: int = 0
+    #: requests in the running batch
+    running: int = 0
+    #: fraction of KV-cache blocks in use, 0..1
+    kv_cache_usage: float = 0.0
+    #: prompt tokens looked up in the prefix cache, since start
+    prefix_cache_queries: int = 0
+    #: of those, tokens found in the cache
+    prefix_cache_hits: int = 0
+    #: requests preempted (KV cache evicted and recomputed), since start
+    preemptions: int = 0
+    #: requests the frontend still tracks (queued, running or streaming out)
+    unfinished: int = 0
+
+    @property
+    def prefix_cache_hit_rate(self) -> float:
+        return self.prefix_cache_hits / self.prefix_cache_queries if self.prefix_cache_queries else 0.0
+
+
+class StatsSink:
+    """Where the engine's stat logger writes; read by ``LocalEngine.stats()``.
+
+    Only touched from the event loop thread (vLLM calls loggers from its
+    output handler task), so no lock.
+    """
+
+    def __init__(self) -> None:
+        self.waiting = 0
+        self.running = 0
+        self.kv_cache_usage = 0.0
+        self.prefix_cache_queries = 0
+        self.prefix_cache_hits = 0
+        self.preemptions = 0
+        self.steps = 0
+
+    def logger_factory(self) -> Callable[[Any, int], Any]:
+        """A vLLM per-engine stat-logger factory bound to this sink.
+
+        vLLM is imported here, not at module import, so the engine can set its
+        no-egress environment before any vLLM code runs.
+        """
+        from vllm.v1.metrics.loggers import StatLoggerBase
+
+        sink = self
+
+        class _SinkLogger(StatLoggerBase):  # type: ignore[misc]
+            def __init__(self, vllm_config: Any, engine_index: int = 0) -> None:
+                pass
+
+            def record(
+                self,
+                scheduler_stats: Any,
+                iteration_stats: Any,
+                mm_cache_stats: Any = None,
+                engine_idx: int = 0,
+            ) -> None:
+                sink.record(scheduler_stats, iteration_stats)
+
+            def log_engine_initialized(self) -> None:
+                return None
+
+        return _SinkLogger
+
+    def record(self, scheduler_stats: Any, iteration_stats: Any) -> None:
+        self.steps += 1
+        if scheduler_stats is not None:
+            self.running = int(getattr(scheduler_stats, "num_running_reqs", 0))
+            self.waiting = int(getattr(scheduler_stats, "num_waiting_reqs", 0)) + int(
+                getattr(scheduler_stats, "num_skipped_waiting_reqs", 0)
+            )
+            self.kv_cache_usage = float(getattr(scheduler_stats, "kv_cache_usage", 0.0))
+            prefix = getattr(scheduler_stats, "prefix_cache_stats", None)
+            if prefix is not None:
+                self.prefix_cache_queries += int(getattr(prefix, "queries", 0))
+                self.prefix_cache_hits += int(getattr(prefix, "hits", 0))
+        if iteration_stats is not None:
+            self.preemptions += int(getattr(iteration_stats, "num_preempted_reqs", 0))
+
+    def snapshot(self, unfinished: int) -> EngineStats:
+        # Scheduler stats only arrive with engine outputs, so after an abort the
+        # last figures can be stale; the frontend's own count is authoritative for "idle".
+        idle = unfinished == 0
+        return EngineStats(
+            waiting=0 if idle else self.waiting,
+            running=0 if idle else self.running,
+            kv_cache_usage=self.kv_cache_usage,
+            prefix_cache_queries=self.prefix_cache_queries,
+            prefix_cache_hits=self.prefix_cache_hits,
+            preemptions=self.preemptions,
+            unfinished=unfinished,
+        )

@@ -1,0 +1,60 @@
+"""An engine's readiness, as proven by real forward passes.
+
+A process that answers is not an engine that computes: vLLM's own ``/health``
+answers 200 while a GPU is wedged. Readiness here is set only by a probe (a
+one-token generation) that finished in time; a probe that did not marks the
+engine wedged, and a dead engine stays dead.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Literal
+
+__all__ = ["EngineState", "HealthState"]
+
+EngineState = Literal["starting", "ready", "wedged", "dead", "stopped"]
+
+
+class HealthState:
+    """The engine's state machine: starting -> ready <-> wedged; any -> dead/stopped (terminal)."""
+
+    def __init__(self) -> None:
+        self.state: EngineState = "starting"
+        self.detail = "engine starting"
+        self.last_ok_s: float | None = None
+        self.last_probe_s: float | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self.state == "ready"
+
+    @property
+    def terminal(self) -> bool:
+        return self.state in ("dead", "stopped")
+
+    def probe_ok(self, elapsed_s: float) -> None:
+        now = time.monotonic()
+        self.last_probe_s = now
+        if self.terminal:
+            return
+        self.state = "ready"
+        self.last_ok_s = now
+        self.detail = f"probe ok in {elapsed_s * 1000:.0f} ms"
+
+    def wedged(self, detail: str) -> None:
+        self.last_probe_s = time.monotonic()
+        if self.terminal:
+            return
+        self.state = "wedged"
+        self.detail = detail
+
+    def dead(self, detail: str) -> None:
+        if self.state == "stopped":
+            return
+        self.state = "dead"
+        self.detail = detail
+
+    def stopped(self) -> None:
+        self.state = "stopped"
+        self.detail = "engine stopped"

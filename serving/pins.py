@@ -1,0 +1,87 @@
+"""Pin verification: a model folder must hold exactly the files its pins name.
+
+Every pinned file must exist with its pinned sha256, and nothing else the
+engine could read (weights, configs, tokenizer files, remote code) may sit in
+the folder unpinned: vLLM and transformers pick files up by name, so an extra
+``*.safetensors`` shard or ``chat_template.jinja`` would be loaded unverified.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path, PurePosixPath
+from typing import Final
+
+from serving.errors import PinMismatchError
+from serving.models import ModelSpec
+
+__all__ = ["sha256_file", "unpinned_files", "verify_model"]
+
+_CHUNK: Final = 1 << 20
+# Files no engine reads: docs, licences, git metadata, the hub's download cache.
+_IGNORED_NAMES: Final = frozenset({".gitattributes", ".gitignore"})
+_IGNORED_SUFFIXES: Final = frozenset({".md", ".txt.license", ".png", ".jpg", ".jpeg", ".gif", ".svg"})
+_IGNORED_PREFIXES: Final = ("README", "LICENSE", "LICENCE", "NOTICE", "USE_POLICY")
+_IGNORED_DIRS: Final = frozenset({".cache", ".git"})
+
+
+def sha256_file(path: Path) -> str:
+    """sha256 of a file, streamed in 1 MiB chunks (weights can be tens of GB)."""
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _ignored(rel: PurePosixPath) -> bool:
+    if any(part in _IGNORED_DIRS for part in rel.parts[:-1]):
+        return True
+    name = rel.name
+    return (
+        name in _IGNORED_NAMES
+        or name.startswith(_IGNORED_PREFIXES)
+        or any(name.endswith(s) for s in _IGNORED_SUFFIXES)
+    )
+
+
+def unpinned_files(spec: ModelSpec, model_dir: Path) -> list[str]:
+    """Files in ``model_dir`` an engine could read that no pin covers (sorted)."""
+    found: list[str] = []
+    for path in model_dir.rglob("*"):
+        if path.is_dir():
+            continue
+        rel = PurePosixPath(path.relative_to(model_dir).as_posix())
+        if str(rel) not in spec.files and not _ignored(rel):
+            found.append(str(rel))
+    return sorted(found)
+
+
+def verify_model(spec: ModelSpec, model_dir: Path) -> None:
+    """Check every pin of ``spec`` against ``model_dir``.
+
+    Raises ``PinMismatchError`` for the first problem, naming the model, the
+    file and, for a content mismatch, both hashes (expected and actual).
+    """
+    if not model_dir.is_dir():
+        raise PinMismatchError(f"model {spec.name!r}: folder {model_dir} does not exist")
+    for rel in sorted(spec.files):
+        expected = spec.files[rel]
+        path = model_dir / rel
+        if not path.is_file():
+            raise PinMismatchError(
+                f"model {spec.name!r}: pinned file {rel!r} is missing from {model_dir} "
+                f"(expected sha256 {expected})"
+            )
+        actual = sha256_file(path)
+        if actual != expected:
+            raise PinMismatchError(
+                f"model {spec.name!r}: file {rel!r} in {model_dir} fails its pin: "
+                f"expected sha256 {expected}, actual sha256 {actual}"
+            )
+    extra = unpinned_files(spec, model_dir)
+    if extra:
+        raise PinMismatchError(
+            f"model {spec.name!r}: {model_dir} holds files with no pin, which the engine could load "
+            f"unverified: {', '.join(extra)}"
+        )

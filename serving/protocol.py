@@ -1,0 +1,133 @@
+"""The provider interface that local engines and external APIs satisfy alike.
+
+A provider streams a chat (or a plain-text completion), reports its health and
+describes itself: three methods, nothing more. The router chooses among
+providers; the node turns deltas into OpenAI responses. These types are the
+internal representation of a request, separate from the OpenAI wire schema.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Literal, Protocol, runtime_checkable
+
+import msgspec
+
+__all__ = [
+    "ChatMessage",
+    "Delta",
+    "FunctionCall",
+    "GenerationRequest",
+    "Health",
+    "Provider",
+    "ProviderInfo",
+    "SamplingOptions",
+    "ToolCall",
+]
+
+FinishReason = Literal["stop", "length", "tool_calls", "content_filter", "abort", "error"]
+
+
+class FunctionCall(msgspec.Struct, frozen=True, kw_only=True):
+    name: str
+    arguments: str = ""
+
+
+class ToolCall(msgspec.Struct, frozen=True, kw_only=True):
+    id: str
+    function: FunctionCall
+    type: str = "function"
+
+
+class ChatMessage(msgspec.Struct, frozen=True, kw_only=True):
+    """One chat message. ``content`` is text; multi-part text content is joined by the node."""
+
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | None = None
+    name: str | None = None
+    tool_calls: tuple[ToolCall, ...] | None = None
+    tool_call_id: str | None = None
+
+
+class SamplingOptions(msgspec.Struct, frozen=True, kw_only=True):
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    #: generate exactly ``max_tokens`` (benchmarks); only local engines honour it
+    ignore_eos: bool = False
+    min_tokens: int = 0
+
+
+class GenerationRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """What a provider is asked to generate.
+
+    Exactly one of ``messages`` (chat) and ``prompt`` (completion) is set.
+    ``model`` is the provider's own model name (a local served name, or an
+    external dated model id). ``cache_salt`` isolates the prefix cache per tenant.
+    """
+
+    request_id: str
+    model: str
+    messages: tuple[ChatMessage, ...] | None = None
+    prompt: str | None = None
+    sampling: SamplingOptions = SamplingOptions()
+    tenant: str = ""
+    cache_salt: str | None = None
+    #: extra OpenAI fields passed through to external providers only (e.g. ``tools``)
+    tools: tuple[dict[str, object], ...] | None = None
+
+
+class Delta(msgspec.Struct, frozen=True, kw_only=True):
+    """One step of a stream.
+
+    ``text`` is the new text (may be empty). ``prompt_tokens`` and
+    ``completion_tokens`` are running totals as the provider knows them (the
+    last delta carries the final usage). ``finish_reason`` is set on the last
+    delta only.
+    """
+
+    text: str = ""
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    finish_reason: FinishReason | None = None
+    tool_calls: tuple[ToolCall, ...] | None = None
+    #: prompt tokens served from the prefix cache (local engines)
+    cached_tokens: int = 0
+
+
+class Health(msgspec.Struct, frozen=True, kw_only=True):
+    healthy: bool
+    detail: str = ""
+    #: monotonic seconds of the last successful probe, if any
+    last_ok_s: float | None = None
+    #: queue signals for routing (local engines): requests waiting and running
+    waiting: int = 0
+    running: int = 0
+    kv_cache_usage: float = 0.0
+
+
+class ProviderInfo(msgspec.Struct, frozen=True, kw_only=True):
+    name: str
+    kind: Literal["local", "openai", "anthropic"]
+    #: ``local`` for the node itself, else the provider's configured region
+    region: str
+    models: tuple[str, ...]
+    #: pinned revision per model (local: the weights revision; external: the dated model id)
+    revisions: dict[str, str] = {}
+
+
+@runtime_checkable
+class Provider(Protocol):
+    """Anything that can generate: the local vLLM engine or an external API."""
+
+    def describe(self) -> ProviderInfo: ...
+
+    async def health(self) -> Health: ...
+
+    def stream(self, request: GenerationRequest) -> AsyncIterator[Delta]:
+        """Stream deltas. Raises a ``BastionError`` before the first delta on failure;
+        after it, raises a ``BastionError`` that the caller reports as a mid-stream error.
+        Closing the iterator (``aclose``) aborts the generation."""
+        ...

@@ -1,0 +1,220 @@
+"""The log's behaviour through its public API: durability, lookups, fail-closed, keys, retention."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import shutil
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from audit import (
+    AuditEvent,
+    AuditKeyError,
+    AuditLog,
+    AuditRollbackError,
+    AuditUnavailableError,
+    LocalKek,
+    generate_kek_file,
+)
+from audit.kek import kek_from_file
+
+from .conftest import ConfigFactory
+from .helpers import cli, event, populate
+
+
+async def test_appends_are_durable_dense_and_never_plaintext(make_config: ConfigFactory) -> None:
+    config = make_config()
+    seqs = await populate(config, 50)
+    assert sorted(seqs) == list(range(50))
+    blob = (
+        Path(config.path).read_bytes() + Path(config.path + "-wal").read_bytes()
+        if Path(config.path + "-wal").exists()
+        else Path(config.path).read_bytes()
+    )
+    assert b"secret prompt" not in blob and b"alice" not in blob and b"acme" not in blob
+    async with await AuditLog.open(config) as log:
+        assert log.stats().records == 50
+        assert await log.append(event(99)) == 50
+        hits = await log.find(request_id="req-7", tenant="acme")
+        assert [h.type for h in hits] == ["request.start"]
+        assert await log.find(request_id="req-7", tenant="other") == []
+
+
+async def test_checkpoints_are_signed_exported_and_verify(make_config: ConfigFactory) -> None:
+    config = make_config()
+    await populate(config, 12)
+    latest = (Path(config.checkpoint_path) / "checkpoint").read_text()
+    assert latest.split("\n")[:2] == ["bastion.local/audit", "12"]
+    assert "\n\n\u2014 bastion.local/audit " in latest
+    code, out, _ = await asyncio.to_thread(cli, config, "verify", "--json", "--decrypt")
+    report = json.loads(out)
+    assert code == 0, report
+    assert report["payloads"] == {"ok": 24, "shredded": 0, "auth_fail": 0, "missing": 0}
+    assert report["logged_seq"] == 12
+
+
+async def test_full_queue_fails_closed(make_config: ConfigFactory) -> None:
+    config = make_config(queue_max=4)
+    async with await AuditLog.open(config) as log:
+        # All ten tasks enqueue in one loop turn, before the writer can take anything.
+        tasks = [asyncio.ensure_future(log.append(event(i))) for i in range(10)]
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        accepted = [r for r in results if isinstance(r, int)]
+        refused = [r for r in results if isinstance(r, AuditUnavailableError)]
+        assert sorted(accepted) == [0, 1, 2, 3] and len(refused) == 6
+        assert log.stats().records == 4
+
+
+async def test_second_writer_is_refused(make_config: ConfigFactory) -> None:
+    config = make_config()
+    async with await AuditLog.open(config):
+        with pytest.raises(AuditUnavailableError):
+            await AuditLog.open(config)
+
+
+async def test_closed_log_refuses_appends(make_config: ConfigFactory) -> None:
+    log = await AuditLog.open(make_config())
+    await log.aclose()
+    with pytest.raises(AuditUnavailableError):
+        await log.append(event(0))
+
+
+async def test_rollback_to_an_older_copy_is_refused_at_open(
+    make_config: ConfigFactory, tmp_path: Path
+) -> None:
+    config = make_config()
+    await populate(config, 10)
+    backup = tmp_path / "backup.db"
+    src, dst = sqlite3.connect(config.path), sqlite3.connect(backup)
+    src.backup(dst)
+    src.close()
+    dst.close()
+    await populate(config, 10)
+    for suffix in ("-wal", "-shm"):
+        Path(config.path + suffix).unlink(missing_ok=True)
+    shutil.copy(backup, config.path)
+    with pytest.raises(AuditRollbackError):
+        await AuditLog.open(config)
+
+
+async def test_wrong_kek_is_refused(make_config: ConfigFactory, tmp_path: Path) -> None:
+    config = make_config()
+    await populate(config, 3)
+    generate_kek_file(tmp_path / "other.kek")
+    with pytest.raises(AuditKeyError):
+        await AuditLog.open(make_config(kek_file=str(tmp_path / "other.kek")))
+
+
+async def test_kek_file_must_be_private(make_config: ConfigFactory, tmp_path: Path) -> None:
+    config = make_config()
+    Path(config.kek_file or "").chmod(0o644)
+    with pytest.raises(Exception, match="0600"):
+        await AuditLog.open(config)
+
+
+async def test_kek_rotation_rewraps_and_old_kek_no_longer_opens(
+    make_config: ConfigFactory, tmp_path: Path
+) -> None:
+    config = make_config()
+    await populate(config, 5)
+    generate_kek_file(tmp_path / "new.kek")
+    code, out, err = await asyncio.to_thread(
+        cli, config, "rotate-kek", "--new-kek-file", str(tmp_path / "new.kek")
+    )
+    assert code == 0, err
+    new_config = make_config(kek_file=str(tmp_path / "new.kek"))
+    with pytest.raises(AuditKeyError):
+        await AuditLog.open(config)
+    code, out, _ = await asyncio.to_thread(cli, new_config, "export", "--decrypt")
+    records = [json.loads(line) for line in out.splitlines()]
+    assert [r["content"]["prompt"] for r in records[:5]] == [
+        f"secret prompt {i}" for i in range(5)
+    ] or sorted(r["content"]["prompt"] for r in records[:5]) == sorted(f"secret prompt {i}" for i in range(5))
+    assert (
+        records[5]["type"] == "key.rotated"
+        and records[5]["meta"]["new_kek_id"] == kek_from_file(tmp_path / "new.kek").kek_id
+    )
+
+
+async def test_env_kek(make_config: ConfigFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    material = Path(make_config().kek_file or "").read_text().strip()
+    monkeypatch.setenv("BASTION_TEST_KEK", material)
+    config = make_config(kek_file=None, kek_env="BASTION_TEST_KEK")
+    assert await populate(config, 2) in ([0, 1], [1, 0])
+    assert isinstance(LocalKek(bytes(32)).kek_id, str)
+
+
+async def test_shred_subject_then_verify(make_config: ConfigFactory) -> None:
+    config = make_config()
+    await populate(config, 4, subject="alice")
+    await populate(config, 3, subject="bob")
+    code, out, err = await asyncio.to_thread(cli, config, "shred", "--tenant", "acme", "--subject", "alice")
+    assert code == 0, err
+    code, out, _ = await asyncio.to_thread(cli, config, "verify", "--json", "--decrypt")
+    report = json.loads(out)
+    assert code == 0 and report["outcome"] == "OK", report
+    assert report["payloads"]["shredded"] == 4 and report["payloads"]["auth_fail"] == 0
+    code, out, _ = await asyncio.to_thread(cli, config, "export", "--decrypt", "--tenant", "acme")
+    records = [json.loads(line) for line in out.splitlines()]
+    by_status = {}
+    for r in records:
+        by_status.setdefault((r["status"]["meta"], r["status"].get("content")), []).append(r)
+    assert len(by_status[("ok", "shredded")]) == 4  # metadata kept, content gone
+    assert all(r["meta"]["model"] == "tiny" for r in by_status[("ok", "shredded")])
+    assert len(by_status[("ok", "ok")]) == 3
+    code, out, _ = await asyncio.to_thread(cli, config, "export", "--decrypt")
+    assert any(json.loads(line)["type"] == "key.destroyed" for line in out.splitlines())
+
+
+async def test_shred_tenant_shreds_metadata_too(make_config: ConfigFactory) -> None:
+    config = make_config()
+    await populate(config, 3, tenant="gone")
+    await populate(config, 2, tenant="kept")
+    async with await AuditLog.open(config) as log:
+        await log.shred("gone")
+    code, out, _ = await asyncio.to_thread(cli, config, "verify", "--json", "--decrypt")
+    report = json.loads(out)
+    assert code == 0 and report["payloads"]["shredded"] == 6 and report["payloads"]["ok"] >= 4
+
+
+async def test_retention_expires_whole_months_with_their_keys(make_config: ConfigFactory) -> None:
+    config = make_config(retention_months=2)
+    times = {"old": dt.datetime(2026, 1, 15, tzinfo=dt.UTC), "new": dt.datetime(2026, 6, 15, tzinfo=dt.UTC)}
+    now = {"t": times["old"]}
+
+    def clock() -> int:
+        return int(now["t"].timestamp() * 1e9)
+
+    async with await AuditLog.open(config, clock=clock) as log:
+        for i in range(3):
+            await log.append(event(i))
+    now["t"] = times["new"]
+    async with await AuditLog.open(config, clock=clock) as log:  # retention runs at open
+        await log.append(event(10))
+    code, out, _ = await asyncio.to_thread(cli, config, "export", "--decrypt")
+    records = [json.loads(line) for line in out.splitlines()]
+    assert [r["status"]["meta"] for r in records[:3]] == ["shredded"] * 3
+    expired = [r for r in records if r["type"] == "retention.expired"]
+    assert len(expired) == 1 and expired[0]["meta"]["months"] == ["2026-01"]
+    assert records[-1]["status"] == {"meta": "ok", "content": "ok"}
+    code, _, _ = await asyncio.to_thread(cli, config, "verify")
+    assert code == 0
+
+
+async def test_dek_rotates_after_max_uses(make_config: ConfigFactory) -> None:
+    config = make_config(dek_max_uses=3)
+    await populate(config, 7, subject=None)
+    _code, out, _ = await asyncio.to_thread(cli, config, "export", "--decrypt")
+    records = [json.loads(line) for line in out.splitlines() if json.loads(line)["type"] == "request.start"]
+    kids = [r["kid"] for r in records]
+    assert len(set(kids)) >= 3 and max(kids.count(k) for k in kids) <= 3
+    assert all(r["status"]["meta"] == "ok" for r in records)
+
+
+async def test_event_validation() -> None:
+    with pytest.raises(ValueError):
+        AuditEvent(type="", tenant="t")

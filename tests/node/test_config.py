@@ -1,0 +1,93 @@
+"""node.toml is decoded strictly: every mistake names its location."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from node.config import ConfigError, decode_config, load_config
+from node.devmode import dev_config
+
+MINIMAL = """
+[server]
+host = "127.0.0.1"
+port = 8080
+
+[[tenants]]
+name = "acme"
+models = ["bastion-tiny"]
+residency = "local-only"
+keys = [{ id = "k_0123456789ab", sha256 = "%s" }]
+""" % ("ab" * 32)
+
+
+def test_minimal_config_decodes() -> None:
+    config = decode_config(MINIMAL)
+    assert config.server.port == 8080
+    (tenant,) = config.tenants
+    assert tenant.name == "acme"
+    assert tenant.residency == "local-only"
+    assert tenant.redact is True  # safe default: redact before any egress
+
+
+def test_unknown_key_is_rejected_with_its_location() -> None:
+    with pytest.raises(ConfigError) as err:
+        decode_config(MINIMAL.replace('residency = "local-only"', 'residncy = "local-only"'))
+    assert "residncy" in str(err.value)
+    assert "$.tenants[0]" in str(err.value)
+
+
+def test_wrong_type_is_rejected_with_its_location() -> None:
+    with pytest.raises(ConfigError) as err:
+        decode_config(MINIMAL.replace("port = 8080", 'port = "eighty"'))
+    assert "$.server.port" in str(err.value)
+    assert "int" in str(err.value)
+
+
+def test_out_of_range_value_is_rejected() -> None:
+    with pytest.raises(ConfigError, match=r"\$\.server\.port"):
+        decode_config(MINIMAL.replace("port = 8080", "port = 70000"))
+
+
+def test_unknown_residency_value_is_rejected() -> None:
+    with pytest.raises(ConfigError, match=r"\$\.tenants\[0\]\.residency"):
+        decode_config(MINIMAL.replace('"local-only"', '"anywhere"', 1))
+
+
+def test_invalid_toml_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        decode_config("[server\nport = 1")
+
+
+def test_duplicate_tenants_are_rejected() -> None:
+    doubled = MINIMAL + '\n[[tenants]]\nname = "acme"\n'
+    with pytest.raises(ConfigError, match="unique"):
+        decode_config(doubled)
+
+
+def test_a_secret_in_the_file_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "node.toml"
+    path.write_text(MINIMAL + '\n[[providers]]\napi_key = "sk-live-123"\n')
+    with pytest.raises(ConfigError, match="looks like a secret") as err:
+        load_config(path)
+    assert "sk-live-123" not in str(err.value)
+
+
+def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "absent.toml")
+
+
+def test_dev_mode_refuses_a_non_loopback_bind(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="loopback"):
+        dev_config(data_dir=tmp_path, models_file=tmp_path / "models.toml", host="0.0.0.0", port=8000)
+
+
+def test_dev_mode_on_loopback_builds_a_local_only_tenant(tmp_path: Path) -> None:
+    setup = dev_config(data_dir=tmp_path, models_file=tmp_path / "models.toml", host="127.0.0.1", port=0)
+    assert setup.config.dev_mode
+    (tenant,) = setup.config.tenants
+    assert tenant.residency == "local-only"
+    assert setup.config.audit is not None
+    assert (tmp_path / "dev" / "audit-kek.key").stat().st_mode & 0o077 == 0

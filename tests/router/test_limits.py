@@ -1,0 +1,71 @@
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from router.limits import Limiter
+from serving.errors import BudgetExceededError, RateLimitedError
+from tests.router.conftest import FakeClock, policy
+
+NOON = dt.datetime(2026, 3, 31, 12, 0, tzinfo=dt.UTC).timestamp()
+
+
+def _limiter() -> tuple[Limiter, FakeClock, FakeClock]:
+    clock, wall = FakeClock(), FakeClock(NOON)
+    return Limiter(clock=clock, wall_clock=wall), clock, wall
+
+
+def test_rpm_trips_on_the_request_after_the_limit_and_says_when() -> None:
+    limiter, clock, _ = _limiter()
+    p = policy(rpm=3)
+    for _ in range(3):
+        limiter.admit("t", p)
+        clock.advance(1)
+    with pytest.raises(RateLimitedError) as info:
+        limiter.admit("t", p)
+    assert info.value.status_code == 429
+    assert info.value.retry_after_s == pytest.approx(57)
+    assert "3 requests per minute" in info.value.message
+    limiter.admit("other", p)  # per tenant
+    clock.advance(57)
+    limiter.admit("t", p)
+
+
+def test_tpm_counts_recorded_tokens() -> None:
+    limiter, clock, _ = _limiter()
+    p = policy(tpm=100)
+    for _ in range(3):
+        limiter.admit("t", p)
+        limiter.record("t", tokens=40)  # 40, 80, 120
+    with pytest.raises(RateLimitedError) as info:
+        limiter.admit("t", p)
+    assert info.value.reason == "rate-limit-tpm"
+    clock.advance(60)
+    limiter.admit("t", p)
+
+
+def test_tokens_per_day_resets_at_utc_midnight() -> None:
+    limiter, _, wall = _limiter()
+    p = policy(tokens_per_day=50)
+    limiter.admit("t", p)
+    limiter.record("t", tokens=49)
+    limiter.admit("t", p)
+    limiter.record("t", tokens=1)
+    with pytest.raises(BudgetExceededError) as info:
+        limiter.admit("t", p)
+    assert info.value.retry_after_s == pytest.approx(12 * 3600)
+    wall.advance(12 * 3600)
+    limiter.admit("t", p)
+
+
+def test_monthly_spend_is_tracked_and_resets() -> None:
+    limiter, _, wall = _limiter()
+    p = policy(spend_per_month=1.0)
+    limiter.record("t", tokens=10, spend=0.75)
+    assert limiter.spend_left("t", p) == pytest.approx(0.25)
+    limiter.record("t", tokens=10, spend=0.25)
+    assert limiter.spend_left("t", p) == pytest.approx(0.0)
+    assert limiter.until_next_month() == pytest.approx(12 * 3600)
+    wall.advance(12 * 3600)  # April 1st
+    assert limiter.spend_left("t", p) == pytest.approx(1.0)

@@ -1,0 +1,156 @@
+"""Fault drills on engines of their own: wedged and dead engines are reported, fail fast,
+and leave no processes behind; a model failing its pins is never loaded."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import psutil
+import pytest
+
+from serving.engine import LocalEngine
+from serving.errors import EngineUnavailableError, PinMismatchError
+from serving.models import ModelSpec
+from serving.protocol import GenerationRequest, SamplingOptions
+
+pytestmark = pytest.mark.engine
+
+
+def _long(i: int) -> GenerationRequest:
+    return GenerationRequest(
+        request_id=f"fault-{i}", model="bastion-tiny", prompt=f"long run {i}",
+        sampling=SamplingOptions(max_tokens=1800, ignore_eos=True),
+    )
+
+
+def _short() -> GenerationRequest:
+    return GenerationRequest(
+        request_id="short", model="bastion-tiny", prompt="short", sampling=SamplingOptions(max_tokens=2)
+    )
+
+
+async def _wait_for(predicate: Callable[[], bool], timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met before the deadline")
+        await asyncio.sleep(0.05)
+
+
+async def _healthy(engine: LocalEngine) -> bool:
+    return (await engine.health()).healthy
+
+
+async def _wait_health(engine: LocalEngine, healthy: bool, timeout_s: float = 60.0) -> str:
+    deadline = time.monotonic() + timeout_s
+    while (h := await engine.health()).healthy != healthy:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"engine never became healthy={healthy}: {h.detail}")
+        await asyncio.sleep(0.05)
+    return h.detail
+
+
+async def _start_inflight(engine: LocalEngine, i: int) -> asyncio.Task[int]:
+    first = asyncio.Event()
+
+    async def consume() -> int:
+        n = 0
+        async for d in engine.stream(_long(i)):
+            n = d.completion_tokens
+            first.set()
+        return n
+
+    task = asyncio.create_task(consume())
+    await asyncio.wait_for(first.wait(), 60)
+    return task
+
+
+def _engine_tree(engine: LocalEngine) -> list[psutil.Process]:
+    procs = [psutil.Process(pid) for pid in engine.engine_pids()]
+    assert procs, "engine reported no processes"
+    return procs + [c for p in procs for c in p.children(recursive=True)]
+
+
+def _gone(procs: list[psutil.Process]) -> bool:
+    for p in procs:
+        try:
+            if p.status() != psutil.STATUS_ZOMBIE:
+                return False
+        except psutil.NoSuchProcess:
+            continue
+    return True
+
+
+async def test_wedged_engine_is_reported_fails_fast_and_recovers(
+    eager_tiny_spec: ModelSpec, tiny_model_dir: Path
+) -> None:
+    engine = LocalEngine(eager_tiny_spec, tiny_model_dir, probe_interval_s=0.3, probe_timeout_s=3.0)
+    await engine.start()
+    try:
+        tree = _engine_tree(engine)
+        core = engine.engine_pids()[0]
+        inflight = await _start_inflight(engine, 1)
+        os.kill(core, signal.SIGSTOP)
+        try:
+            detail = await _wait_health(engine, healthy=False)
+            assert "wedged" in detail
+            # the stream in flight ends with 503 instead of hanging
+            with pytest.raises(EngineUnavailableError):
+                await asyncio.wait_for(inflight, 30)
+            # a new request fails fast, before anything is queued
+            with pytest.raises(EngineUnavailableError) as info:
+                await asyncio.wait_for(anext(engine.stream(_short())), 5)
+            assert info.value.status_code == 503 and info.value.retryable
+        finally:
+            os.kill(core, signal.SIGCONT)
+        await _wait_health(engine, healthy=True)
+        deltas = [d async for d in engine.stream(_short())]
+        assert deltas[-1].finish_reason is not None
+    finally:
+        await engine.aclose()
+    # a clean close leaves no engine process behind
+    await _wait_for(lambda: _gone(tree), 30)
+    assert not (await engine.health()).healthy
+
+
+async def test_killed_engine_is_reported_dead_and_fails_fast(eager_tiny_spec: ModelSpec, tiny_model_dir: Path) -> None:
+    engine = LocalEngine(eager_tiny_spec, tiny_model_dir, probe_interval_s=0.3, probe_timeout_s=3.0)
+    await engine.start()
+    try:
+        tree = _engine_tree(engine)
+        inflight = await _start_inflight(engine, 2)
+        os.kill(engine.engine_pids()[0], signal.SIGKILL)
+        with pytest.raises(EngineUnavailableError):
+            await asyncio.wait_for(inflight, 30)
+        detail = await _wait_health(engine, healthy=False)
+        assert "dead" in detail
+        with pytest.raises(EngineUnavailableError):
+            await asyncio.wait_for(anext(engine.stream(_short())), 5)
+        probed = await asyncio.wait_for(engine.probe(), 10)
+        assert not probed.healthy and "dead" in probed.detail
+    finally:
+        await engine.aclose()
+    await _wait_for(lambda: _gone(tree), 30)
+
+
+async def test_model_failing_its_pins_is_never_loaded(
+    eager_tiny_spec: ModelSpec, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    bad = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, bad)
+    cfg = bad / "config.json"
+    cfg.write_bytes(cfg.read_bytes().replace(b'"num_hidden_layers": 2', b'"num_hidden_layers": 3'))
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    engine = LocalEngine(eager_tiny_spec, bad)
+    with pytest.raises(PinMismatchError, match=r"'config.json'.*expected sha256 .*actual sha256 "):
+        await engine.start()
+    assert engine.engine_pids() == ()
+    assert {p.pid for p in psutil.Process().children(recursive=True)} <= before
+    with pytest.raises(EngineUnavailableError):
+        await anext(engine.stream(_short()))
