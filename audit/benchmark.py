@@ -42,13 +42,14 @@ async def run_level(directory: Path, writers: int, records: int) -> tuple[float,
         ),
         type=AuditConfig,
     )
-    meta = {"model": "tiny", "route": "local", "request_id": "r", "prompt_tokens": 812, "status": 200}
     content = {"messages": [{"role": "user", "content": "x" * 600}]}
     latencies: list[float] = []
     per_writer = records // writers
 
     async def one(w: int) -> None:
         for i in range(per_writer):
+            # A distinct request id per record, as the node sends: no id-cache hits flatter the numbers.
+            meta = {"model": "tiny", "route": "local", "request_id": f"r{w}-{i}", "prompt_tokens": 812}
             event = AuditEvent(
                 type="request.start", tenant=f"t{w % 8}", subject=f"s{i % 4}", meta=meta, content=content
             )

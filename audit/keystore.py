@@ -77,6 +77,7 @@ class Keyring:
         self._active: dict[Scope, _Active] = {}
         self._by_kid: dict[bytes, AESGCM] = {}
         self._ids: dict[tuple[bytes, ...] | tuple[object, ...], bytes] = {}
+        self._request_ids: dict[tuple[str, str], bytes] = {}
 
     @classmethod
     def open(
@@ -150,7 +151,15 @@ class Keyring:
         return found
 
     def request_id(self, tenant: str, request_id: str) -> bytes:
-        return keyed_id(self._index_key, b"request", tenant, request_id)
+        # A request's start and end records carry the same id, usually within seconds: a small
+        # cache spares the end record its HMAC without holding ids of long-finished requests.
+        key = (tenant, request_id)
+        found = self._request_ids.get(key)
+        if found is None:
+            if len(self._request_ids) >= 4096:
+                self._request_ids.clear()
+            found = self._request_ids[key] = keyed_id(self._index_key, b"request", tenant, request_id)
+        return found
 
     # -- encryption and decryption keys ----------------------------------------------------------
 

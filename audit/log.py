@@ -81,6 +81,18 @@ def _startup_read(
     return log_id, stored, state, roots
 
 
+def _connect_writer(path: str) -> sqlite3.Connection:
+    """The write connection; from here on only the writer's thread uses it."""
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    try:
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA busy_timeout=5000")
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
 def _read_chain(conn: Any, wanted: set[int]) -> tuple[ChainState, dict[int, bytes]]:
     tree, head, roots = CompactRange(), GENESIS_HEAD, {}
     if 0 in wanted:
@@ -105,7 +117,6 @@ class AuditLog:
         *,
         config: AuditConfig,
         lock: _Lock,
-        conn: aiosqlite.Connection,
         reader: aiosqlite.Connection,
         keyring: Keyring,
         writer: Writer,
@@ -113,7 +124,6 @@ class AuditLog:
     ) -> None:
         self.config = config
         self._lock = lock
-        self._conn = conn
         self._reader = reader
         self._keyring = keyring
         self._writer = writer
@@ -161,17 +171,17 @@ class AuditLog:
             allow_create=state.size == 0,
             max_uses=config.dek_max_uses,
         )
-        conn = reader = None
+        conn: sqlite3.Connection | None = None
+        reader: aiosqlite.Connection | None = None
         try:
-            conn = await aiosqlite.connect(config.path, isolation_level=None)
-            await conn.execute("PRAGMA synchronous=FULL")
-            await conn.execute("PRAGMA busy_timeout=5000")
+            conn = await asyncio.to_thread(_connect_writer, config.path)
             reader = await aiosqlite.connect(config.path, isolation_level=None)
             await reader.execute("PRAGMA query_only=ON")
         except BaseException:
-            for c in (conn, reader):
-                if c is not None:
-                    await c.close()
+            if conn is not None:
+                conn.close()
+            if reader is not None:
+                await reader.close()
             keyring.close()
             raise
         last = None
@@ -192,9 +202,7 @@ class AuditLog:
             max_batch=config.max_batch,
             last_checkpoint=last,
         )
-        log = cls(
-            config=config, lock=lock, conn=conn, reader=reader, keyring=keyring, writer=writer, clock=clock
-        )
+        log = cls(config=config, lock=lock, reader=reader, keyring=keyring, writer=writer, clock=clock)
         if config.retention_months is not None:
             await log.apply_retention()
         return log
@@ -320,8 +328,8 @@ class AuditLog:
         w = self._writer
         last = w.last_checkpoint
         return AuditStats(
-            queue_depth=w.queue.qsize(),
-            queue_max=w.queue.maxsize,
+            queue_depth=w.queue_depth,
+            queue_max=w.queue_max,
             records=w.state.size,
             last_checkpoint_size=None if last is None else last[0],
             last_checkpoint_at=None if last is None else last[1],
@@ -340,7 +348,9 @@ class AuditLog:
                 await self._writer.stop()
             await self._task
         finally:
-            await self._conn.close()
-            await self._reader.close()
+            try:
+                await self._writer.close()
+            finally:
+                await self._reader.close()
             self._keyring.close()
             self._lock.release()

@@ -13,7 +13,16 @@ from typing import Any, NamedTuple
 import msgspec
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from .crypto import CONTENT_PART, META_PART, leaf_preimage, open_aead, record_aad, record_leaf, seal
+from .crypto import (
+    CONTENT_PART,
+    META_PART,
+    NONCE_LEN,
+    leaf_preimage,
+    open_aead,
+    record_aad,
+    record_leaf,
+    seal,
+)
 
 __all__ = [
     "COLUMNS",
@@ -143,7 +152,10 @@ def seal_row(
     content_key: tuple[bytes, AESGCM] | None,
     plaintext: Plaintext,
     prev_head: bytes,
+    nonces: bytes | None = None,
 ) -> Row:
+    """Encrypt and hash one record. ``nonces`` (24 bytes: metadata nonce, content nonce) is
+    fresh ``os.urandom`` output a batch drew in one call; without it each part draws its own."""
     kid, meta_aead = meta_key
     ckid = None if content_key is None or plaintext.content is None else content_key[0]
     aad = row_aad(
@@ -158,10 +170,11 @@ def seal_row(
         ckid=ckid,
         prev_head=prev_head,
     )
-    nonce, ct = seal(meta_aead, plaintext.meta, aad + META_PART)
+    meta_nonce, content_nonce = (None, None) if nonces is None else (nonces[:NONCE_LEN], nonces[NONCE_LEN:])
+    nonce, ct = seal(meta_aead, plaintext.meta, aad + META_PART, meta_nonce)
     cnonce = cct = None
     if ckid is not None and content_key is not None and plaintext.content is not None:
-        cnonce, cct = seal(content_key[1], plaintext.content, aad + CONTENT_PART)
+        cnonce, cct = seal(content_key[1], plaintext.content, aad + CONTENT_PART, content_nonce)
     leaf = record_leaf(leaf_preimage(aad, nonce, ct, cnonce, cct))
     return Row(
         seq,

@@ -1,31 +1,48 @@
 """The single writer task: it alone owns the write connection, seals records and group-commits.
 
-Appends wait on a bounded queue. The writer takes whatever has queued up (up to
-``max_batch``) while the previous commit was in flight, seals each record in
-sequence order (each one's associated data names the previous chain head), and
-commits them in one ``BEGIN IMMEDIATE`` transaction with ``synchronous=FULL``:
-one fsync for the whole group. Only then are the appenders' futures resolved.
+Appends wait in a bounded queue. The writer takes whatever has queued up (up to
+``max_batch``), seals each record in sequence order (each one's associated data
+names the previous chain head), and commits the group in one ``BEGIN IMMEDIATE``
+transaction with ``synchronous=FULL``: one fsync for the whole group. Only then
+are the appenders' futures resolved.
+
+The write connection lives on one dedicated thread, and a whole commit (BEGIN,
+the inserts, COMMIT) is one hop to it, during which SQLite and the fsync run
+without the GIL. While a group commits, the event loop goes on: appenders queue
+the next group and the writer seals it on top of the in-flight chain head (the
+head depends only on the sealed leaves, not on the commit). It is submitted only
+once the previous commit has succeeded, so transactions never overlap and the
+database only ever holds a prefix of the chain.
+
 A failed commit fails every append in its group with AuditUnavailableError; the
-writer then re-reads the log's size, so a commit that did reach the disk is
-adopted and anything else stops the writer (fail closed).
+writer then re-reads the log's size. If the log is exactly as before, the group
+sealed ahead is sealed again from the durable head and goes on; a commit that
+did reach the disk (a spurious failure) stops the writer (fail closed).
 
 Checkpoints are signed after a commit, so they only ever cover durable sizes.
+Their row rides in the next group's transaction (or goes alone when the log is
+idle), and the external copy is written on a second thread once that row is
+durable, so checkpointing never stalls appends.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
+import sqlite3
 import time
+from collections import deque
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiosqlite
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from .checkpoint import Checkpoint, CheckpointStore, sign_checkpoint
-from .crypto import next_head
+from .crypto import NONCE_LEN, next_head
 from .errors import AuditUnavailableError
 from .keystore import Keyring, month_of
 from .merkle import CompactRange
@@ -34,6 +51,9 @@ from .record import INSERT_SQL, Plaintext, Row, encode_parts, seal_row
 __all__ = ["ChainState", "Command", "PendingAppend", "Writer"]
 
 _log = logging.getLogger("bastion.audit")
+
+_DAY_NS = 86_400_000_000_000
+_CHECKPOINT_SQL = "INSERT OR IGNORE INTO checkpoints (size, ts_ns, note) VALUES (?, ?, ?)"
 
 
 @dataclass(slots=True)
@@ -63,6 +83,22 @@ class Command:
     events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
 
 
+@dataclass(slots=True)
+class _Batch:
+    """A sealed group: its rows continue the chain from ``first_seq``; ``head`` is the head after them."""
+
+    appends: list[PendingAppend]
+    rows: list[Row]
+    first_seq: int
+    head: bytes
+    checkpoint: tuple[int, str] | None = None  # (size, note) inserted in the same transaction
+
+    @property
+    def tip(self) -> tuple[int, bytes]:
+        """The sequence number and chain head the next record after this group continues from."""
+        return self.first_seq + len(self.rows), self.head
+
+
 _STOP = object()
 
 
@@ -70,7 +106,7 @@ class Writer:
     def __init__(
         self,
         *,
-        conn: aiosqlite.Connection,
+        conn: sqlite3.Connection,
         keyring: Keyring,
         log_id: bytes,
         state: ChainState,
@@ -83,7 +119,7 @@ class Writer:
         max_batch: int,
         last_checkpoint: tuple[int, float, int] | None,
     ) -> None:
-        self._conn = conn
+        self._conn = conn  # used only on self._db's thread from here on
         self._keyring = keyring
         self._log_id = log_id
         self.state = state
@@ -93,95 +129,168 @@ class Writer:
         self._every_records = every_records
         self._every_s = every_s
         self._max_batch = max_batch
-        self.queue: asyncio.Queue[object] = asyncio.Queue(maxsize=queue_max)
-        self.last_checkpoint = last_checkpoint  # (size, unix time, note bytes)
+        self.queue_max = queue_max
+        self._pending: deque[object] = deque()
+        self._wake: asyncio.Future[None] | None = None
+        self._db = ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit-db")
+        self._export = ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit-checkpoint")
+        self._last_export: asyncio.Future[None] | None = None
+        self.last_checkpoint = last_checkpoint  # (size, unix time, note bytes) of the last exported one
+        self._signed: int | None = None if last_checkpoint is None else last_checkpoint[0]
+        self._unsent: tuple[int, str] | None = None  # signed, its row not yet committed
         self._last_checkpoint_mono = time.monotonic()
+        self._months: dict[int, str] = {}
         self.checkpoint_errors = 0
         self.failed: AuditUnavailableError | None = None
         self.closed = False
 
     # -- producer side ----------------------------------------------------------------------------
 
+    @property
+    def queue_depth(self) -> int:
+        return len(self._pending)
+
     def submit(self, item: PendingAppend | Command) -> None:
         if self.failed is not None:
             raise AuditUnavailableError(f"audit log writer has stopped: {self.failed}")
         if self.closed:
             raise AuditUnavailableError("audit log is closed")
-        try:
-            self.queue.put_nowait(item)
-        except asyncio.QueueFull:
-            raise AuditUnavailableError(
-                f"audit queue is full ({self.queue.maxsize} records waiting)"
-            ) from None
+        if len(self._pending) >= self.queue_max:
+            raise AuditUnavailableError(f"audit queue is full ({self.queue_max} records waiting)")
+        self._pending.append(item)
+        self._notify()
 
     async def stop(self) -> None:
         self.closed = True
-        await self.queue.put(_STOP)
+        self._pending.append(_STOP)
+        self._notify()
+
+    async def close(self) -> None:
+        """After run() has ended: close the write connection on its own thread, end both threads."""
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(self._db, self._conn.close)
+        finally:
+            self._db.shutdown(wait=True)
+            self._export.shutdown(wait=True)
+
+    def _notify(self, _: object = None) -> None:
+        wake = self._wake
+        if wake is not None and not wake.done():
+            wake.set_result(None)
 
     # -- the task ---------------------------------------------------------------------------------
 
     async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        inflight: tuple[_Batch, asyncio.Future[None]] | None = None
+        ahead: _Batch | None = None  # sealed on top of the in-flight batch, not yet submitted
+        pending = self._pending
         try:
             while True:
-                item = await self._next()
-                if item is None:
-                    await self._maybe_checkpoint(timer=True)
-                    continue
-                batch: list[object] = [item]
-                while len(batch) < self._max_batch:
-                    try:
-                        batch.append(self.queue.get_nowait())
-                    except asyncio.QueueEmpty:
+                if inflight is not None and inflight[1].done():
+                    ok = await self._finish(*inflight)
+                    inflight = None
+                    if self.failed is not None:
                         break
-                stop = await self._process(batch)
-                await self._maybe_checkpoint(timer=False)
-                if stop:
-                    break
-            if self.last_checkpoint is None or self.last_checkpoint[0] != self.state.size:
-                await self._checkpoint()
+                    if not ok and ahead is not None:
+                        ahead = self._seal(ahead.appends, self.state.size, self.state.head)
+                self._maybe_sign()
+                if ahead is None and pending and isinstance(pending[0], PendingAppend):
+                    seq, head = (self.state.size, self.state.head) if inflight is None else inflight[0].tip
+                    ahead = self._seal(self._take_appends(self._max_batch), seq, head)
+                    if not ahead.rows:
+                        ahead = None
+                if inflight is None and ahead is not None:
+                    if (
+                        pending
+                        and isinstance(pending[0], PendingAppend)
+                        and len(ahead.rows) < self._max_batch
+                    ):
+                        # Appends that queued behind the group sealed ahead join it: one fsync for all.
+                        more = self._seal(self._take_appends(self._max_batch - len(ahead.rows)), *ahead.tip)
+                        ahead.appends += more.appends
+                        ahead.rows += more.rows
+                        ahead.head = more.head
+                    inflight = (ahead, self._start(ahead))
+                    ahead = None
+                    continue
+                if inflight is None and ahead is None and pending:
+                    if isinstance(pending[0], PendingAppend):
+                        continue  # the group before failed to seal (and was failed); seal the next
+                    item = pending.popleft()
+                    if item is _STOP:
+                        break
+                    if isinstance(item, Command):
+                        await self._run_command(item)
+                    continue
+                if inflight is None and self._unsent is not None:
+                    batch = _Batch([], [], self.state.size, self.state.head)
+                    inflight = (batch, self._start(batch))
+                    continue
+                if inflight is not None and ahead is not None:
+                    # The next group is sealed: nothing to do until the commit ends (_finish reports it).
+                    with contextlib.suppress(Exception):
+                        await inflight[1]
+                    continue
+                await self._wait(loop)
+            if self.failed is None:
+                if inflight is not None:
+                    await self._finish(*inflight)
+                    inflight = None
+                if self.failed is None and (self._signed is None or self._signed != self.state.size):
+                    self._sign()
+                if self._unsent is not None:
+                    batch = _Batch([], [], self.state.size, self.state.head)
+                    await self._finish(batch, self._start(batch))
+            if self._last_export is not None:
+                with contextlib.suppress(Exception):
+                    await self._last_export
         finally:
-            self._fail_queued(AuditUnavailableError("audit log is closed"))
+            err = AuditUnavailableError("audit log is closed") if self.failed is None else self.failed
+            if inflight is not None:
+                # Cancelled mid-commit: whether it landed is unknown, so nobody is told it did.
+                inflight[1].add_done_callback(lambda _: None)
+                self._fail(inflight[0].appends, err)
+            if ahead is not None:
+                self._fail(ahead.appends, err)
+            self._fail_queued(err)
 
-    async def _next(self) -> object | None:
-        wait = self._every_s - (time.monotonic() - self._last_checkpoint_mono)
-        if wait <= 0 and self._checkpoint_due_size() > 0:
-            return None
+    async def _wait(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Sleep until an append arrives, the commit in flight ends, or a timed checkpoint is due."""
+        timer = None
+        if self.state.size > (self._signed or 0) and self._unsent is None:
+            due = self._every_s - (time.monotonic() - self._last_checkpoint_mono)
+            timer = loop.call_later(max(due, 0.001), self._notify)
+        self._wake = loop.create_future()
         try:
-            async with asyncio.timeout(max(wait, 0.001) if self._checkpoint_due_size() > 0 else None):
-                return await self.queue.get()
-        except TimeoutError:
-            return None
+            await self._wake
+        finally:
+            self._wake = None
+            if timer is not None:
+                timer.cancel()
 
-    def _checkpoint_due_size(self) -> int:
-        last = 0 if self.last_checkpoint is None else self.last_checkpoint[0]
-        return self.state.size - last
-
-    async def _process(self, batch: list[object]) -> bool:
-        appends: list[PendingAppend] = []
-        for item in batch:
-            if isinstance(item, PendingAppend):
-                appends.append(item)
-                continue
-            if appends:
-                await self._commit(appends)
-                appends = []
-            if item is _STOP:
-                self._fail_queued(AuditUnavailableError("audit log is closed"))
-                return True
-            if isinstance(item, Command):
-                await self._run_command(item)
-        if appends:
-            await self._commit(appends)
-        return False
+    def _take_appends(self, limit: int) -> list[PendingAppend]:
+        pending, out = self._pending, list[PendingAppend]()
+        while pending and len(out) < limit:
+            item = pending[0]
+            if not isinstance(item, PendingAppend):
+                break
+            out.append(item)
+            pending.popleft()
+        return out
 
     def _fail_queued(self, exc: AuditUnavailableError) -> None:
-        while True:
-            try:
-                item = self.queue.get_nowait()
-            except asyncio.QueueEmpty:
-                return
+        while self._pending:
+            item = self._pending.popleft()
             if isinstance(item, PendingAppend | Command) and not item.future.done():
                 item.future.set_exception(exc)
+
+    @staticmethod
+    def _fail(appends: list[PendingAppend], exc: BaseException) -> None:
+        for a in appends:
+            if not a.future.done():
+                a.future.set_exception(exc)
 
     async def _run_command(self, cmd: Command) -> None:
         try:
@@ -203,7 +312,9 @@ class Writer:
                     time.time_ns(), event_type, "", None, None, encode_parts("", meta, None, None), fut
                 )
             )
-        await self._commit(appends)
+        batch = self._seal(appends, self.state.size, self.state.head)
+        if batch.rows:
+            await self._finish(batch, self._start(batch))
         try:
             seqs = [a.future.result() for a in appends]
         except Exception as exc:
@@ -215,15 +326,39 @@ class Writer:
 
     # -- sealing and committing -------------------------------------------------------------------
 
-    def _seal(self, appends: list[PendingAppend]) -> tuple[list[Row], bytes]:
+    def _month(self, ts_ns: int) -> str:
+        day = ts_ns // _DAY_NS
+        month = self._months.get(day)
+        if month is None:
+            if len(self._months) >= 64:
+                self._months.clear()
+            month = self._months[day] = month_of(ts_ns)
+        return month
+
+    def _seal(self, appends: list[PendingAppend], seq: int, head: bytes) -> _Batch:
+        """Seal ``appends`` as records ``seq``, ``seq + 1``, ... after chain head ``head``.
+
+        A failure here (the keys database) fails this group only; nothing was written to the log.
+        """
+        batch = _Batch(appends, [], seq, head)
+        try:
+            batch.rows, batch.head = self._seal_rows(appends, seq, head)
+        except Exception as exc:
+            _log.error("sealing %d audit records failed: %s", len(appends), exc)
+            self._fail(appends, AuditUnavailableError(f"audit write failed: {exc}"))
+            batch.appends, batch.rows, batch.head = [], [], head
+        return batch
+
+    def _seal_rows(self, appends: list[PendingAppend], seq: int, head: bytes) -> tuple[list[Row], bytes]:
         kr, log_id = self._keyring, self._log_id
         rows: list[Row] = []
-        seq, head = self.state.size, self.state.head
-        for a in appends:
+        # Every nonce of the group from the OS CSPRNG in one call (still random, never a counter).
+        rand = os.urandom(2 * NONCE_LEN * len(appends))
+        for i, a in enumerate(appends):
             tenant_h = kr.tenant_id(a.tenant)
             subject_h = None if a.subject is None else kr.subject_id(a.tenant, a.subject)
             request_h = None if a.request_id is None else kr.request_id(a.tenant, a.request_id)
-            month = month_of(a.ts_ns)
+            month = self._month(a.ts_ns)
             meta_key = kr.encrypting_key(tenant_h, None, month)
             content_key = None
             if a.plaintext.content is not None:
@@ -240,52 +375,66 @@ class Writer:
                 content_key=content_key,
                 plaintext=a.plaintext,
                 prev_head=head,
+                nonces=rand[2 * NONCE_LEN * i : 2 * NONCE_LEN * (i + 1)],
             )
             rows.append(row)
             head = next_head(head, row.leaf)
             seq += 1
         return rows, head
 
-    async def _commit(self, appends: list[PendingAppend]) -> None:
-        old_size = self.state.size
-        try:
-            rows, head = self._seal(appends)
-            await self._conn.execute("BEGIN IMMEDIATE")
-            await self._conn.executemany(INSERT_SQL, rows)
-            await self._conn.execute("COMMIT")
-        except Exception as exc:
-            _log.error("audit commit of %d records failed: %s", len(appends), exc)
-            await self._resync(old_size)
-            err = AuditUnavailableError(f"audit write failed: {exc}")
-            for a in appends:
-                if not a.future.done():
-                    a.future.set_exception(err)
-            return
-        self._adopt(rows, head, appends)
+    def _start(self, batch: _Batch) -> asyncio.Future[None]:
+        """Hand ``batch`` (and any signed checkpoint's row) to the write thread as one transaction."""
+        batch.checkpoint, self._unsent = self._unsent, None
+        fut = asyncio.get_running_loop().run_in_executor(self._db, self._write, batch.rows, batch.checkpoint)
+        fut.add_done_callback(self._notify)
+        return fut
 
-    def _adopt(self, rows: list[Row], head: bytes, appends: list[PendingAppend]) -> None:
+    def _write(self, rows: list[Row], checkpoint: tuple[int, str] | None) -> None:
+        """On the write thread: one transaction, one fsync (synchronous=FULL) at COMMIT."""
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            if rows:
+                conn.executemany(INSERT_SQL, rows)
+            if checkpoint is not None:
+                conn.execute(_CHECKPOINT_SQL, (checkpoint[0], time.time_ns(), checkpoint[1]))
+            conn.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            raise
+
+    async def _finish(self, batch: _Batch, fut: asyncio.Future[None]) -> bool:
+        """Adopt a finished commit and acknowledge its appends; on failure, fail them and resync."""
+        try:
+            await fut
+        except Exception as exc:
+            _log.error("audit commit of %d records failed: %s", len(batch.rows), exc)
+            if batch.checkpoint is not None and self._unsent is None:
+                self._unsent = batch.checkpoint
+            await self._resync(batch.first_seq)
+            self._fail(batch.appends, AuditUnavailableError(f"audit write failed: {exc}"))
+            return False
         tree = self.state.tree
-        for row in rows:
+        for row in batch.rows:
             tree.append(row.leaf)
-        self.state.size += len(rows)
-        self.state.head = head
-        for a, row in zip(appends, rows, strict=True):
+        self.state.size += len(batch.rows)
+        if batch.rows:
+            self.state.head = batch.head
+        for a, row in zip(batch.appends, batch.rows, strict=True):
             if not a.future.done():
                 a.future.set_result(row.seq)
+        if batch.checkpoint is not None:
+            self._export_checkpoint(*batch.checkpoint)
+        return True
 
     async def _resync(self, old_size: int) -> None:
         """After a failed commit: carry on only if the log is exactly as before it."""
         try:
-            await self._conn.execute("ROLLBACK")
-        except Exception:  # noqa: S110 - no transaction left open is the usual case
-            pass
-        try:
-            cur = await self._conn.execute("SELECT max(seq) FROM audit")
-            row = await cur.fetchone()
+            size = await asyncio.get_running_loop().run_in_executor(self._db, self._size_on_disk)
         except Exception as exc:
             self.failed = AuditUnavailableError(f"cannot read the log back after a failed write: {exc}")
             return
-        size = 0 if row is None or row[0] is None else int(row[0]) + 1
         if size != old_size:
             # The commit reached the disk after all; its appenders were told it failed (a spurious
             # 503, never a loss). Stop rather than guess: a restart re-reads the chain.
@@ -293,34 +442,42 @@ class Writer:
                 f"log size {size} after a failed commit at {old_size}; reopen"
             )
 
+    def _size_on_disk(self) -> int:
+        with contextlib.suppress(sqlite3.Error):
+            self._conn.execute("ROLLBACK")  # no transaction left open is the usual case
+        row = self._conn.execute("SELECT max(seq) FROM audit").fetchone()
+        return 0 if row is None or row[0] is None else int(row[0]) + 1
+
     # -- checkpoints ------------------------------------------------------------------------------
 
-    async def _maybe_checkpoint(self, *, timer: bool) -> None:
-        due = self._checkpoint_due_size()
-        if due <= 0:
+    def _maybe_sign(self) -> None:
+        size = self.state.size
+        signed = 0 if self._signed is None else self._signed
+        if size <= signed or self._unsent is not None:
             return
-        elapsed = time.monotonic() - self._last_checkpoint_mono
-        if due >= self._every_records or elapsed >= self._every_s:
-            await self._checkpoint()
+        if size - signed >= self._every_records or (
+            time.monotonic() - self._last_checkpoint_mono >= self._every_s
+        ):
+            self._sign()
 
-    async def _checkpoint(self) -> None:
+    def _sign(self) -> None:
+        """Sign the durable size now; its row goes out with the next transaction."""
         size, root = self.state.size, self.state.tree.root()
-        note = sign_checkpoint(Checkpoint(self._origin, size, root), self._signer)
+        self._unsent = (size, sign_checkpoint(Checkpoint(self._origin, size, root), self._signer))
+        self._signed = size
         self._last_checkpoint_mono = time.monotonic()
-        try:
-            await self._conn.execute("BEGIN IMMEDIATE")
-            await self._conn.execute(
-                "INSERT OR IGNORE INTO checkpoints (size, ts_ns, note) VALUES (?, ?, ?)",
-                (size, time.time_ns(), note),
-            )
-            await self._conn.execute("COMMIT")
-            await asyncio.to_thread(self._store.write, note)
-        except Exception as exc:
-            self.checkpoint_errors += 1
-            _log.error("audit checkpoint at size %d failed: %s", size, exc)
-            try:
-                await self._conn.execute("ROLLBACK")
-            except Exception:  # noqa: S110
-                pass
-            return
-        self.last_checkpoint = (size, time.time(), len(note.encode()))
+
+    def _export_checkpoint(self, size: int, note: str) -> None:
+        """Its row is durable: write the external copy on the export thread (in order, off the loop)."""
+        fut = asyncio.get_running_loop().run_in_executor(self._export, self._store.write, note)
+
+        def done(f: asyncio.Future[None]) -> None:
+            exc = f.exception() if not f.cancelled() else asyncio.CancelledError()
+            if exc is not None:
+                self.checkpoint_errors += 1
+                _log.error("audit checkpoint at size %d failed: %s", size, exc)
+            else:
+                self.last_checkpoint = (size, time.time(), len(note.encode()))
+
+        fut.add_done_callback(done)
+        self._last_export = fut

@@ -63,22 +63,45 @@ def _add_load_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prom-mem-metric", default=None)
     p.add_argument("--out", type=Path, default=Path("bench-out"), help="output directory")
     p.add_argument("--no-plots", action="store_true")
-    p.add_argument("--no-ceiling", action="store_true", help="do not measure/embed the client ceiling")
+    p.add_argument(
+        "--no-ceiling",
+        action="store_true",
+        help="do not measure the client ceiling (a cached one is still embedded)",
+    )
     p.add_argument("--quiet", "-q", action="store_true")
 
 
 def config_from_args(a: argparse.Namespace) -> LoadConfig:
     data: dict[str, Any] = msgspec.json.decode(a.config.read_bytes()) if a.config else {}
     data["url"] = a.url if a.url else data.get("url")
-    flat = {"model": a.model, "endpoint": a.endpoint, "api_key": a.api_key, "concurrency": a.concurrency,
-            "rate": a.rate, "arrival": a.arrival, "burstiness": a.burstiness, "num_requests": a.num_requests,
-            "duration_s": a.duration, "warmup_s": a.warmup, "cooldown_s": a.cooldown, "seed": a.seed,
-            "timeout_s": a.timeout, "tokenizer": a.tokenizer}
+    flat = {
+        "model": a.model,
+        "endpoint": a.endpoint,
+        "api_key": a.api_key,
+        "concurrency": a.concurrency,
+        "rate": a.rate,
+        "arrival": a.arrival,
+        "burstiness": a.burstiness,
+        "num_requests": a.num_requests,
+        "duration_s": a.duration,
+        "warmup_s": a.warmup,
+        "cooldown_s": a.cooldown,
+        "seed": a.seed,
+        "timeout_s": a.timeout,
+        "tokenizer": a.tokenizer,
+    }
     data.update({k: v for k, v in flat.items() if v is not None})
     wl = dict(data.get("workload", {}))
-    wflat = {"kind": a.workload, "input_len": a.input_len, "input_range": a.input_range,
-             "output_len": a.output_len, "output_range": a.output_range, "prefix_len": a.prefix_len,
-             "num_prefixes": a.num_prefixes, "path": a.prompts}
+    wflat = {
+        "kind": a.workload,
+        "input_len": a.input_len,
+        "input_range": a.input_range,
+        "output_len": a.output_len,
+        "output_range": a.output_range,
+        "prefix_len": a.prefix_len,
+        "num_prefixes": a.num_prefixes,
+        "path": a.prompts,
+    }
     wl.update({k: v for k, v in wflat.items() if v is not None})
     if a.prompts and a.workload is None:
         wl["kind"] = "jsonl"
@@ -126,13 +149,22 @@ def _cmd_run(a: argparse.Namespace) -> int:
 
 
 def _mock_config(a: argparse.Namespace) -> MockConfig:
-    return msgspec.convert({
-        "ttft": msgspec.to_builtins(parse_dist(a.ttft)), "itl": msgspec.to_builtins(parse_dist(a.itl)),
-        "tokens_per_event": a.tokens_per_event, "events_per_write": a.events_per_write,
-        "usage": not a.no_usage, "error_rate": a.error_rate, "midstream_error_rate": a.midstream_error_rate,
-        "max_concurrency": a.max_concurrency, "default_max_tokens": a.default_max_tokens, "seed": a.seed,
-        "odd_text": not a.plain_text,
-    }, MockConfig)
+    return msgspec.convert(
+        {
+            "ttft": msgspec.to_builtins(parse_dist(a.ttft)),
+            "itl": msgspec.to_builtins(parse_dist(a.itl)),
+            "tokens_per_event": a.tokens_per_event,
+            "events_per_write": a.events_per_write,
+            "usage": not a.no_usage,
+            "error_rate": a.error_rate,
+            "midstream_error_rate": a.midstream_error_rate,
+            "max_concurrency": a.max_concurrency,
+            "default_max_tokens": a.default_max_tokens,
+            "seed": a.seed,
+            "odd_text": not a.plain_text,
+        },
+        MockConfig,
+    )
 
 
 def add_mock_args(p: argparse.ArgumentParser) -> None:

@@ -31,19 +31,25 @@ def _sweep(a: argparse.Namespace) -> int:
         from bench.result import RunResult
 
         assert isinstance(res, RunResult)
-        print(f"{a.vary}={level:g}: {res.output_tokens_per_s:.1f} tok/s, "
-              f"ttft_sched p50 {res.stat('ttft_sched_ms') or 0:.1f} ms, "
-              f"attainment {res.summary.slo_attainment:.1%}", file=sys.stderr)
+        print(
+            f"{a.vary}={level:g}: {res.output_tokens_per_s:.1f} tok/s, "
+            f"ttft_sched p50 {res.stat('ttft_sched_ms') or 0:.1f} ms, "
+            f"attainment {res.summary.slo_attainment:.1%}",
+            file=sys.stderr,
+        )
 
-    sr, results = run_async(sweep(cfg, levels, a.out, vary=a.vary, find_max=a.find_max, ceiling=ceiling,
-                                  on_result=show))
+    sr, results = run_async(
+        sweep(cfg, levels, a.out, vary=a.vary, find_max=a.find_max, ceiling=ceiling, on_result=show)
+    )
     (a.out / "sweep.json").write_bytes(msgspec.json.format(msgspec.json.encode(sr), indent=2))
     if not a.no_plots:
         plot_sweep([p.level for p in sr.points], results, a.vary, a.out)
     print(f"{'level':>8} {'tok/s':>10} {'req/s':>8} {'ttft_sched p99':>15} {'attain':>7}")
     for p in sr.points:
-        print(f"{p.level:>8g} {p.output_tokens_per_s:>10.1f} {p.requests_per_s:>8.2f} "
-              f"{(p.ttft_sched_p99_ms or 0):>15.2f} {p.slo_attainment:>7.1%}")
+        print(
+            f"{p.level:>8g} {p.output_tokens_per_s:>10.1f} {p.requests_per_s:>8.2f} "
+            f"{(p.ttft_sched_p99_ms or 0):>15.2f} {p.slo_attainment:>7.1%}"
+        )
     print(sr.stopped)
     if sr.max_meeting_slos is not None:
         print(f"highest {a.vary} meeting SLOs: {sr.max_meeting_slos:g}")
@@ -54,8 +60,10 @@ def _ceiling(a: argparse.Namespace) -> int:
     from bench.ceiling import cache_path, cached_or_measure
 
     c = cached_or_measure(refresh=True, quick=a.quick)
-    print(f"client ceiling: {c.max_requests_per_s:.0f} requests/s, {c.max_events_per_s:.0f} events/s "
-          f"(cached in {cache_path()})")
+    print(
+        f"client ceiling: {c.max_requests_per_s:.0f} requests/s, {c.max_events_per_s:.0f} events/s "
+        f"(cached in {cache_path()})"
+    )
     return 0
 
 

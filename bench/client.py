@@ -329,19 +329,30 @@ class ConnectionPool:
         self._idle: list[_Conn] = []
         self._all: set[_Conn] = set()
 
-    async def acquire(self) -> tuple[_Conn, int]:
-        """A ready connection, and the ns spent connecting (0 when reused)."""
+    def idle(self) -> _Conn | None:
+        """A kept-alive connection, without suspending; None when all are busy or closed."""
         while self._idle:
             conn = self._idle.pop()
             if not conn.closed:
-                return conn, 0
-        t0 = time.monotonic_ns()
+                return conn
+        return None
+
+    async def connect(self) -> _Conn:
         loop = asyncio.get_running_loop()
         ctx = ssl.create_default_context() if self.https else None
         _, conn = await loop.create_connection(
             lambda: _Conn(loop), self.host, self.port, ssl=ctx, server_hostname=self.host if ctx else None
         )
         self._all.add(conn)
+        return conn
+
+    async def acquire(self) -> tuple[_Conn, int]:
+        """A ready connection, and the ns spent connecting (0 when reused)."""
+        conn = self.idle()
+        if conn is not None:
+            return conn, 0
+        t0 = time.monotonic_ns()
+        conn = await self.connect()
         return conn, time.monotonic_ns() - t0
 
     def release(self, conn: _Conn) -> None:
@@ -393,16 +404,21 @@ class StreamClient:
         request = self._head_prefix + f"Content-Length: {len(body)}\r\n\r\n".encode() + body
         loop = asyncio.get_running_loop()
         done: asyncio.Future[None] = loop.create_future()
-        try:
-            conn, rec.connect_ns = await asyncio.wait_for(self.pool.acquire(), timeout_s)
-        except (OSError, TimeoutError) as exc:
-            rec.t_close = time.monotonic_ns()
-            rec.error = f"connect failed: {type(exc).__name__}: {exc}"
-            return
+        # The hot path (a kept-alive connection) creates no task and no wait_for wrapper.
+        conn = self.pool.idle()
+        if conn is None:
+            t0 = time.monotonic_ns()
+            try:
+                conn = await asyncio.wait_for(self.pool.connect(), timeout_s)
+            except (OSError, TimeoutError) as exc:
+                rec.t_close = time.monotonic_ns()
+                rec.error = f"connect failed: {type(exc).__name__}: {exc}"
+                return
+            rec.connect_ns = time.monotonic_ns() - t0
         conn.start(_Exchange(rec, text, done), request)
+        timer = loop.call_later(timeout_s, conn.abort, f"timeout after {timeout_s:g}s")
         try:
-            await asyncio.wait_for(asyncio.shield(done), timeout_s)
-        except TimeoutError:
-            conn.abort(f"timeout after {timeout_s:g}s")
+            await done
         finally:
+            timer.cancel()
             self.pool.release(conn)

@@ -106,8 +106,15 @@ def compare(path_a: Path, path_b: Path, alpha: float = 0.05) -> Comparison:
         a99, b99 = ra.stat(m, "p99"), rb.stat(m, "p99")
         if a50 is None and b50 is None:
             continue
-        d = MetricDiff(metric=m, a_p50=a50, b_p50=b50, ratio_p50=_ratio(a50, b50), a_p99=a99, b_p99=b99,
-                       ratio_p99=_ratio(a99, b99))
+        d = MetricDiff(
+            metric=m,
+            a_p50=a50,
+            b_p50=b50,
+            ratio_p50=_ratio(a50, b50),
+            a_p99=a99,
+            b_p99=b99,
+            ratio_p99=_ratio(a99, b99),
+        )
         if sa is not None and sb is not None:
             xa, xb = sa.get(m), sb.get(m)
             if len(xa) and len(xb):
@@ -117,11 +124,21 @@ def compare(path_a: Path, path_b: Path, alpha: float = 0.05) -> Comparison:
                 d.significant = bool(p < alpha and not lo <= 1.0 <= hi)
         diffs.append(d)
     thr = {
-        "output_tokens_per_s": (ra.output_tokens_per_s, rb.output_tokens_per_s,
-                                _ratio(ra.output_tokens_per_s, rb.output_tokens_per_s)),
-        "requests_per_s": (ra.requests_per_s, rb.requests_per_s, _ratio(ra.requests_per_s, rb.requests_per_s)),
-        "slo_attainment": (ra.summary.slo_attainment, rb.summary.slo_attainment,
-                           _ratio(ra.summary.slo_attainment, rb.summary.slo_attainment)),
+        "output_tokens_per_s": (
+            ra.output_tokens_per_s,
+            rb.output_tokens_per_s,
+            _ratio(ra.output_tokens_per_s, rb.output_tokens_per_s),
+        ),
+        "requests_per_s": (
+            ra.requests_per_s,
+            rb.requests_per_s,
+            _ratio(ra.requests_per_s, rb.requests_per_s),
+        ),
+        "slo_attainment": (
+            ra.summary.slo_attainment,
+            rb.summary.slo_attainment,
+            _ratio(ra.summary.slo_attainment, rb.summary.slo_attainment),
+        ),
     }
     return Comparison(a=str(path_a), b=str(path_b), metrics=diffs, throughput=thr)
 

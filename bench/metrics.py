@@ -72,8 +72,15 @@ def stats(values: Iterable[float] | np.ndarray[Any, Any]) -> Stats | None:
         return None
     q = np.percentile(arr, PERCENTILES)
     return Stats(
-        n=int(arr.size), mean=float(arr.mean()), std=float(arr.std()), min=float(arr.min()),
-        max=float(arr.max()), p50=float(q[0]), p90=float(q[1]), p95=float(q[2]), p99=float(q[3]),
+        n=int(arr.size),
+        mean=float(arr.mean()),
+        std=float(arr.std()),
+        min=float(arr.min()),
+        max=float(arr.max()),
+        p50=float(q[0]),
+        p90=float(q[1]),
+        p95=float(q[2]),
+        p99=float(q[3]),
         p999=float(q[4]),
     )
 
@@ -154,9 +161,19 @@ def summarize(
     Per-request scalars are kept as float lists only; the records themselves are not.
     """
     slos = slos or {}
-    cols: dict[str, list[float]] = {k: [] for k in
-                                    ("ttft_ms", "ttft_sched_ms", "e2e_ms", "e2e_sched_ms", "queue_ms",
-                                     "dispatch_lag_ms", "tpot_ms", "itl_max_ms")}
+    cols: dict[str, list[float]] = {
+        k: []
+        for k in (
+            "ttft_ms",
+            "ttft_sched_ms",
+            "e2e_ms",
+            "e2e_sched_ms",
+            "queue_ms",
+            "dispatch_lag_ms",
+            "tpot_ms",
+            "itl_max_ms",
+        )
+    }
     icl: list[float] = []
     itl: list[float] = []
     errors: dict[str, int] = {}
@@ -214,13 +231,25 @@ def summarize(
     if client_tot is not None and server_for_client:
         mismatch = abs(client_tot - server_for_client) / server_for_client
     return Summary(
-        window_s=win_s, requests_total=total, requests_in_window=in_win, succeeded=ok, failed=failed,
-        errors=errors, latency=latency, output_tokens_total=out_tok_total, prompt_tokens_total=prompt_tot,
-        output_tokens_per_s=win_tokens / win_s, requests_per_s=win_requests / win_s,
-        concurrency=busy_ns / (win_s * 1e9), achieved_rate=achieved,
-        goodput_rps=good / win_s, slo_attainment=good / in_win if in_win else 0.0,
+        window_s=win_s,
+        requests_total=total,
+        requests_in_window=in_win,
+        succeeded=ok,
+        failed=failed,
+        errors=errors,
+        latency=latency,
+        output_tokens_total=out_tok_total,
+        prompt_tokens_total=prompt_tot,
+        output_tokens_per_s=win_tokens / win_s,
+        requests_per_s=win_requests / win_s,
+        concurrency=busy_ns / (win_s * 1e9),
+        achieved_rate=achieved,
+        goodput_rps=good / win_s,
+        slo_attainment=good / in_win if in_win else 0.0,
         slo_pass_rates={k: v / in_win if in_win else 0.0 for k, v in slo_pass.items()},
-        client_tokens_total=client_tot, token_mismatch=mismatch, events_total=events,
+        client_tokens_total=client_tot,
+        token_mismatch=mismatch,
+        events_total=events,
     )
 
 
@@ -250,8 +279,15 @@ def _meets(r: RequestRecord, name: str, limit: float) -> bool:
 
 
 def _accumulate(
-    r: RequestRecord, lo: int, hi: int, cols: dict[str, list[float]], icl: list[float],
-    itl: list[float], errors: dict[str, int], slos: dict[str, float], slo_pass: dict[str, int],
+    r: RequestRecord,
+    lo: int,
+    hi: int,
+    cols: dict[str, list[float]],
+    icl: list[float],
+    itl: list[float],
+    errors: dict[str, int],
+    slos: dict[str, float],
+    slo_pass: dict[str, int],
 ) -> None:
     if not lo <= r.t_sched <= hi:
         return
@@ -266,9 +302,9 @@ def _accumulate(
     if r.t_dispatch:
         cols["dispatch_lag_ms"].append((r.t_dispatch - r.t_sched) / 1e6)
     for name in ("ttft_ms", "ttft_sched_ms", "e2e_ms", "e2e_sched_ms", "tpot_ms", "itl_max_ms"):
-        v = _metric(r, name)
-        if v is not None:
-            cols[name].append(v)
+        m = _metric(r, name)
+        if m is not None:
+            cols[name].append(m)
     icl.extend((b - a) / 1e6 for a, b in zip(r.event_ns, r.event_ns[1:], strict=False))
     for gap, tok in arrival_gaps(r):
         if tok > 0:

@@ -138,14 +138,22 @@ class _Scheduler:
             self._timer.close()
 
     def push(
-        self, deadline: int, tr: asyncio.Transport, data: bytes, done: asyncio.Future[None] | None,
+        self,
+        deadline: int,
+        tr: asyncio.Transport,
+        data: bytes,
+        done: asyncio.Future[None] | None,
         sent: list[int],
     ) -> None:
         assert self._timer is not None
         self._timer.call_at_ns(deadline, self._write, deadline, tr, data, done, sent)
 
     def _write(
-        self, deadline: int, tr: asyncio.Transport, data: bytes, done: asyncio.Future[None] | None,
+        self,
+        deadline: int,
+        tr: asyncio.Transport,
+        data: bytes,
+        done: asyncio.Future[None] | None,
         sent: list[int],
     ) -> None:
         now = time.monotonic_ns()
@@ -203,8 +211,14 @@ class MockServer:
         produced = 0
         buf = bytearray()
         if chat:
-            buf += _sse({"id": rid, "object": obj, "model": req.model,
-                         "choices": [{"index": 0, "delta": {"role": "assistant"}}]})
+            buf += _sse(
+                {
+                    "id": rid,
+                    "object": obj,
+                    "model": req.model,
+                    "choices": [{"index": 0, "delta": {"role": "assistant"}}],
+                }
+            )
         while produced < max_tokens:
             if produced == fail_at:
                 buf += _sse({"error": {"message": "injected mid-stream failure", "type": "server_error"}})
@@ -226,14 +240,27 @@ class MockServer:
                     choice["text"] = text
                 chunk: dict[str, Any] = {"id": rid, "object": obj, "model": req.model, "choices": [choice]}
                 if continuous:
-                    chunk["usage"] = {"prompt_tokens": prompt_words, "completion_tokens": produced,
-                                      "total_tokens": prompt_words + produced}
+                    chunk["usage"] = {
+                        "prompt_tokens": prompt_words,
+                        "completion_tokens": produced,
+                        "total_tokens": prompt_words + produced,
+                    }
                 buf += _sse(chunk)
             if produced >= max_tokens:
                 if want_usage:
-                    buf += _sse({"id": rid, "object": obj, "model": req.model, "choices": [],
-                                 "usage": {"prompt_tokens": prompt_words, "completion_tokens": produced,
-                                           "total_tokens": prompt_words + produced}})
+                    buf += _sse(
+                        {
+                            "id": rid,
+                            "object": obj,
+                            "model": req.model,
+                            "choices": [],
+                            "usage": {
+                                "prompt_tokens": prompt_words,
+                                "completion_tokens": produced,
+                                "total_tokens": prompt_words + produced,
+                            },
+                        }
+                    )
                 buf += b"data: [DONE]\n\n"
                 writes.append((t, _chunked(bytes(buf)) + b"0\r\n\r\n"))
             else:
@@ -289,7 +316,12 @@ def _response(status: int, obj: Any, ctype: bytes = b"application/json") -> byte
     body = obj if isinstance(obj, bytes) else _ENC.encode(obj)
     reason = {200: b"OK", 400: b"Bad Request", 404: b"Not Found", 500: b"Internal Server Error"}[status]
     return b"HTTP/1.1 %d %s\r\ncontent-type: %s\r\ncontent-length: %d\r\n\r\n%s" % (
-        status, reason, ctype, len(body), body)
+        status,
+        reason,
+        ctype,
+        len(body),
+        body,
+    )
 
 
 class _MockConn(asyncio.Protocol):
@@ -361,9 +393,18 @@ class _MockConn(asyncio.Protocol):
                 sched.push(t_arrival + off, tr, data, done if i == len(writes) - 1 else None, sent)
             await done
             if self.server.log is not None:
-                self.server.log.write(_ENC.encode(_LogLine(
-                    n=plan[1], head=_prompt_head(body), t_arrival=t_arrival,
-                    deadlines=[t_arrival + off for off, _ in writes], sent=sent)) + b"\n")
+                self.server.log.write(
+                    _ENC.encode(
+                        _LogLine(
+                            n=plan[1],
+                            head=_prompt_head(body),
+                            t_arrival=t_arrival,
+                            deadlines=[t_arrival + off for off, _ in writes],
+                            sent=sent,
+                        )
+                    )
+                    + b"\n"
+                )
         finally:
             if gate is not None:
                 gate.release()
@@ -373,7 +414,10 @@ class _MockConn(asyncio.Protocol):
 
 
 async def serve_mock(
-    config: MockConfig, host: str = "127.0.0.1", port: int = 0, ready: asyncio.Future[int] | None = None,
+    config: MockConfig,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    ready: asyncio.Future[int] | None = None,
     log_path: str | None = None,
 ) -> None:
     """Serve until cancelled; ``ready`` receives the bound port.
@@ -383,7 +427,7 @@ async def serve_mock(
     """
     server = MockServer(config)
     if log_path:
-        server.log = open(log_path, "wb", buffering=0)  # noqa: SIM115 - closed in finally
+        server.log = open(log_path, "wb", buffering=0)  # noqa: ASYNC230 - once, before serving
     loop = asyncio.get_running_loop()
     srv = await loop.create_server(lambda: _MockConn(server), host, port, backlog=4096)
     bound = srv.sockets[0].getsockname()[1]

@@ -16,8 +16,13 @@ __all__ = ["mock_process"]
 def mock_process(*args: str, startup_timeout_s: float = 20.0) -> Iterator[str]:
     """Start ``bench mock --port 0 ARGS...``; yield its base URL; stop it on exit."""
     cmd = [sys.executable, "-m", "bench.cli", "mock", "--port", "0", *args]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
     try:
         assert proc.stdout is not None
         deadline = time.monotonic() + startup_timeout_s

@@ -34,8 +34,9 @@ def plot_run(res: RunResult, out_dir: Path) -> list[Path]:
     s = load_samples(Path(res.records_path))
     written = []
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    for ax, names in zip(axes, (("ttft_ms", "ttft_sched_ms"), ("e2e_ms", "e2e_sched_ms"),
-                                ("itl_ms", "tpot_ms")), strict=True):
+    for ax, names in zip(
+        axes, (("ttft_ms", "ttft_sched_ms"), ("e2e_ms", "e2e_sched_ms"), ("itl_ms", "tpot_ms")), strict=True
+    ):
         for name in names:
             v = np.sort(s.get(name))
             if len(v):

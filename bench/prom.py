@@ -82,8 +82,11 @@ class PrometheusScraper:
 
     def summary(self) -> PromSummary:
         return PromSummary(
-            url=self.cfg.url, samples=self.samples, failures=self.failures,
-            utilization_metric=self.cfg.utilization_metric, memory_metric=self.cfg.memory_metric,
+            url=self.cfg.url,
+            samples=self.samples,
+            failures=self.failures,
+            utilization_metric=self.cfg.utilization_metric,
+            memory_metric=self.cfg.memory_metric,
             utilization_mean=sum(self.util) / len(self.util) if self.util else None,
             utilization_max=max(self.util) if self.util else None,
             memory_bytes_mean=sum(self.mem) / len(self.mem) if self.mem else None,

@@ -15,7 +15,16 @@ from bench.config import LoadConfig
 from bench.metrics import FORMULAS, Stats, Summary
 from bench.prom import PromSummary
 
-__all__ = ["SCHEMA_VERSION", "ClientCeiling", "RunMeta", "RunResult", "load_result", "run_meta"]
+__all__ = [
+    "SCHEMA_VERSION",
+    "ClientCeiling",
+    "RunMeta",
+    "RunResult",
+    "ceiling_cache_path",
+    "load_cached_ceiling",
+    "load_result",
+    "run_meta",
+]
 
 SCHEMA_VERSION = 1
 
@@ -30,6 +39,20 @@ class ClientCeiling(msgspec.Struct, kw_only=True):
     cpus: int
     measured_at: str
     method: str
+
+
+def ceiling_cache_path() -> Path:
+    """Where ``bench ceiling`` caches this host's ceiling."""
+    base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    return base / "bench" / f"ceiling-{platform.node()}-{os.cpu_count()}.json"
+
+
+def load_cached_ceiling() -> ClientCeiling | None:
+    path = ceiling_cache_path()
+    try:
+        return msgspec.json.decode(path.read_bytes(), type=ClientCeiling)
+    except (OSError, msgspec.DecodeError):
+        return None
 
 
 class RunMeta(msgspec.Struct, kw_only=True):
@@ -119,9 +142,18 @@ def run_meta(seed: int, loop_name: str) -> RunMeta:
         command=list(sys.argv),
         seed=seed,
         started_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        host={"name": platform.node(), "platform": platform.platform(), "cpus": os.cpu_count() or 0,
-              "cpu_model": _cpu_model()},
-        versions={"bench": _version("bastion"), "python": platform.python_version(),
-                  "msgspec": _version("msgspec"), "numpy": _version("numpy"), "uvloop": _version("uvloop")},
+        host={
+            "name": platform.node(),
+            "platform": platform.platform(),
+            "cpus": os.cpu_count() or 0,
+            "cpu_model": _cpu_model(),
+        },
+        versions={
+            "bench": _version("bastion"),
+            "python": platform.python_version(),
+            "msgspec": _version("msgspec"),
+            "numpy": _version("numpy"),
+            "uvloop": _version("uvloop"),
+        },
         event_loop=loop_name,
     )

@@ -20,7 +20,7 @@ from bench.config import LoadConfig
 from bench.metrics import Window, summarize
 from bench.prom import PrometheusScraper
 from bench.records import RecordReader, RecordWriter, RequestRecord
-from bench.result import ClientCeiling, RunResult, run_meta
+from bench.result import ClientCeiling, RunResult, load_cached_ceiling, run_meta
 from bench.schedule import arrival_offsets_ns, schedule_digest
 from bench.timer import DeadlineTimer
 from bench.tokens import load_token_counter
@@ -125,16 +125,20 @@ class _Run:
     async def progress(self, out: TextIO, stop: asyncio.Event) -> None:
         cfg = self.cfg
         last = 0
+        cpu0, wall0 = time.process_time(), time.monotonic()
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 1.0)
             el = max(1e-9, (time.monotonic_ns() - self.t0) / 1e9)
             lv = self.live
+            cpu1, wall1 = time.process_time(), time.monotonic()
+            cpu = (cpu1 - cpu0) / max(1e-9, wall1 - wall0)
+            cpu0, wall0 = cpu1, wall1
             target = f"{cfg.rate:.1f}" if cfg.rate else "closed"
             out.write(
                 f"[{el:7.1f}s] sent {lv.sent} done {lv.done} err {lv.errors} in-flight {lv.sent - lv.done} "
                 f"rate {(lv.sent - last):.0f}/s (target {target}) dispatch-lag max "
-                f"{lv.max_lag_ns / 1e6:.2f} ms\n"
+                f"{lv.max_lag_ns / 1e6:.2f} ms client CPU {cpu:.0%}\n"
             )
             out.flush()
             last = lv.sent
@@ -160,6 +164,7 @@ async def run_load(
 
         os.close(fd)
         path = Path(name)
+    ceiling = ceiling or load_cached_ceiling()
     run = _Run(cfg, path, ceiling)
     stop = asyncio.Event()
     side: list[asyncio.Task[None]] = []
@@ -192,9 +197,14 @@ async def run_load(
     summary = summarize(reader, window, dict(cfg.slos))
     loop_name = type(asyncio.get_running_loop()).__module__.split(".")[0]
     result = RunResult(
-        meta=run_meta(cfg.seed, loop_name), config=cfg, summary=summary, ceiling=ceiling,
-        prometheus=scraper.summary() if scraper else None, schedule_digest=run.digest,
-        target_rate=cfg.rate, records_path=str(path),
+        meta=run_meta(cfg.seed, loop_name),
+        config=cfg,
+        summary=summary,
+        ceiling=ceiling,
+        prometheus=scraper.summary() if scraper else None,
+        schedule_digest=run.digest,
+        target_rate=cfg.rate,
+        records_path=str(path),
     )
     result.warnings.extend(_warnings(result))
     return result
@@ -214,7 +224,9 @@ def _warnings(res: RunResult) -> list[str]:
     if lag is not None and lag.p99 > 1.0:
         out.append(f"client dispatch lag p99 {lag.p99:.2f} ms > 1 ms: the client is late sending")
     if res.target_rate and s.achieved_rate and s.achieved_rate < 0.99 * res.target_rate:
-        out.append(f"achieved rate {s.achieved_rate:.2f}/s is below 99% of the target {res.target_rate:.2f}/s")
+        out.append(
+            f"achieved rate {s.achieved_rate:.2f}/s is below 99% of the target {res.target_rate:.2f}/s"
+        )
     c = res.ceiling
     if c is None:
         out.append("no client ceiling measured on this host (run `bench ceiling`)")

@@ -17,8 +17,10 @@ class Samples:
     """Column arrays (ms) of the successful requests, plus pooled token-normalised ITL."""
 
     def __init__(self, records: Iterable[RequestRecord]) -> None:
-        cols: dict[str, list[float]] = {k: [] for k in ("t_s", "ttft_ms", "ttft_sched_ms", "e2e_ms",
-                                                           "e2e_sched_ms", "tpot_ms", "itl_mean_ms")}
+        cols: dict[str, list[float]] = {
+            k: []
+            for k in ("t_s", "ttft_ms", "ttft_sched_ms", "e2e_ms", "e2e_sched_ms", "tpot_ms", "itl_mean_ms")
+        }
         itl_t: list[float] = []
         itl: list[float] = []
         t0: int | None = None
@@ -51,8 +53,9 @@ class Samples:
     def get(self, name: str) -> np.ndarray:
         if name == "itl_ms":
             return self.itl_ms
-        arr = self.cols[name]
-        return arr[~np.isnan(arr)]
+        arr: np.ndarray = self.cols[name]
+        kept: np.ndarray = arr[~np.isnan(arr)]
+        return kept
 
 
 def load_samples(path: Path) -> Samples:

@@ -77,7 +77,7 @@ async def sweep(
 ) -> tuple[SweepResult, list[RunResult]]:
     """Run ``levels`` in order, stopping at saturation; with ``find_max``, bisect between
     the highest level meeting the SLOs and the first one missing them."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - once, before any load
     results: list[tuple[float, RunResult]] = []
     stopped = "all levels run"
 
@@ -126,12 +126,20 @@ async def sweep(
         best = lo
     results.sort(key=lambda x: x[0])
     points = [
-        SweepPoint(level=lv, output_tokens_per_s=r.output_tokens_per_s, requests_per_s=r.requests_per_s,
-                   achieved_rate=r.summary.achieved_rate, ttft_sched_p50_ms=r.stat("ttft_sched_ms", "p50"),
-                   ttft_sched_p99_ms=r.stat("ttft_sched_ms", "p99"), e2e_sched_p99_ms=r.stat("e2e_sched_ms", "p99"),
-                   slo_attainment=r.summary.slo_attainment, failed=r.summary.failed,
-                   result_path=str(out_dir / f"{vary}-{lv:g}" / "result.json"))
+        SweepPoint(
+            level=lv,
+            output_tokens_per_s=r.output_tokens_per_s,
+            requests_per_s=r.requests_per_s,
+            achieved_rate=r.summary.achieved_rate,
+            ttft_sched_p50_ms=r.stat("ttft_sched_ms", "p50"),
+            ttft_sched_p99_ms=r.stat("ttft_sched_ms", "p99"),
+            e2e_sched_p99_ms=r.stat("e2e_sched_ms", "p99"),
+            slo_attainment=r.summary.slo_attainment,
+            failed=r.summary.failed,
+            result_path=str(out_dir / f"{vary}-{lv:g}" / "result.json"),
+        )
         for lv, r in results
     ]
-    return SweepResult(vary=vary, points=points, stopped=stopped,
-                       max_meeting_slos=best if find_max else None), [r for _, r in results]
+    return SweepResult(
+        vary=vary, points=points, stopped=stopped, max_meeting_slos=best if find_max else None
+    ), [r for _, r in results]

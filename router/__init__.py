@@ -1,4 +1,55 @@
 """Routing: residency-safe policy, external providers, breakers, budgets, redaction.
 
 Layer: may import ``serving`` (the provider interface and errors); never ``node``.
+
+The node builds one ``Router(config, local=engines)`` per process and calls
+``await router.open(RouteRequest(...))`` per generation; the returned
+``RoutedStream`` yields ``serving.protocol.Delta`` and says where the request
+went (``route``, ``reason``, ``provider``, ``model``, ``revision``), what was
+redacted (counts only) and what was tried (``attempts``). Failures raise from
+``serving.errors`` (plus ``router.errors`` subclasses), each with ``reason``
+and, where it applies, ``retry_after_s``.
 """
+
+from router.anthropic_provider import AnthropicProvider
+from router.config import (
+    BreakerConfig,
+    FallbackTarget,
+    ModelPrice,
+    ProviderConfig,
+    ProviderTimeouts,
+    RouteConfig,
+    RouterConfig,
+    RoutingOptions,
+    TenantPolicy,
+)
+from router.errors import UpstreamRateLimitedError, UpstreamTimeoutError
+from router.openai_provider import OpenAIProvider
+from router.policy import RESIDENCY_HEADER
+from router.redaction import Redactor
+from router.router import BeforeForward, ForwardDecision, RoutedStream, Router, RouteRequest
+from router.stream import Attempt
+
+__all__ = [
+    "RESIDENCY_HEADER",
+    "AnthropicProvider",
+    "Attempt",
+    "BeforeForward",
+    "BreakerConfig",
+    "FallbackTarget",
+    "ForwardDecision",
+    "ModelPrice",
+    "OpenAIProvider",
+    "ProviderConfig",
+    "ProviderTimeouts",
+    "Redactor",
+    "RouteConfig",
+    "RouteRequest",
+    "RoutedStream",
+    "Router",
+    "RouterConfig",
+    "RoutingOptions",
+    "TenantPolicy",
+    "UpstreamRateLimitedError",
+    "UpstreamTimeoutError",
+]

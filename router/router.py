@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 
 import msgspec
 
@@ -44,6 +44,7 @@ from router.stream import Attempt, Outcome, RoutedStream
 from serving.errors import (
     BastionError,
     BudgetExceededError,
+    EngineUnavailableError,
     ModelNotFoundError,
     ResidencyRejectedError,
     ServiceUnavailableError,
@@ -51,9 +52,10 @@ from serving.errors import (
 )
 from serving.protocol import Delta, GenerationRequest, Provider
 
-__all__ = ["RouteRequest", "RoutedStream", "Router"]
+__all__ = ["BeforeForward", "ForwardDecision", "RouteRequest", "RoutedStream", "Router"]
 
 _EWMA = 0.2
+_REDACT_INLINE_CHARS = 16_384
 
 
 class RouteRequest(msgspec.Struct, frozen=True, kw_only=True):
@@ -65,6 +67,23 @@ class RouteRequest(msgspec.Struct, frozen=True, kw_only=True):
     generation: GenerationRequest
     #: ``x-bastion-residency``: may only tighten the tenant's residency
     residency_header: str | None = None
+
+
+class ForwardDecision(msgspec.Struct, frozen=True, kw_only=True):
+    """What the router is about to send where; given to ``before_forward`` before each attempt."""
+
+    route: str
+    reason: str
+    provider: str
+    model: str
+    revision: str
+    #: counts by type of what was redacted for this attempt (empty for local attempts)
+    redactions: dict[str, int]
+    #: 0 for the first attempt, then 1, 2, ... for failovers
+    attempt: int
+
+
+BeforeForward = Callable[[ForwardDecision], Awaitable[None]]
 
 
 class Router:
@@ -123,8 +142,14 @@ class Router:
     def limiter(self) -> Limiter:
         return self._limiter
 
-    async def open(self, request: RouteRequest) -> RoutedStream:
+    async def open(
+        self, request: RouteRequest, *, before_forward: BeforeForward | None = None
+    ) -> RoutedStream:
         """Admit, decide, redact and connect; return once the first delta arrived.
+
+        ``before_forward`` is awaited before each attempt, before anything is sent to
+        that provider (the node writes its durable audit start record there); if it
+        raises, nothing is forwarded and the error propagates.
 
         Raises ``RateLimitedError``/``BudgetExceededError`` (429),
         ``ResidencyRejectedError``/``ServiceUnavailableError`` (503),
@@ -152,7 +177,7 @@ class Router:
         ]
         # The only table of providers a local-only request can reach: the local engines.
         table: Mapping[str, Provider] = {} if residency.local_only else self._external
-        return await self._connect(request, residency, plan, table, attempts)
+        return await self._connect(request, residency, plan, table, attempts, before_forward)
 
     # -- deciding ---------------------------------------------------------------------------------
 
@@ -231,14 +256,20 @@ class Router:
                 retry_after_s=self._limiter.until_next_month(),
                 reason="budget-spend-per-month",
             )
-        whys = {why for _, why in plan.skipped if why != "local-unhealthy"}
-        if whys <= {"residency", "not-allowed", "no-provider", "no-local", "overflow"}:
+        external = {why for name, why in plan.skipped if name != "local"}
+        if external <= {"no-provider"}:
+            return EngineUnavailableError(
+                f"the local engine cannot take the request now ({plan.reason}) and no fallback is configured",
+                retry_after_s=plan.retry_after_s,
+                reason=plan.reason,
+            )
+        if external <= {"residency", "not-allowed", "no-provider"}:
             return ResidencyRejectedError(
                 f"no provider this tenant may use can take the request now ({plan.reason})",
                 retry_after_s=plan.retry_after_s,
                 reason=plan.reason,
             )
-        reason = "breaker-open" if "breaker-open" in whys else "upstream-rate-limited"
+        reason = "breaker-open" if "breaker-open" in external else "upstream-rate-limited"
         return ServiceUnavailableError(
             f"every candidate is unavailable ({reason})",
             retry_after_s=plan.retry_after_s,
@@ -254,6 +285,7 @@ class Router:
         plan: Plan,
         table: Mapping[str, Provider],
         attempts: list[Attempt],
+        before_forward: BeforeForward | None,
     ) -> RoutedStream:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._options.failover_budget_s
@@ -285,6 +317,11 @@ class Router:
                     )
                 )
                 continue
+            generation = msgspec.structs.replace(request.generation, model=candidate.model)
+            if not candidate.local and request.policy.redact:
+                # Raises RedactionError when it cannot run: nothing goes out (fail closed).
+                redaction = redaction or await self._redact(request.generation)
+                generation = msgspec.structs.replace(redaction.request, model=candidate.model)
             if not breaker.acquire():
                 attempts.append(
                     Attempt(
@@ -292,15 +329,34 @@ class Router:
                     )
                 )
                 continue
+            if before_forward is not None:
+                failed_before = any(a.outcome in ("failed", "rate-limited") for a in attempts)
+                info = provider.describe()
+                used = redaction if not candidate.local else None
+                try:
+                    await before_forward(
+                        ForwardDecision(
+                            route=candidate.route,
+                            reason="failover" if failed_before else plan.reason,
+                            provider=info.name,
+                            model=candidate.model,
+                            revision=info.revisions.get(candidate.model, candidate.model),
+                            redactions=dict(used.counts) if used is not None else {},
+                            attempt=tries,
+                        )
+                    )
+                except BaseException:
+                    breaker.release()
+                    raise
             tries += 1
-            generation = msgspec.structs.replace(request.generation, model=candidate.model)
-            if not candidate.local and request.policy.redact:
-                redaction = redaction or self._redactor.redact(request.generation)
-                generation = msgspec.structs.replace(redaction.request, model=candidate.model)
             started = self._clock()
             stream = provider.stream(generation)
             try:
                 first = await anext(stream)
+            except asyncio.CancelledError:
+                breaker.release()  # the client went away: neither success nor failure
+                await _aclose(stream)
+                raise
             except UpstreamRateLimitedError as exc:
                 breaker.release()
                 wait = exc.retry_after_s if exc.retry_after_s is not None else 1.0
@@ -420,6 +476,13 @@ class Router:
         return UpstreamError(
             "no candidate could serve the request", reason="all-candidates-failed", retry_after_s=1.0
         )
+
+    async def _redact(self, generation: GenerationRequest) -> Redaction:
+        size = len(generation.prompt or "") + sum(len(m.content or "") for m in generation.messages or ())
+        if size < _REDACT_INLINE_CHARS:
+            return self._redactor.redact(generation)
+        # Long prompts take milliseconds: let the event loop serve other streams meanwhile.
+        return await asyncio.to_thread(self._redactor.redact, generation)
 
     def _backoff(self, tries: int, remaining: float) -> float:
         base = min(self._options.backoff_max_s, self._options.backoff_base_s * 2.0 ** (tries - 1))

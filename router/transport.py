@@ -100,6 +100,7 @@ class Upstream:
             headers={"content-type": "application/json", "accept": "text/event-stream", **auth_headers},
             params=dict(config.query),
             transport=transport,
+            proxy=config.proxy,
             trust_env=False,
             follow_redirects=False,
         )

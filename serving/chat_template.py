@@ -32,7 +32,11 @@ def _message_dict(message: ChatMessage) -> dict[str, Any]:
         d["tool_call_id"] = message.tool_call_id
     if message.tool_calls:
         d["tool_calls"] = [
-            {"id": c.id, "type": c.type, "function": {"name": c.function.name, "arguments": c.function.arguments}}
+            {
+                "id": c.id,
+                "type": c.type,
+                "function": {"name": c.function.name, "arguments": c.function.arguments},
+            }
             for c in message.tool_calls
         ]
     return d
@@ -50,7 +54,9 @@ def render_prompt(tokenizer: PromptTokenizer, request: GenerationRequest) -> tup
                 [_message_dict(m) for m in request.messages], tokenize=False, add_generation_prompt=True
             )
         except Exception as exc:  # a template may raise on a role sequence it does not support
-            raise BadRequestError(f"the model's chat template rejected these messages: {exc}", param="messages") from exc
+            raise BadRequestError(
+                f"the model's chat template rejected these messages: {exc}", param="messages"
+            ) from exc
         # the template already placed the special tokens it wants
         return list(tokenizer.encode(str(text), add_special_tokens=False)), "messages"
     assert request.prompt is not None
@@ -80,8 +86,8 @@ def budget_max_tokens(
     if prompt_tokens + max_tokens > max_model_len:
         raise ContextLengthExceededError(
             f"This model's maximum context length is {max_model_len} tokens. However, you requested "
-            f"{prompt_tokens + max_tokens} tokens ({prompt_tokens} in the {prompt_param}, {max_tokens} for the "
-            "completion). Please reduce the length of the prompt or the completion.",
+            f"{prompt_tokens + max_tokens} tokens ({prompt_tokens} in the {prompt_param}, "
+            f"{max_tokens} for the completion). Please reduce the length of the prompt or the completion.",
             param="max_tokens",
         )
     return max_tokens

@@ -84,6 +84,7 @@ class LocalEngine:
         self._probe_lock = asyncio.Lock()
         self._probe_task: asyncio.Task[None] | None = None
         self._inflight: set[str] = set()
+        self._probes_inflight = 0
         #: seconds the last ``start()`` took (pins + engine + first probe)
         self.start_seconds: float | None = None
 
@@ -99,7 +100,7 @@ class LocalEngine:
         await asyncio.to_thread(verify_model, self.spec, self.model_dir)
         _apply_no_egress_env()
         try:
-            self._llm = await asyncio.to_thread(self._create_llm)
+            await asyncio.to_thread(self._create_llm)
         except Exception as exc:
             self._health.dead(f"engine failed to start: {type(exc).__name__}: {exc}")
             raise EngineUnavailableError(f"model {self.name!r}: engine failed to start: {exc}") from exc
@@ -112,7 +113,9 @@ class LocalEngine:
         self._probe_task = asyncio.create_task(self._probe_loop(), name=f"probe:{self.name}")
         self.start_seconds = time.monotonic() - t0
 
-    def _create_llm(self) -> Any:
+    def _create_llm(self) -> None:
+        # Sets self._llm rather than returning it: a returned engine would stay
+        # referenced from the executor's finished futures after aclose().
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
@@ -137,7 +140,7 @@ class LocalEngine:
             disable_log_stats=True,
             enable_log_requests=False,
         )
-        return AsyncLLM.from_engine_args(args, stat_loggers=[self._stats.logger_factory()])
+        self._llm = AsyncLLM.from_engine_args(args, stat_loggers=[self._stats.logger_factory()])
 
     async def aclose(self) -> None:
         """Stop probing, abort what is in flight, shut vLLM down and reap its processes."""
@@ -153,6 +156,8 @@ class LocalEngine:
         if self._inflight and not llm.errored:
             with contextlib.suppress(Exception):
                 await llm.abort(list(self._inflight))
+        # vLLM's default grace (~5 s) then SIGKILL: a longer one lets the engine core
+        # exit on its own, but its worker lingers another 5 s, so closing takes ~12 s
         await asyncio.to_thread(llm.shutdown)
         # AsyncLLM sits in reference cycles; collect it now, while the modules its
         # __del__ needs still exist (at interpreter exit they are gone and it raises)
@@ -180,7 +185,11 @@ class LocalEngine:
 
     def describe(self) -> ProviderInfo:
         return ProviderInfo(
-            name="local", kind="local", region="local", models=(self.name,), revisions={self.name: self.revision}
+            name="local",
+            kind="local",
+            region="local",
+            models=(self.name,),
+            revisions={self.name: self.revision},
         )
 
     def _check_alive(self) -> None:
@@ -196,12 +205,14 @@ class LocalEngine:
         self._check_alive()
         s = self.stats()
         h = self._health
+        # the frontend's count is current; the scheduler's may lag an abort
+        idle = s.unfinished == 0
         return Health(
             healthy=h.ready,
             detail=f"{h.state}: {h.detail}",
             last_ok_s=h.last_ok_s,
-            waiting=s.waiting,
-            running=s.running,
+            waiting=0 if idle else s.waiting,
+            running=0 if idle else s.running,
             kv_cache_usage=s.kv_cache_usage,
         )
 
@@ -221,6 +232,7 @@ class LocalEngine:
         params = SamplingParams(max_tokens=1, temperature=0.0, output_kind=RequestOutputKind.FINAL_ONLY)
         request_id = f"bastion-probe-{uuid.uuid4().hex}"
         t0 = time.monotonic()
+        self._probes_inflight += 1
         try:
             async with asyncio.timeout(self._probe_timeout_s):
                 async for _ in self._llm.generate({"prompt_token_ids": self._probe_ids}, params, request_id):
@@ -234,6 +246,8 @@ class LocalEngine:
             self._health.wedged(f"probe failed: {type(exc).__name__}: {exc}")
         else:
             self._health.probe_ok(time.monotonic() - t0)
+        finally:
+            self._probes_inflight -= 1
         if not self._health.ready:
             await self._abort_inflight()
 
@@ -252,8 +266,8 @@ class LocalEngine:
 
     def stats(self) -> EngineStats:
         llm = self._llm
-        unfinished = int(llm.get_num_unfinished_requests()) if llm is not None else 0
-        return self._stats.snapshot(unfinished)
+        unfinished = int(llm.get_num_unfinished_requests()) - self._probes_inflight if llm is not None else 0
+        return self._stats.snapshot(max(0, unfinished))
 
     def _unavailable(self) -> EngineUnavailableError:
         h = self._health
@@ -295,8 +309,8 @@ class LocalEngine:
                 output_kind=RequestOutputKind.DELTA,
             )
         except (ValueError, VLLMClientError) as exc:
-            param = getattr(exc, "parameter", None)
-            raise BadRequestError(f"invalid sampling parameters: {exc}", param=param) from exc
+            bad = getattr(exc, "parameter", None)
+            raise BadRequestError(f"invalid sampling parameters: {exc}", param=bad) from exc
         return ids, params
 
     async def _stream(self, request: GenerationRequest) -> AsyncIterator[Delta]:
@@ -336,7 +350,12 @@ class LocalEngine:
                     )
                     return
                 if step is not None and (step.text or step.token_ids):
-                    yield Delta(text=step.text, prompt_tokens=len(ids), completion_tokens=completion, cached_tokens=cached)
+                    yield Delta(
+                        text=step.text,
+                        prompt_tokens=len(ids),
+                        completion_tokens=completion,
+                        cached_tokens=cached,
+                    )
             # the engine's generator ended without a finished output: it was torn down under us
             self._check_alive()
             raise self._unavailable()

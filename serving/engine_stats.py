@@ -21,9 +21,10 @@ __all__ = ["EngineStats", "StatsSink"]
 class EngineStats(msgspec.Struct, frozen=True, kw_only=True):
     """A snapshot of one engine's scheduler, as of its last step."""
 
-    #: requests queued in the scheduler, not yet running
+    #: requests queued in the scheduler, not yet running (as of its last step)
     waiting: int = 0
-    #: requests in the running batch
+    #: requests in the running batch (as of its last step: scheduler figures only
+    #: arrive with engine outputs, so after an abort they stay stale until the next step)
     running: int = 0
     #: fraction of KV-cache blocks in use, 0..1
     kv_cache_usage: float = 0.0
@@ -33,7 +34,8 @@ class EngineStats(msgspec.Struct, frozen=True, kw_only=True):
     prefix_cache_hits: int = 0
     #: requests preempted (KV cache evicted and recomputed), since start
     preemptions: int = 0
-    #: requests the frontend still tracks (queued, running or streaming out)
+    #: client requests the frontend still tracks (queued, running or streaming out;
+    #: health probes excluded); up to date at once, aborts included
     unfinished: int = 0
 
     @property
@@ -67,7 +69,7 @@ class StatsSink:
 
         sink = self
 
-        class _SinkLogger(StatLoggerBase):  # type: ignore[misc]
+        class _SinkLogger(StatLoggerBase):
             def __init__(self, vllm_config: Any, engine_index: int = 0) -> None:
                 pass
 
@@ -101,12 +103,9 @@ class StatsSink:
             self.preemptions += int(getattr(iteration_stats, "num_preempted_reqs", 0))
 
     def snapshot(self, unfinished: int) -> EngineStats:
-        # Scheduler stats only arrive with engine outputs, so after an abort the
-        # last figures can be stale; the frontend's own count is authoritative for "idle".
-        idle = unfinished == 0
         return EngineStats(
-            waiting=0 if idle else self.waiting,
-            running=0 if idle else self.running,
+            waiting=self.waiting,
+            running=self.running,
             kv_cache_usage=self.kv_cache_usage,
             prefix_cache_queries=self.prefix_cache_queries,
             prefix_cache_hits=self.prefix_cache_hits,

@@ -23,7 +23,9 @@ class HubUnavailableError(RuntimeError):
     """The hub could not be reached or refused the download; the message says why."""
 
 
-def download_pinned(spec: ModelSpec, dest: Path, *, endpoint: str | None = None, timeout_s: float = 10.0) -> Path:
+def download_pinned(
+    spec: ModelSpec, dest: Path, *, endpoint: str | None = None, timeout_s: float = 10.0
+) -> Path:
     """Fetch ``spec``'s pinned files at its pinned revision into ``dest`` and verify them.
 
     Raises ``HubUnavailableError`` when the hub is unreachable (fails within
@@ -47,6 +49,11 @@ def download_pinned(spec: ModelSpec, dest: Path, *, endpoint: str | None = None,
     staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.pull.", dir=dest.parent))
     try:
         try:
+            # One quick look first: the download's listing retries with backoff for
+            # ~25 s, far too long to learn that there is no network at all.
+            huggingface_hub.HfApi(endpoint=endpoint).model_info(
+                spec.repo, revision=spec.revision, timeout=timeout_s
+            )
             huggingface_hub.snapshot_download(
                 repo_id=spec.repo,
                 revision=spec.revision,

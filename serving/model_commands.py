@@ -14,7 +14,7 @@ import msgspec
 
 from serving.errors import PinMismatchError
 from serving.hub import HubUnavailableError, download_pinned
-from serving.models import ModelSpec, ModelsConfigError, ModelsFile, load_models_file, resolve_model_dir
+from serving.models import ModelsConfigError, ModelsFile, ModelSpec, load_models_file, resolve_model_dir
 from serving.pins import verify_model
 from serving.tiny import build_tiny
 
@@ -66,7 +66,7 @@ def _tiny_spec(models: ModelsFile, models_file: Path) -> ModelSpec:
     for spec in models.models:
         if spec.builder == "tiny":
             return spec
-    raise ModelsConfigError(f"{models_file}: no model with `builder = \"tiny\"`; nothing to build")
+    raise ModelsConfigError(f'{models_file}: no model with `builder = "tiny"`; nothing to build')
 
 
 def build_dev(data_dir: Path, models_file: Path) -> Path:
@@ -107,7 +107,9 @@ def verify_all(models_file: Path, data_dir: Path) -> list[VerifyResult]:
             hint = "bastion models build-dev" if spec.builder else f"bastion models pull {spec.name}"
             results.append(
                 VerifyResult(
-                    name=spec.name, model_dir=str(model_dir), status="missing",
+                    name=spec.name,
+                    model_dir=str(model_dir),
+                    status="missing",
                     detail=f"not on disk (run `{hint}`)" if spec.path is None else "folder not found",
                 )
             )
@@ -161,4 +163,6 @@ def pull(
     when the download fails its pins.
     """
     spec = _load(models_file).get(name)
-    return download_pinned(spec, model_dir_for(spec, models_file, data_dir), endpoint=endpoint, timeout_s=timeout_s)
+    return download_pinned(
+        spec, model_dir_for(spec, models_file, data_dir), endpoint=endpoint, timeout_s=timeout_s
+    )

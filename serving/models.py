@@ -98,7 +98,9 @@ class ModelSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
             if not digest:
                 raise ValueError(f"{where}: file {rel!r} has no sha256 pin")
             if not _SHA256.match(digest):
-                raise ValueError(f"{where}: file {rel!r} has a malformed sha256 {digest!r} (64 lowercase hex)")
+                raise ValueError(
+                    f"{where}: file {rel!r} has a malformed sha256 {digest!r} (64 lowercase hex)"
+                )
 
     @property
     def pinned_revision(self) -> str:

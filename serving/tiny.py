@@ -84,7 +84,9 @@ def _corpus(rng: random.Random) -> list[str]:
             if roll < 0.08:
                 words.append(str(rng.randint(0, 9999)))
             elif roll < 0.12:
-                words.append("".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(2, 7))))
+                words.append(
+                    "".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(2, 7)))
+                )
             else:
                 words.append(rng.choice(_WORDS))
         sentence = " ".join(words)
@@ -111,11 +113,13 @@ def _train_tokenizer(dest: Path) -> dict[str, int]:
     )
     tokenizer.train_from_iterator(_corpus(random.Random(TINY_SEED)), trainer=trainer)
     tokenizer.save(str(dest / "tokenizer.json"), pretty=True)
-    ids = {tok: tokenizer.token_to_id(tok) for tok in _SPECIALS}
-    missing = [tok for tok, i in ids.items() if i is None]
-    if missing:
-        raise RuntimeError(f"tokenizer lost special tokens {missing}")
-    return {tok: int(i) for tok, i in ids.items()}
+    ids: dict[str, int] = {}
+    for tok in _SPECIALS:
+        i = tokenizer.token_to_id(tok)
+        if i is None:
+            raise RuntimeError(f"tokenizer lost special token {tok!r}")
+        ids[tok] = int(i)
+    return ids
 
 
 def _weights(dest: Path) -> None:
@@ -126,8 +130,9 @@ def _weights(dest: Path) -> None:
 
     def uniform(*shape: int) -> torch.Tensor:
         bound = 1.0 / (shape[-1] ** 0.5)
-        u = torch.rand(shape, generator=gen, dtype=torch.float32)
-        return ((u * 2.0) - 1.0) * bound
+        u: torch.Tensor = torch.rand(shape, generator=gen, dtype=torch.float32)
+        out: torch.Tensor = ((u * 2.0) - 1.0) * bound
+        return out
 
     q_dim = _HEADS * _HEAD_DIM
     kv_dim = _KV_HEADS * _HEAD_DIM
@@ -217,7 +222,8 @@ def build_tiny(dest: Path) -> Path:
         _configs(work, ids)
         for name in TINY_FILES:
             os.chmod(work / name, 0o644)
-        os.chmod(work, 0o755)
+        # mkdtemp makes the folder private; a model folder is read by the serving user
+        os.chmod(work, 0o755)  # noqa: S103
         if dest.exists():
             old = dest.with_name(f".{dest.name}.old")
             shutil.rmtree(old, ignore_errors=True)

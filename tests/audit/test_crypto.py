@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import hmac
+
 import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from audit.crypto import (
     DecryptError,
     keyed_id,
+    leaf_preimage,
     next_head,
     open_aead,
     record_aad,
+    record_leaf,
     seal,
     unwrap_key,
     wrap_key,
@@ -91,3 +95,52 @@ def test_key_wrapping_binds_context() -> None:
         unwrap_key(kek, wrapped, b"other")
     with pytest.raises(DecryptError):
         unwrap_key(b"\x01" * 32, wrapped, b"ctx")
+
+
+def test_record_encodings_known_answers() -> None:
+    """The stored format, byte for byte: every leaf ever written depends on these encodings."""
+    aad = record_aad(
+        log_id=bytes(range(16)),
+        seq=7,
+        ts_ns=1_700_000_000_123_456_789,
+        event_type="request.start",
+        tenant_h=b"\x11" * 32,
+        subject_h=None,
+        request_h=b"\x22" * 32,
+        kid=b"\x01abcd",
+        ckid=b"\x01efgh",
+        prev_head=b"\x33" * 32,
+    )
+    assert aad == (
+        b"v1"
+        + b"\x00\x00\x00\x10" + bytes(range(16))
+        + (7).to_bytes(8, "big") + (1_700_000_000_123_456_789).to_bytes(8, "big")
+        + b"\x00\x00\x00\x0drequest.start"
+        + b"\x00\x00\x00\x20" + b"\x11" * 32
+        + b"\x00"
+        + b"\x01\x00\x00\x00\x20" + b"\x22" * 32
+        + b"\x00\x00\x00\x05\x01abcd"
+        + b"\x01\x00\x00\x00\x05\x01efgh"
+        + b"\x00\x00\x00\x20" + b"\x33" * 32
+    )  # fmt: skip
+    no_content = leaf_preimage(aad, b"\x44" * 12, b"\x55" * 40, None, None)
+    assert no_content == (
+        b"\x00\x00\x00\xb8" + aad + b"\x00\x00\x00\x0c" + b"\x44" * 12 + b"\x00\x00\x00\x28" + b"\x55" * 40
+        + b"\x00\x00"
+    )  # fmt: skip
+    with_content = leaf_preimage(aad, b"\x44" * 12, b"\x55" * 40, b"\x66" * 12, b"\x77" * 30)
+    assert record_leaf(with_content).hex() == (
+        "d19bbacaf1ef8ab62c3a48254c0f1e7c1a0492c35b4216ced4587a86aa17373c"
+    )
+    key = bytes(range(32))
+    expected = hmac.new(key, b"\x00\x00\x00\x07request\x00\x00\x00\x04acme\x00\x00\x00\x05req-1", "sha256")
+    assert keyed_id(key, b"request", "acme", "req-1") == expected.digest()
+    assert expected.hexdigest() == "0dcfc0eed37185e4b83471f0393a5e25d0266f70fa2c238d2475d7f9ff75e54f"
+
+
+def test_seal_takes_only_a_full_nonce() -> None:
+    aead = AESGCM(bytes(32))
+    nonce, ct = seal(aead, b"payload", b"aad", b"\x09" * 12)
+    assert nonce == b"\x09" * 12 and open_aead(aead, nonce, ct, b"aad") == b"payload"
+    with pytest.raises(ValueError):
+        seal(aead, b"payload", b"aad", b"\x09" * 8)

@@ -218,3 +218,21 @@ async def test_dek_rotates_after_max_uses(make_config: ConfigFactory) -> None:
 async def test_event_validation() -> None:
     with pytest.raises(ValueError):
         AuditEvent(type="", tenant="t")
+
+
+async def test_groups_queued_behind_a_commit_keep_order_across_a_shred(make_config: ConfigFactory) -> None:
+    # max_batch=3 keeps groups queued behind the one committing, so the writer seals ahead.
+    config = make_config(max_batch=3)
+    async with await AuditLog.open(config) as log:
+        first = [asyncio.ensure_future(log.append(event(i))) for i in range(40)]
+        shred = asyncio.ensure_future(log.shred("acme", "alice"))
+        later = [asyncio.ensure_future(log.append(event(i, subject="bob"))) for i in range(40, 60)]
+        before, after = await asyncio.gather(*first), await asyncio.gather(*later)
+        destroyed = await shred
+    assert sorted(before + destroyed + after) == list(range(61))
+    assert max(before) < destroyed[0] < min(after)
+    code, out, err = await asyncio.to_thread(cli, config, "verify", "--json", "--decrypt")
+    report = json.loads(out)
+    assert code == 0, out + err
+    # alice's 40 prompts are gone; every record's metadata and bob's prompts still decrypt
+    assert report["payloads"] == {"ok": 40 + 1 + 40, "shredded": 40, "auth_fail": 0, "missing": 0}

@@ -7,7 +7,6 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 
 import pytest
-from tokenizers import Tokenizer, models, pre_tokenizers
 
 from bench.mockproc import mock_process
 
@@ -25,6 +24,8 @@ def mock_fast() -> Iterator[str]:
 
 
 def _word_tokenizer(path: Path, split_digits: bool) -> str:
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
     vocab = {f"w{i}": i for i in range(50)} | {"w": 50, "[UNK]": 51} | {str(d): 52 + d for d in range(10)}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
     pre: list[pre_tokenizers.PreTokenizer] = [pre_tokenizers.WhitespaceSplit()]

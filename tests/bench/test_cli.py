@@ -15,15 +15,37 @@ def test_run_writes_every_output_and_compare_reads_them(
     mock_fast: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     a, b = tmp_path / "a", tmp_path / "b"
-    common = ["--url", mock_fast, "-n", "40", "--concurrency", "4", "--output-len", "8", "--no-ceiling", "-q",
-              "--slo", "ttft_ms=500", "--seed", "11"]
+    common = [
+        "--url",
+        mock_fast,
+        "-n",
+        "40",
+        "--concurrency",
+        "4",
+        "--output-len",
+        "8",
+        "--no-ceiling",
+        "-q",
+        "--slo",
+        "ttft_ms=500",
+        "--seed",
+        "11",
+    ]
     assert main(["run", *common, "--out", str(a)]) == 0
-    assert main(["run", *common, "--out", str(b), "--rate", "100", "--arrival", "gamma", "--burstiness", "0.5"]) == 0
+    assert (
+        main(["run", *common, "--out", str(b), "--rate", "100", "--arrival", "gamma", "--burstiness", "0.5"])
+        == 0
+    )
     out = capsys.readouterr().out
     assert "ttft_sched_ms" in out and "formulas:" in out and "goodput" in out
     for d in (a, b):
-        assert {"result.json", "records.jsonl", "summary.csv", "latency_cdf.png", "latency_over_time.png"} <= {
-            p.name for p in d.iterdir()}
+        assert {
+            "result.json",
+            "records.jsonl",
+            "summary.csv",
+            "latency_cdf.png",
+            "latency_over_time.png",
+        } <= {p.name for p in d.iterdir()}
     res = load_result(a / "result.json")
     assert res.schema_version == 1 and res.meta.seed == 11 and res.meta.command
     assert res.summary.succeeded == 40 and res.config.slos == {"ttft_ms": 500.0}
@@ -41,8 +63,24 @@ def test_sweep_stops_at_saturation(mock: object, tmp_path: Path, capsys: pytest.
 
     # one server slot, 50 ms per request: capacity 20 req/s
     with mock_process("--ttft", "10", "--itl", "10", "--max-concurrency", "1") as url:
-        code = main(["sweep", "--url", url, "--levels", "5,10,40,80", "--duration", "1", "--output-len", "5",
-                     "--no-ceiling", "-q", "--no-plots", "--out", str(tmp_path)])
+        code = main(
+            [
+                "sweep",
+                "--url",
+                url,
+                "--levels",
+                "5,10,40,80",
+                "--duration",
+                "1",
+                "--output-len",
+                "5",
+                "--no-ceiling",
+                "-q",
+                "--no-plots",
+                "--out",
+                str(tmp_path),
+            ]
+        )
     assert code == 0
     sweep = msgspec.json.decode((tmp_path / "sweep.json").read_bytes())
     levels = [p["level"] for p in sweep["points"]]

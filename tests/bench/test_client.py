@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 
 import msgspec
 import pytest
@@ -14,7 +14,7 @@ from bench.records import RequestRecord
 Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter], "asyncio.Future[None] | object"]
 
 
-async def _serve(script: list[bytes], gap_s: float = 0.01) -> AsyncIterator[str]:
+async def _serve(script: list[bytes], gap_s: float = 0.01) -> AsyncGenerator[str, None]:
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.readuntil(b"\r\n\r\n")
         for piece in script:

@@ -11,15 +11,26 @@ from bench.records import RequestRecord
 MS = 1_000_000
 
 
-def rec(i: int, sched: int, send: int, events: list[int], tokens: list[int] | None, **kw: object) -> RequestRecord:
+def rec(
+    i: int, sched: int, send: int, events: list[int], tokens: list[int] | None, **kw: object
+) -> RequestRecord:
     """events: offsets from send (ms) of token-bearing events."""
     ev = [e * MS for e in events]
     return RequestRecord(
-        index=i, t_sched=sched * MS, t_dispatch=sched * MS, t_send=send * MS,
-        t_first=send * MS + ev[0] if ev else None, t_last=send * MS + ev[-1] if ev else None,
-        t_close=send * MS + (ev[-1] if ev else 5 * MS) + MS, ok=bool(ev), status=200 if ev else 500,
-        error=None if ev else "HTTP 500: boom", completion_tokens=sum(tokens) if tokens else None,
-        event_ns=ev, event_tokens=tokens, **kw,  # type: ignore[arg-type]
+        index=i,
+        t_sched=sched * MS,
+        t_dispatch=sched * MS,
+        t_send=send * MS,
+        t_first=send * MS + ev[0] if ev else None,
+        t_last=send * MS + ev[-1] if ev else None,
+        t_close=send * MS + (ev[-1] if ev else 5 * MS) + MS,
+        ok=bool(ev),
+        status=200 if ev else 500,
+        error=None if ev else "HTTP 500: boom",
+        completion_tokens=sum(tokens) if tokens else None,
+        event_ns=ev,
+        event_tokens=tokens,
+        **kw,  # type: ignore[arg-type]
     )
 
 

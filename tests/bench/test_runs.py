@@ -17,8 +17,16 @@ MockFactory = Callable[..., AbstractContextManager[str]]
 
 
 async def test_open_loop_keeps_its_rate(mock_fast: str) -> None:
-    cfg = decode_config({"url": mock_fast, "rate": 200.0, "arrival": "poisson", "num_requests": 400,
-                         "seed": 5, "workload": {"input_len": 4, "output_len": 2}})
+    cfg = decode_config(
+        {
+            "url": mock_fast,
+            "rate": 200.0,
+            "arrival": "poisson",
+            "num_requests": 400,
+            "seed": 5,
+            "workload": {"input_len": 4, "output_len": 2},
+        }
+    )
     res = await run_load(cfg)
     assert res.summary.failed == 0
     assert res.summary.achieved_rate == pytest.approx(200.0, rel=0.01)
@@ -37,8 +45,16 @@ async def test_client_queueing_shows_in_sched_latency(mock: MockFactory) -> None
     service = ttft + (n_tok - 1) * itl
     gap = 50.0
     with mock("--ttft", str(ttft), "--itl", str(itl)) as url:
-        cfg = decode_config({"url": url, "rate": 1000 / gap, "arrival": "constant", "concurrency": 1,
-                             "num_requests": 10, "workload": {"input_len": 4, "output_len": n_tok}})
+        cfg = decode_config(
+            {
+                "url": url,
+                "rate": 1000 / gap,
+                "arrival": "constant",
+                "concurrency": 1,
+                "num_requests": 10,
+                "workload": {"input_len": 4, "output_len": n_tok},
+            }
+        )
         res = await run_load(cfg)
     recs = sorted(read_records(Path(res.records_path or "")), key=lambda r: r.index)
     assert all(r.ok for r in recs)
@@ -68,10 +84,27 @@ async def test_failures_are_counted_and_violate_slos(mock: MockFactory) -> None:
             expect_http += 1
         elif rng.random() < 0.2:
             expect_mid += 1
-    with mock("--ttft", "2", "--itl", "1", "--error-rate", "0.2", "--midstream-error-rate", "0.2",
-              "--seed", str(seed)) as url:
-        cfg = decode_config({"url": url, "concurrency": 4, "num_requests": n,
-                             "slos": {"ttft_ms": 1000.0}, "workload": {"output_len": 8}})
+    with mock(
+        "--ttft",
+        "2",
+        "--itl",
+        "1",
+        "--error-rate",
+        "0.2",
+        "--midstream-error-rate",
+        "0.2",
+        "--seed",
+        str(seed),
+    ) as url:
+        cfg = decode_config(
+            {
+                "url": url,
+                "concurrency": 4,
+                "num_requests": n,
+                "slos": {"ttft_ms": 1000.0},
+                "workload": {"output_len": 8},
+            }
+        )
         res = await run_load(cfg)
     s = res.summary
     assert s.failed == expect_http + expect_mid > 0
@@ -102,9 +135,17 @@ async def test_token_counts_exact_with_and_without_server_usage(
 
 
 async def test_duration_run_with_warmup_and_prometheus_scrape(mock_fast: str) -> None:
-    cfg = decode_config({"url": mock_fast, "concurrency": 4, "duration_s": 1.0, "warmup_s": 0.2,
-                         "cooldown_s": 0.2, "workload": {"output_len": 4},
-                         "prometheus": {"url": mock_fast + "/metrics", "interval_s": 0.1}})
+    cfg = decode_config(
+        {
+            "url": mock_fast,
+            "concurrency": 4,
+            "duration_s": 1.0,
+            "warmup_s": 0.2,
+            "cooldown_s": 0.2,
+            "workload": {"output_len": 4},
+            "prometheus": {"url": mock_fast + "/metrics", "interval_s": 0.1},
+        }
+    )
     res = await run_load(cfg)
     s = res.summary
     assert s.requests_total > s.requests_in_window > 0
@@ -114,3 +155,34 @@ async def test_duration_run_with_warmup_and_prometheus_scrape(mock_fast: str) ->
     assert p is not None and p.samples >= 3
     assert p.utilization_mean == pytest.approx(0.5)
     assert p.memory_bytes_max == 8 << 30
+
+
+async def test_timeouts_are_failures(mock: MockFactory) -> None:
+    with mock("--ttft", "5000", "--itl", "1") as url:
+        cfg = decode_config(
+            {"url": url, "concurrency": 2, "num_requests": 2, "timeout_s": 0.3, "slos": {"e2e_ms": 10000.0}}
+        )
+        res = await run_load(cfg)
+    assert res.summary.failed == 2 and res.summary.slo_attainment == 0.0
+    assert res.summary.errors == {"timeout after 0.3s": 2}
+
+
+async def test_library_api_from_the_package(mock_fast: str) -> None:
+    import bench
+
+    res = await bench.run_load(
+        bench.decode_config(
+            {
+                "url": mock_fast,
+                "concurrency": 2,
+                "num_requests": 4,
+                "endpoint": "chat",
+                "workload": {"output_len": 5},
+            }
+        )
+    )
+    assert res.summary.succeeded == 4 and res.summary.output_tokens_total == 20
+    assert res.ttft_p50_ms is not None and res.ttft_p99_ms is not None and res.output_tokens_per_s > 0
+    assert res.stat("e2e_sched_ms", "p999") is not None
+    again = bench.summarize(bench.RecordReader(Path(res.records_path or "")))
+    assert again.latency["ttft_ms"] == res.summary.latency["ttft_ms"]

@@ -116,6 +116,7 @@ class FakeUpstream:
         self._lock = threading.Lock()
         self._script: deque[Reply] = deque()
         self._requests: list[RecordedRequest] = []
+        self._disconnects = 0
         self._thread: threading.Thread | None = None
         self._server: uvicorn.Server | None = None
         self.port = 0
@@ -142,6 +143,7 @@ class FakeUpstream:
         with self._lock:
             self._script.clear()
             self._requests.clear()
+            self._disconnects = 0
 
     @property
     def requests(self) -> list[RecordedRequest]:
@@ -197,7 +199,31 @@ class FakeUpstream:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
+    @property
+    def disconnects(self) -> int:
+        """Stalled requests whose client went away (an aborted upstream call)."""
+        with self._lock:
+            return self._disconnects
+
+    async def wait_for_disconnects(self, n: int, *, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while self.disconnects < n:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"fake upstream saw {self.disconnects} disconnects, wanted {n}")
+            await asyncio.sleep(0.005)
+
     # -- the ASGI app ----------------------------------------------------------------------------
+
+    async def _stall(self, receive: Receive, seconds: float) -> None:
+        """Hold the request until the client goes away (or ``seconds`` pass)."""
+        try:
+            async with asyncio.timeout(seconds):
+                while (await receive())["type"] != "http.disconnect":
+                    pass
+        except TimeoutError:
+            return
+        with self._lock:
+            self._disconnects += 1
 
     async def _app(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -226,7 +252,7 @@ class FakeUpstream:
             await _json(send, 400, {"error": {"message": "bad json"}})
             return
         if reply.fault == "stall-before":
-            await _stall(receive, reply.stall_s)
+            await self._stall(receive, reply.stall_s)
             return
         if reply.status != 200:
             extra = [(b"retry-after", reply.retry_after.encode())] if reply.retry_after else []
@@ -258,7 +284,7 @@ class FakeUpstream:
         for i, event in enumerate(events):
             if faulty and i == reply.after_chunks:
                 if reply.fault == "stall-mid":
-                    await _stall(receive, reply.stall_s)
+                    await self._stall(receive, reply.stall_s)
                     return
                 if reply.fault == "cut":
                     raise _Cut("scripted cut")
@@ -269,16 +295,6 @@ class FakeUpstream:
             await send({"type": "http.response.body", "body": event, "more_body": i < last or faulty})
         if faulty:
             await send({"type": "http.response.body", "body": b"", "more_body": False})
-
-
-async def _stall(receive: Receive, seconds: float) -> None:
-    """Hold the request until the client goes away (or ``seconds`` pass)."""
-    try:
-        async with asyncio.timeout(seconds):
-            while (await receive())["type"] != "http.disconnect":
-                pass
-    except TimeoutError:
-        pass
 
 
 async def _json(

@@ -164,6 +164,11 @@ alias = "us-chat"
 local = "tiny"
 ttft_budget_ms = {budget_ms}
 fallbacks = [{{ provider = "us", model = "{GPT}" }}]
+
+[[routes]]
+alias = "tiny-only"
+local = "tiny"
+ttft_budget_ms = {budget_ms}
 """
     )
 

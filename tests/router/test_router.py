@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,7 +11,7 @@ import pytest
 
 from router.config import RouterConfig
 from router.redaction import Redactor
-from router.router import Router
+from router.router import ForwardDecision, Router
 from serving.errors import (
     BadRequestError,
     BastionError,
@@ -37,6 +38,7 @@ class Env:
     clock: FakeClock
     a: FakeUpstream
     b: FakeUpstream
+    key: Path
 
     def upstream_requests(self) -> int:
         return len(self.a.requests) + len(self.b.requests)
@@ -63,7 +65,7 @@ async def env(upstream_a: FakeUpstream, upstream_b: FakeUpstream, key_file: Path
     )
     engine, clock = LocalEngine(), FakeClock()
     router = _make(config, engine, clock)
-    yield Env(router, engine, clock, upstream_a, upstream_b)
+    yield Env(router, engine, clock, upstream_a, upstream_b, key_file)
     await router.aclose()
 
 
@@ -75,7 +77,7 @@ async def test_local_first_when_it_fits_the_budget(env: Env) -> None:
     assert text == "local answer here" and last.finish_reason == "stop"
     assert env.engine.calls[0].model == "tiny"
     assert env.upstream_requests() == 0
-    assert env.router.aliases() == ["chat", "us-chat"]
+    assert env.router.aliases() == ["chat", "tiny-only", "us-chat"]
 
 
 @pytest.mark.parametrize("upstream", ["a", "b"])
@@ -100,7 +102,7 @@ LOCAL_FAULTS = ["stopped", "unhealthy", "saturated", "kv-full", "failing", "brea
 
 async def _break_local(env: Env, fault: str, request_policy: object, header: str | None) -> Router:
     if fault == "stopped":
-        config = standard_config(env.a, env.b, Path(str(env.router._providers["a"].api_key_file)))
+        config = standard_config(env.a, env.b, env.key)
         return _make(config, env.engine, env.clock, with_local=False)
     if fault == "unhealthy":
         env.engine.healthy = False
@@ -167,6 +169,14 @@ async def test_header_narrows_regions(env: Env) -> None:
     assert len(env.a.requests) == 0 and len(env.b.requests) == 1
 
 
+async def test_route_without_fallbacks_and_local_down_is_engine_unavailable(env: Env) -> None:
+    env.engine.healthy = False
+    with pytest.raises(EngineUnavailableError) as info:
+        await env.router.open(chat("t", EXTERNAL, alias="tiny-only"))
+    assert info.value.status_code == 503 and info.value.reason == "local-unhealthy"
+    assert env.upstream_requests() == 0
+
+
 async def test_region_outside_policy_is_never_used(env: Env) -> None:
     env.engine.healthy = False
     with pytest.raises(ResidencyRejectedError):
@@ -228,6 +238,40 @@ async def test_local_failure_fails_over_to_external(env: Env) -> None:
     await collect(stream)
     assert (stream.route, stream.reason) == ("external:a", "failover")
     assert stream.attempts[0].reason == "engine-down"
+
+
+async def test_before_forward_sees_every_attempt_before_it_is_sent(env: Env) -> None:
+    env.engine.healthy = False
+    env.a.script(Reply(status=503))
+    seen: list[ForwardDecision] = []
+
+    async def record(decision: ForwardDecision) -> None:
+        seen.append(decision)
+        # nothing has reached this attempt's upstream yet
+        assert len((env.a if decision.route == "external:a" else env.b).requests) == 0
+
+    p = policy(residency=["eu-west", "eu-central"], redact=True)
+    stream = await env.router.open(chat("t", p, text=PII), before_forward=record)
+    await collect(stream)
+    assert [(d.route, d.reason, d.attempt) for d in seen] == [
+        ("external:a", "local-unhealthy", 0),
+        ("external:b", "failover", 1),
+    ]
+    assert seen[1].model == "claude-3-5-sonnet-20241022" and seen[1].provider == "b"
+    assert seen[1].redactions == {"EMAIL": 1, "PHONE": 1, "CARD": 1}
+
+
+async def test_before_forward_failing_forwards_nothing(env: Env) -> None:
+    env.engine.healthy = False
+
+    async def refuse(decision: ForwardDecision) -> None:
+        raise ServiceUnavailableError("audit log unavailable", reason="audit-unavailable")
+
+    with pytest.raises(ServiceUnavailableError) as info:
+        await env.router.open(chat("t", EXTERNAL), before_forward=refuse)
+    assert info.value.reason == "audit-unavailable"
+    assert env.upstream_requests() == 0
+    assert env.router.breaker_states()["a"] == "closed"
 
 
 async def test_allowed_providers(env: Env) -> None:
@@ -338,6 +382,29 @@ async def test_mid_stream_failures_count_in_the_breaker(env: Env) -> None:
     assert env.router.breaker_states()["a"] == "open"
 
 
+async def test_closing_the_stream_aborts_the_upstream_call(env: Env) -> None:
+    env.engine.healthy = False
+    env.a.script(Reply(fault="stall-mid", after_chunks=2, text="one two three four", stall_s=30))
+    stream = await env.router.open(chat("t", EXTERNAL))
+    assert (await anext(stream)).text == "one "
+    await stream.aclose()
+    await env.a.wait_for_disconnects(1)
+    assert env.router.breaker_states()["a"] == "closed"  # a client leaving is not the provider's failure
+
+
+async def test_client_leaving_before_the_first_token_aborts_the_upstream_call(env: Env) -> None:
+    env.engine.healthy = False
+    env.a.script(Reply(fault="stall-before", stall_s=30))
+    task = asyncio.create_task(env.router.open(chat("t", EXTERNAL)))
+    await env.a.wait_for_requests(1)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await env.a.wait_for_disconnects(1)
+    assert env.router.breaker_states()["a"] == "closed"
+    assert len(env.b.requests) == 0
+
+
 async def test_local_mid_stream_failure_raises(env: Env) -> None:
     env.engine.fail_mid = True
     stream = await env.router.open(chat("t", LOCAL_ONLY))
@@ -366,6 +433,16 @@ async def test_upstream_sees_placeholders_client_sees_values(env: Env) -> None:
     assert text == PII
     assert stream.redactions == {"EMAIL": 1, "PHONE": 1, "CARD": 1}
     assert all(isinstance(v, int) for v in stream.redactions.values())
+
+
+async def test_long_prompts_are_redacted_too(env: Env) -> None:
+    env.engine.healthy = False
+    long_text = "filler words for a long context. " * 600 + PII  # past the inline-redaction size
+    stream = await env.router.open(chat("t", policy(residency=["eu-west"], redact=True), text=long_text))
+    await collect(stream)
+    sent = env.a.requests[0].json()["messages"][0]["content"]
+    assert sent.endswith("Mail [EMAIL_1] or call [PHONE_1] about card [CARD_1].")
+    assert stream.redactions == {"EMAIL": 1, "PHONE": 1, "CARD": 1}
 
 
 async def test_without_restore_the_client_sees_placeholders(env: Env) -> None:

@@ -74,7 +74,9 @@ async def test_no_egress_switches_are_set_after_start(local_engine: LocalEngine)
     assert constants.HF_HUB_OFFLINE is True
 
 
-async def test_chat_stream_usage_matches_the_tokenizer(local_engine: LocalEngine, hf_tokenizer: object) -> None:
+async def test_chat_stream_usage_matches_the_tokenizer(
+    local_engine: LocalEngine, hf_tokenizer: object
+) -> None:
     req = _chat("hello world, how are you?", max_tokens=12, ignore_eos=True, temperature=0.0)
     deltas = await _collect(local_engine, req)
     last = deltas[-1]
@@ -82,7 +84,8 @@ async def test_chat_stream_usage_matches_the_tokenizer(local_engine: LocalEngine
     assert all(d.finish_reason is None for d in deltas[:-1])
     text = hf_tokenizer.apply_chat_template(  # type: ignore[attr-defined]
         [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello world, how are you?"}],
-        tokenize=False, add_generation_prompt=True,
+        tokenize=False,
+        add_generation_prompt=True,
     )
     expected_prompt = len(hf_tokenizer.encode(text, add_special_tokens=False))  # type: ignore[attr-defined]
     assert last.prompt_tokens == expected_prompt == local_engine.count_prompt_tokens(req)
@@ -102,8 +105,12 @@ async def test_completion_stream(local_engine: LocalEngine, hf_tokenizer: object
 
 
 async def test_same_seed_same_text(local_engine: LocalEngine) -> None:
-    a = await _collect(local_engine, _completion("seeded", max_tokens=8, ignore_eos=True, seed=7, temperature=1.0))
-    b = await _collect(local_engine, _completion("seeded", max_tokens=8, ignore_eos=True, seed=7, temperature=1.0))
+    a = await _collect(
+        local_engine, _completion("seeded", max_tokens=8, ignore_eos=True, seed=7, temperature=1.0)
+    )
+    b = await _collect(
+        local_engine, _completion("seeded", max_tokens=8, ignore_eos=True, seed=7, temperature=1.0)
+    )
     assert "".join(d.text for d in a) == "".join(d.text for d in b)
 
 
@@ -158,6 +165,8 @@ async def test_closing_the_stream_aborts_the_request(local_engine: LocalEngine) 
         if got == 3:
             break
     assert local_engine.stats().unfinished == 1
+    health = await local_engine.health()
+    assert health.running + health.waiting >= 1
     await stream.aclose()  # type: ignore[attr-defined]
     await _wait_for(lambda: local_engine.stats().unfinished == 0)
     # a fresh step's scheduler figures show nothing left running in the engine core
@@ -183,7 +192,10 @@ async def test_cancelled_consumer_aborts_the_request(local_engine: LocalEngine) 
 async def test_concurrent_streams(local_engine: LocalEngine) -> None:
     lengths = [3, 5, 8, 13, 21, 34, 2, 1]
     results = await asyncio.gather(
-        *(_collect(local_engine, _completion(f"stream {i}", max_tokens=n, ignore_eos=True)) for i, n in enumerate(lengths))
+        *(
+            _collect(local_engine, _completion(f"stream {i}", max_tokens=n, ignore_eos=True))
+            for i, n in enumerate(lengths)
+        )
     )
     assert [r[-1].completion_tokens for r in results] == lengths
     assert all(r[-1].finish_reason == "length" for r in results)

@@ -24,7 +24,9 @@ pytestmark = pytest.mark.engine
 
 def _long(i: int) -> GenerationRequest:
     return GenerationRequest(
-        request_id=f"fault-{i}", model="bastion-tiny", prompt=f"long run {i}",
+        request_id=f"fault-{i}",
+        model="bastion-tiny",
+        prompt=f"long run {i}",
         sampling=SamplingOptions(max_tokens=1800, ignore_eos=True),
     )
 
@@ -119,7 +121,9 @@ async def test_wedged_engine_is_reported_fails_fast_and_recovers(
     assert not (await engine.health()).healthy
 
 
-async def test_killed_engine_is_reported_dead_and_fails_fast(eager_tiny_spec: ModelSpec, tiny_model_dir: Path) -> None:
+async def test_killed_engine_is_reported_dead_and_fails_fast(
+    eager_tiny_spec: ModelSpec, tiny_model_dir: Path
+) -> None:
     engine = LocalEngine(eager_tiny_spec, tiny_model_dir, probe_interval_s=0.3, probe_timeout_s=3.0)
     await engine.start()
     try:

@@ -35,7 +35,11 @@ def test_committed_models_file_decodes_with_tiny_model(models_file: Path) -> Non
     tiny = models.get("bastion-tiny")
     assert tiny.builder == "tiny"
     assert set(tiny.files) == {
-        "config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"
+        "config.json",
+        "generation_config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
     }
     assert tiny.pinned_revision.startswith("sha256:")
 
@@ -95,7 +99,9 @@ def test_unknown_key_is_an_error_with_its_location(tmp_path: Path) -> None:
 
 def test_wrong_type_is_an_error_with_its_location(tmp_path: Path) -> None:
     body = _repo_model(f'revision = "{REV}"').replace("max_model_len = 4096", 'max_model_len = "4096"')
-    with pytest.raises(ModelsConfigError, match=r"Expected `int`, got `str` - at `\$\.models\[0\]\.max_model_len`"):
+    with pytest.raises(
+        ModelsConfigError, match=r"Expected `int`, got `str` - at `\$\.models\[0\]\.max_model_len`"
+    ):
         load_models_file(_write(tmp_path, body))
 
 
@@ -128,8 +134,16 @@ def test_invalid_toml_and_missing_file(tmp_path: Path) -> None:
 
 
 def test_model_dirs(tmp_path: Path) -> None:
-    body = _repo_model(f'revision = "{REV}"') + f'\n[[models]]\nname = "p"\npath = "weights/p"\nmax_model_len = 64\n[models.files]\n"a" = "{SHA}"\n'
+    body = (
+        _repo_model(f'revision = "{REV}"')
+        + f'\n[[models]]\nname = "p"\npath = "weights/p"\nmax_model_len = 64\n[models.files]\n"a" = "{SHA}"\n'
+    )
     models = load_models_file(_write(tmp_path, body))
     data = tmp_path / "data"
-    assert resolve_model_dir(models.get("m1"), data_dir=data, models_file_dir=tmp_path) == data / "models" / "m1"
-    assert resolve_model_dir(models.get("p"), data_dir=data, models_file_dir=tmp_path) == tmp_path / "weights" / "p"
+    assert (
+        resolve_model_dir(models.get("m1"), data_dir=data, models_file_dir=tmp_path) == data / "models" / "m1"
+    )
+    assert (
+        resolve_model_dir(models.get("p"), data_dir=data, models_file_dir=tmp_path)
+        == tmp_path / "weights" / "p"
+    )

@@ -41,12 +41,18 @@ def test_flipped_byte_names_file_and_both_hashes(tiny_spec: ModelSpec, model_cop
 
 def test_missing_file_is_named(tiny_spec: ModelSpec, model_copy: Path) -> None:
     (model_copy / "tokenizer.json").unlink()
-    with pytest.raises(PinMismatchError, match=r"'tokenizer.json' is missing.*" + tiny_spec.files["tokenizer.json"]):
+    with pytest.raises(
+        PinMismatchError, match=r"'tokenizer.json' is missing.*" + tiny_spec.files["tokenizer.json"]
+    ):
         verify_model(tiny_spec, model_copy)
 
 
-@pytest.mark.parametrize("extra", ["model-00002-of-00002.safetensors", "pytorch_model.bin", "chat_template.jinja"])
-def test_unpinned_file_the_engine_could_read_is_refused(tiny_spec: ModelSpec, model_copy: Path, extra: str) -> None:
+@pytest.mark.parametrize(
+    "extra", ["model-00002-of-00002.safetensors", "pytorch_model.bin", "chat_template.jinja"]
+)
+def test_unpinned_file_the_engine_could_read_is_refused(
+    tiny_spec: ModelSpec, model_copy: Path, extra: str
+) -> None:
     (model_copy / extra).write_bytes(b"\0" * 16)
     with pytest.raises(PinMismatchError, match=f"no pin.*{extra}"):
         verify_model(tiny_spec, model_copy)

@@ -1,0 +1,209 @@
+"""``POST /v1/feedback``: a tenant rates one of its own requests.
+
+Who made a request is answered by the audit log (``AuditLog.find`` matches a
+keyed HMAC of tenant and request id), so a tenant can only ever find its own
+requests, and the answer survives restarts. Another tenant's request id gets
+the same 404 as an id that never existed: ids of other tenants are not revealed.
+
+The rating is appended to the audit log as a ``feedback`` event (the comment
+as encrypted content) and counted per model in ``bastion_feedback``. The audit
+records do not say in the open which model served a request, so the node keeps
+a small index of its own (``FeedbackStore``: request id -> model, keyed by an
+HMAC of tenant and id, in ``<data_dir>/feedback.db``) for the metric's label;
+a request it does not know (recorded before the index existed) counts as
+``other``.
+
+Scale: ``-1`` (bad), ``0`` (neutral), ``1`` (good), as thumbs in a chat UI.
+One rating per request: a second one is 409, so counts cannot be inflated.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import os
+import secrets
+import sqlite3
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import Annotated, Any, Final
+
+import aiosqlite
+import msgspec
+from litestar import Request, post
+
+from audit import AuditEvent, AuditLog
+from serving.errors import BadRequestError, ModelNotFoundError, ServiceUnavailableError
+
+from .metrics import OTHER
+from .state import NodeState
+from .wire import decode_request
+
+__all__ = [
+    "MAX_COMMENT_CHARS",
+    "FeedbackExistsError",
+    "FeedbackRequest",
+    "FeedbackStore",
+    "FeedbackUnavailableError",
+    "RequestNotFoundError",
+    "feedback_routes",
+    "submit_feedback",
+]
+
+_log = logging.getLogger("bastion.feedback")
+
+MAX_COMMENT_CHARS: Final = 2000
+#: audit event types that prove a request was made (and forwarded) by the tenant
+_RATABLE: Final = frozenset({"request.start", "request.end"})
+_FEEDBACK_EVENT: Final = "feedback"
+
+
+class RequestNotFoundError(ModelNotFoundError):
+    """Unknown request id, or another tenant's: the same answer for both."""
+
+    code = "request_not_found"
+
+
+class FeedbackExistsError(BadRequestError):
+    status_code = 409
+    code = "feedback_exists"
+
+
+class FeedbackUnavailableError(ServiceUnavailableError):
+    """Feedback is stored in the audit log; with the log off there is nowhere to keep it."""
+
+    code = "feedback_unavailable"
+    retryable = False
+
+
+class FeedbackRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    request_id: Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:-]+$")]
+    #: -1 bad, 0 neutral, 1 good
+    rating: Annotated[int, msgspec.Meta(ge=-1, le=1)]
+    comment: Annotated[str, msgspec.Meta(max_length=MAX_COMMENT_CHARS)] | None = None
+
+
+class FeedbackStore:
+    """Request id -> model, per tenant, in a SQLite file beside the node's data.
+
+    Rows are keyed by HMAC-SHA256(secret, tenant, request id), so the file alone
+    says neither who made a request nor its id. The secret lives in a 0600 file
+    beside the database. Writes are best-effort: this index only labels a
+    metric; whether a request exists is the audit log's answer.
+    """
+
+    def __init__(self, conn: aiosqlite.Connection, secret: bytes) -> None:
+        self._conn = conn
+        self._secret = secret
+
+    @classmethod
+    async def open(cls, path: Path) -> FeedbackStore:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        secret = _load_or_create_secret(path.with_name(path.name + ".key"))
+        conn = await aiosqlite.connect(path, isolation_level=None)
+        try:
+            await conn.execute("PRAGMA journal_mode=WAL")
+            # losing the last few index rows on power loss only relabels a metric as "other"
+            await conn.execute("PRAGMA synchronous=NORMAL")
+            await conn.execute(
+                "CREATE TABLE IF NOT EXISTS requests (key BLOB PRIMARY KEY, model TEXT NOT NULL,"
+                " ts_ns INTEGER NOT NULL) WITHOUT ROWID"
+            )
+        except BaseException:
+            await conn.close()
+            raise
+        return cls(conn, secret)
+
+    def _key(self, tenant: str, request_id: str) -> bytes:
+        msg = len(tenant).to_bytes(4, "big") + tenant.encode() + request_id.encode()
+        return hmac.new(self._secret, msg, hashlib.sha256).digest()
+
+    async def remember(self, *, tenant: str, request_id: str, model: str) -> None:
+        """Called by the request path once a request is forwarded; never raises."""
+        try:
+            await self._conn.execute(
+                "INSERT OR IGNORE INTO requests (key, model, ts_ns) VALUES (?, ?, ?)",
+                (self._key(tenant, request_id), model, time.time_ns()),
+            )
+        except (sqlite3.Error, ValueError):
+            _log.warning("feedback index: could not record a request", exc_info=True)
+
+    async def model_of(self, *, tenant: str, request_id: str) -> str | None:
+        try:
+            cur = await self._conn.execute(
+                "SELECT model FROM requests WHERE key = ?", (self._key(tenant, request_id),)
+            )
+            row = await cur.fetchone()
+        except (sqlite3.Error, ValueError):
+            _log.warning("feedback index: lookup failed", exc_info=True)
+            return None
+        return None if row is None else str(row[0])
+
+    async def aclose(self) -> None:
+        await self._conn.close()
+
+    async def __aenter__(self) -> FeedbackStore:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+
+def _load_or_create_secret(path: Path) -> bytes:
+    try:
+        secret = path.read_bytes()
+    except FileNotFoundError:
+        secret = secrets.token_bytes(32)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(secret)
+            f.flush()
+            os.fsync(f.fileno())
+        return secret
+    if len(secret) != 32:
+        raise ValueError(f"{path}: expected a 32-byte secret, found {len(secret)} bytes")
+    return secret
+
+
+async def submit_feedback(state: NodeState, tenant: str, body: FeedbackRequest) -> dict[str, Any]:
+    """Check the request is the tenant's, record the rating, count it; the response body."""
+    audit: AuditLog | None = state.audit
+    if audit is None:
+        raise FeedbackUnavailableError("Feedback is stored in the audit log, which is off on this node.")
+    hits = await audit.find(request_id=body.request_id, tenant=tenant)
+    if not any(h.type in _RATABLE for h in hits):
+        raise RequestNotFoundError(
+            f"No request '{body.request_id}' was found for this API key's tenant.", param="request_id"
+        )
+    if any(h.type == _FEEDBACK_EVENT for h in hits):
+        raise FeedbackExistsError("This request has already been rated.", param="request_id")
+    model = None
+    if state.feedback is not None:
+        model = await state.feedback.model_of(tenant=tenant, request_id=body.request_id)
+    await audit.append(
+        AuditEvent(
+            type=_FEEDBACK_EVENT,
+            tenant=tenant,
+            meta={"request_id": body.request_id, "rating": body.rating, "model": model or ""},
+            content=None if body.comment is None else {"comment": body.comment},
+        )
+    )
+    state.metrics.observe_feedback(model=model or OTHER, rating=body.rating)
+    return {"object": "feedback", "request_id": body.request_id, "rating": body.rating}
+
+
+@post("/v1/feedback", status_code=201)
+async def _post_feedback(request: Request[Any, Any, Any]) -> dict[str, Any]:
+    state: NodeState = request.app.state.node
+    principal = state.tenants.authenticate(request.headers.get("authorization"))
+    body = decode_request(await request.body(), FeedbackRequest)
+    return await submit_feedback(state, principal.tenant.name, body)
+
+
+def feedback_routes() -> list[Any]:
+    """The route handlers ``create_app`` adds."""
+    return [_post_feedback]

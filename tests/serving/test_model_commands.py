@@ -1,0 +1,153 @@
+"""``bastion models build-dev | verify | list | pull`` as functions."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from serving.model_commands import build_dev, describe_models, ensure_model, pull, verify_all
+from serving.models import ModelSpec
+from serving.pins import sha256_file
+
+ROOT = Path(__file__).resolve().parents[2]
+REV = "aa8e72537993ba99e69dfaafa59ed015b17504d1"
+
+
+def _models_with_repo(tmp_path: Path, models_file: Path) -> Path:
+    """The committed models plus a hub model that is not on disk."""
+    body = (
+        models_file.read_text()
+        + f"""
+[[models]]
+name = "hub-model"
+repo = "bastion-tests/does-not-exist"
+revision = "{REV}"
+max_model_len = 128
+
+[models.files]
+"config.json" = "{"b" * 64}"
+"""
+    )
+    p = tmp_path / "models.toml"
+    p.write_text(body)
+    return p
+
+
+def test_build_dev_builds_into_the_data_folder_and_verifies(
+    tmp_path: Path, models_file: Path, tiny_spec: ModelSpec
+) -> None:
+    dest = build_dev(tmp_path / "data", models_file)
+    assert dest == tmp_path / "data" / "models" / "bastion-tiny"
+    assert {p.name: sha256_file(p) for p in dest.iterdir()} == tiny_spec.files
+
+
+def test_verify_all_reports_each_model(tmp_path: Path, models_file: Path, tiny_model_dir: Path) -> None:
+    mf = _models_with_repo(tmp_path, models_file)
+    data = tiny_model_dir.parent.parent
+    results = {r.name: r for r in verify_all(mf, data)}
+    assert results["bastion-tiny"].ok
+    assert results["hub-model"].status == "missing"
+    assert "bastion models pull hub-model" in results["hub-model"].detail
+
+
+def test_verify_all_names_the_failing_file(tmp_path: Path, models_file: Path, tiny_spec: ModelSpec) -> None:
+    data = tmp_path / "data"
+    dest = build_dev(data, models_file)
+    (dest / "generation_config.json").write_text("{}\n")
+    (result,) = verify_all(models_file, data)
+    assert result.status == "mismatch"
+    assert "'generation_config.json'" in result.detail
+    assert tiny_spec.files["generation_config.json"] in result.detail
+
+
+def test_ensure_model_rebuilds_a_broken_tiny_model_but_never_a_hub_model(
+    tmp_path: Path, models_file: Path, tiny_spec: ModelSpec
+) -> None:
+    data = tmp_path / "data"
+    dest = build_dev(data, models_file)
+    (dest / "model.safetensors").write_bytes(b"junk")
+    assert ensure_model(tiny_spec, models_file, data) == dest
+    assert sha256_file(dest / "model.safetensors") == tiny_spec.files["model.safetensors"]
+
+
+def test_describe_models(
+    tmp_path: Path, models_file: Path, tiny_model_dir: Path, tiny_spec: ModelSpec
+) -> None:
+    mf = _models_with_repo(tmp_path, models_file)
+    listings = {m.name: m for m in describe_models(mf, tiny_model_dir.parent.parent)}
+    assert listings["bastion-tiny"].source == "builder:tiny" and listings["bastion-tiny"].on_disk
+    assert listings["bastion-tiny"].revision == tiny_spec.pinned_revision
+    assert listings["hub-model"].source == f"hf:bastion-tests/does-not-exist@{REV}"
+    assert not listings["hub-model"].on_disk and listings["hub-model"].revision == REV
+
+
+def test_pull_rejects_unknown_and_non_hub_models(tmp_path: Path, models_file: Path) -> None:
+    with pytest.raises(KeyError):
+        pull("nope", models_file, tmp_path)
+    with pytest.raises(ValueError, match="no hub source"):
+        pull("bastion-tiny", models_file, tmp_path)
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+_PULL = """
+import json, sys, time
+from pathlib import Path
+from serving.model_commands import HubUnavailableError, pull
+t = time.monotonic()
+try:
+    pull("hub-model", Path(sys.argv[1]), Path(sys.argv[2]), endpoint=sys.argv[3] or None, timeout_s=3)
+except HubUnavailableError as exc:
+    print(json.dumps({"error": type(exc).__name__, "message": str(exc), "s": time.monotonic() - t}))
+else:
+    print(json.dumps({"error": None}))
+"""
+
+
+@pytest.mark.parametrize("endpoint", ["closed-port", "http://hub.invalid"])
+def test_pull_without_a_hub_fails_clearly_and_fast(tmp_path: Path, models_file: Path, endpoint: str) -> None:
+    if endpoint == "closed-port":
+        endpoint = f"http://127.0.0.1:{_closed_port()}"
+    mf = _models_with_repo(tmp_path, models_file)
+    # a fresh process: this one may already have switched the hub library offline for serving
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    env["HF_HOME"] = str(tmp_path / "hf")
+    proc = subprocess.run(
+        [sys.executable, "-c", _PULL, str(mf), str(tmp_path / "data"), endpoint],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["error"] == "HubUnavailableError"
+    assert "cannot pull 'hub-model'" in result["message"] and REV in result["message"]
+    assert not (tmp_path / "data" / "models" / "hub-model").exists()
+    assert list((tmp_path / "data" / "models").iterdir()) == []  # no staging leftovers
+
+
+def test_pull_refuses_in_offline_mode(tmp_path: Path, models_file: Path) -> None:
+    mf = _models_with_repo(tmp_path, models_file)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    proc = subprocess.run(
+        [sys.executable, "-c", _PULL, str(mf), str(tmp_path / "data"), ""],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+        env=env,
+    )
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["error"] == "HubUnavailableError" and "offline mode" in result["message"]
