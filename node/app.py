@@ -30,9 +30,11 @@ from serving.gpu import GpuSampler, load_nvml
 from serving.models import ModelsFile, load_models_file, resolve_model_dir
 from serving.protocol import Provider
 
+from .canaries import canary_job
 from .completions import handle_generation
 from .config import NodeConfig, resolve
 from .errors import exception_handlers
+from .feedback import FeedbackStore
 from .metrics import AuditStats, GpuTimeMeter, Metrics
 from .state import NodeState
 from .tenancy import TenantRegistry
@@ -46,10 +48,10 @@ def _request_id_middleware(app: ASGIApp) -> ASGIApp:
     """Every response carries ``x-request-id`` (handlers may set their own id first)."""
 
     async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http":  # type: ignore[comparison-overlap]
             await app(scope, receive, send)
             return
-        state = scope.setdefault("state", {})  # type: ignore[typeddict-item]
+        state = scope.setdefault("state", {})
         state.setdefault("request_id", "req-" + uuid.uuid4().hex)
 
         async def send_with_id(message: Message) -> None:
@@ -57,7 +59,7 @@ def _request_id_middleware(app: ASGIApp) -> ASGIApp:
                 headers = list(message.get("headers", []))
                 if not any(k.lower() == b"x-request-id" for k, _ in headers):
                     headers.append((b"x-request-id", str(state["request_id"]).encode()))
-                message["headers"] = headers  # type: ignore[typeddict-unknown-key]
+                message["headers"] = headers
             await send(message)
 
         await app(scope, receive, send_with_id)
@@ -139,7 +141,8 @@ def create_app(
             metrics = Metrics(
                 tenants=[t.name for t in config.tenants],
                 models=[r.alias for r in routing.routes] + list(local),
-                providers=[p.name for p in routing.providers],
+                # breakers are named "local:<model>" for local engines: keep them as their own labels
+                providers=[p.name for p in routing.providers] + [f"local:{name}" for name in local],
                 currency=config.metrics.currency,
                 gpu_hour_cost=config.metrics.gpu_hour_cost,
             )
@@ -158,6 +161,10 @@ def create_app(
                 gpu=gpu,
                 gpu_meters={name: GpuTimeMeter() for name in local},
             )
+            if log is not None:
+                state.feedback = await stack.enter_async_context(
+                    await FeedbackStore.open(resolve(base, config.data_dir) / "feedback.db")
+                )
             _wire_metric_sources(state)
             app.state.node = state
             if log is not None:
@@ -166,6 +173,10 @@ def create_app(
                 )
             else:
                 _log.warning("audit log is OFF: requests are not recorded (configure [audit])")
+            if config.metrics.canary_interval_s is not None:
+                await stack.enter_async_context(
+                    canary_job(state, config.metrics.canary_interval_s, providers=providers)
+                )
             yield
 
     @post("/v1/chat/completions", status_code=200)
@@ -207,6 +218,7 @@ def create_app(
             h = await engine.health()
             engines[name] = {
                 "healthy": h.healthy,
+                "revision": state.revision_of(name),
                 "detail": h.detail,
                 "waiting": h.waiting,
                 "running": h.running,
@@ -250,7 +262,7 @@ def _wire_metric_sources(state: NodeState) -> None:
     if state.gpu is not None:
         metrics.add_gpu_source(state.gpu.snapshot)
     with_stats = {name: e for name, e in state.engines.items() if hasattr(e, "stats")}
-    metrics.add_engine_source(lambda: {name: e.stats() for name, e in with_stats.items()})  # type: ignore[attr-defined]
+    metrics.add_engine_source(lambda: {name: e.stats() for name, e in with_stats.items()})
     metrics.add_breaker_source(state.router.breaker_states)
     audit = state.audit
     if audit is not None:

@@ -65,10 +65,13 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     try:
         if path is None:
             data_dir = Path(args.data_dir).resolve() if args.data_dir else default_data_dir()
-            from serving.model_commands import ensure_dev_model
+            from serving.model_commands import ensure_model
+            from serving.models import load_models_file
+
+            from .devmode import TINY_MODEL
 
             models_file = _repo_models_file()
-            ensure_dev_model(models_file, data_dir)
+            ensure_model(load_models_file(models_file).get(TINY_MODEL), models_file, data_dir)
             setup = dev_config(
                 data_dir=data_dir,
                 models_file=models_file,
@@ -173,16 +176,34 @@ def _cmd_models(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         return _fail(str(exc))
     if args.models_cmd == "build-dev":
-        out = mc.build_dev(data_dir)
-        print(f"built the tiny dev model into {out}")
+        out = mc.build_dev(data_dir, models_file)
+        print(f"built the tiny dev model into {out} (verified against its pins)")
         return 0
     if args.models_cmd == "verify":
-        return mc.verify_command(models_file, data_dir, names=args.names or None)
+        results = [r for r in mc.verify_all(models_file, data_dir) if not args.names or r.name in args.names]
+        for r in results:
+            print(f"{r.status:8} {r.name}  {r.model_dir}" + (f"\n         {r.detail}" if r.detail else ""))
+        return 0 if all(r.ok for r in results) else 3
     if args.models_cmd == "list":
-        print(mc.describe_models(models_file, data_dir))
+        for m in mc.describe_models(models_file, data_dir):
+            where = "on disk" if m.on_disk else "not on disk"
+            print(f"{m.name}\n  source   {m.source}\n  revision {m.revision}\n  files    {m.files} pinned, "
+                  f"{where} at {m.model_dir}\n  engine   dtype={m.dtype} max_model_len={m.max_model_len}")
         return 0
     if args.models_cmd == "pull":
-        return mc.pull_command(args.name, models_file, data_dir)
+        from serving.errors import PinMismatchError
+        from serving.hub import HubUnavailableError
+
+        try:
+            out = mc.pull(args.name, models_file, data_dir)
+        except KeyError:
+            return _fail(f"no model named {args.name!r} in {models_file}")
+        except (ValueError, HubUnavailableError) as exc:
+            return _fail(str(exc))
+        except PinMismatchError as exc:
+            return _fail(f"downloaded files fail their pins: {exc}", 3)
+        print(f"pulled and verified {args.name} into {out}")
+        return 0
     if args.models_cmd == "record-canaries":
         os.environ.update(_NO_EGRESS_ENV)
         from .canaries import record_canaries_command

@@ -18,6 +18,9 @@ from typing import Any
 import anyio
 from litestar import Request, Response
 from litestar.response import Stream
+from litestar.response.base import ASGIResponse
+from litestar.response.streaming import ASGIStreamingResponse
+from litestar.types import Receive, Send
 
 from audit import AuditEvent
 from router import RoutedStream, RouteRequest
@@ -178,6 +181,7 @@ async def _collect(
         resp.headers.update(headers)
         return resp
     text = "".join(parts)
+    record.external_cost = routed.cost or 0.0
     with anyio.CancelScope(shield=True):
         await record.ended(status="ok", text=text, error=None, last=last)
     body = (
@@ -221,6 +225,7 @@ async def _sse(record: RequestRecord, routed: RoutedStream, encoder: StreamEncod
         raise
     finally:
         await _close_quietly(routed)
+        record.external_cost = routed.cost or 0.0
         with anyio.CancelScope(shield=True):
             # Durable before the response finishes; a failing audit turns into an error event.
             try:
@@ -235,15 +240,10 @@ async def _sse(record: RequestRecord, routed: RoutedStream, encoder: StreamEncod
         yield encoder.finish(last)
 
 
-class _ClosingStream(Stream):
-    """A Stream that always closes its generator, so a disconnect aborts and records at once.
+class _ClosingASGIStream(ASGIStreamingResponse):
+    __slots__ = ()
 
-    Litestar cancels the sending task on ``http.disconnect`` but leaves the
-    generator to the garbage collector; closing it here runs its ``finally``
-    (abort upstream, durable end record) deterministically.
-    """
-
-    async def send_body(self, send: Any, receive: Any) -> None:
+    async def send_body(self, send: Send, receive: Receive) -> None:
         try:
             await super().send_body(send, receive)
         finally:
@@ -251,6 +251,21 @@ class _ClosingStream(Stream):
             if aclose is not None:
                 with anyio.CancelScope(shield=True):
                     await aclose()
+
+
+class _ClosingStream(Stream):
+    """A Stream that always closes its generator, so a disconnect aborts and records at once.
+
+    Litestar cancels the sending task on ``http.disconnect`` but leaves the
+    generator to the garbage collector; closing it runs its ``finally`` (abort
+    upstream, durable end record) deterministically.
+    """
+
+    def to_asgi_response(self, *args: Any, **kwargs: Any) -> ASGIResponse:
+        response = super().to_asgi_response(*args, **kwargs)
+        # Same fields, one overridden method: Litestar builds the streaming response itself.
+        response.__class__ = _ClosingASGIStream
+        return response
 
 
 async def _close_quietly(routed: RoutedStream) -> None:

@@ -68,6 +68,9 @@ class MetricsConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     currency: str = "EUR"
     #: OTLP endpoint for traces; tracing is off (and free) when unset
     otlp_endpoint: str | None = None
+    #: replay the drift canaries every this many seconds (off when unset; `bastion canary run` records
+    #: external providers' baselines first)
+    canary_interval_s: Annotated[float, msgspec.Meta(ge=10)] | None = None
 
 
 class ApiKeyConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

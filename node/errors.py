@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+from typing import Any
 
 from litestar import Request, Response
 from litestar.exceptions import HTTPException
@@ -78,8 +79,8 @@ def error_response(err: BastionError, request_id: str | None = None) -> Response
     return Response(err.to_body(), status_code=err.status_code, headers=headers)  # type: ignore[arg-type]
 
 
-def _handle(request: Request[object, object, object], exc: Exception) -> Response[dict[str, object]]:
-    request_id = request.scope.get("state", {}).get("request_id")  # type: ignore[union-attr]
+def _handle(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, object]]:
+    request_id = request.scope.get("state", {}).get("request_id")
     return error_response(to_bastion_error(exc), request_id if isinstance(request_id, str) else None)
 
 

@@ -93,6 +93,11 @@ class RequestRecord:
                 type=event_type, tenant=self.tenant, subject=self.subject, meta=self._meta(), content=content
             )
         )
+        if event_type == "request.start" and self.state.feedback is not None:
+            # lets /v1/feedback label its count with the model; never raises
+            await self.state.feedback.remember(
+                tenant=self.tenant, request_id=self.request_id, model=self.alias
+            )
 
     def _meta(self) -> dict[str, Any]:
         s = self.generation.sampling

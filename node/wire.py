@@ -162,6 +162,7 @@ def _to_message(m: WireMessage) -> ChatMessage:
 
 _T = TypeVar("_T")
 _LOCATION = re.compile(r"at `\$\.?([^`]*)`")
+_UNKNOWN = re.compile(r"Object contains unknown field `([^`]*)`")
 
 
 def decode_request(body: bytes, kind: type[_T]) -> _T:
@@ -173,10 +174,11 @@ def decode_request(body: bytes, kind: type[_T]) -> _T:
     except msgspec.ValidationError as exc:
         text = str(exc)
         match = _LOCATION.search(text)
-        param = match.group(1) if match and match.group(1) else None
-        if text.startswith("Object contains unknown field"):
-            text = f"Unrecognized request argument supplied: {param}"
-        raise BadRequestError(text, param=param) from None
+        where = match.group(1) if match else ""
+        if unknown := _UNKNOWN.match(text):
+            param = f"{where}.{unknown.group(1)}" if where else unknown.group(1)
+            raise BadRequestError(f"Unrecognized request argument supplied: {param}", param=param) from None
+        raise BadRequestError(text, param=where or None) from None
     except msgspec.DecodeError as exc:
         raise BadRequestError(f"The request body is not valid JSON: {exc}") from None
 

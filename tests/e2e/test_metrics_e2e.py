@@ -20,7 +20,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from serving.protocol import Provider
-from tests.node.test_feedback import TINY, bearer, node_setup, running_node
+from tests.harness import TINY, bearer, node_setup, running_node
 
 pytestmark = pytest.mark.engine
 

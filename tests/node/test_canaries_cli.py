@@ -22,7 +22,7 @@ from serving.canary import record_canaries_into_file
 from serving.models import load_models_file
 from serving.protocol import Provider
 from tests.fakes.upstream import FakeUpstream, Reply
-from tests.node.test_feedback import ROOT, TINY, node_setup, running_node
+from tests.harness import ROOT, TINY, node_setup, running_node
 
 pytestmark = pytest.mark.engine
 

@@ -1,135 +1,18 @@
-"""``POST /v1/feedback`` on a real node (tiny model, real audit log, HTTP on 127.0.0.1).
-
-Also holds the small harness the status and metrics e2e tests reuse: a node
-config built by decoding TOML, and ``running_node`` (uvicorn on the test's own
-event loop, so it can share the session's engine).
-"""
+"""``POST /v1/feedback`` on a real node (tiny model, real audit log, HTTP on 127.0.0.1)."""
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 
-from audit import generate_kek_file, generate_signing_key
-from node.app import create_app
-from node.config import NodeConfig, decode_config
 from node.feedback import FeedbackStore
 from node.state import NodeState
-from node.tenancy import create_key
 from serving.protocol import Provider
+from tests.harness import TINY, bearer, chat, node_setup, running_node
 
 pytestmark = pytest.mark.engine
-
-ROOT = Path(__file__).resolve().parents[2]
-TINY = "bastion-tiny"
-
-
-@dataclass(frozen=True)
-class NodeSetup:
-    config: NodeConfig
-    config_dir: Path
-    keys: dict[str, str]
-
-
-def node_setup(
-    tmp_path: Path,
-    *,
-    tenants: tuple[str, ...] = ("acme", "globex"),
-    audit: bool = True,
-    extra: str = "",
-    models_file: Path | None = None,
-    data_dir: Path | None = None,
-) -> NodeSetup:
-    """A node.toml for the tiny model with one key per tenant (decoded like any config)."""
-    keys = {t: create_key() for t in tenants}
-    audit_toml = ""
-    if audit:
-        generate_kek_file(tmp_path / "kek.key")
-        generate_signing_key(tmp_path / "signing.key")
-        audit_toml = f"""
-[audit]
-path = "{tmp_path / "audit.db"}"
-kek_file = "{tmp_path / "kek.key"}"
-signing_key_file = "{tmp_path / "signing.key"}"
-checkpoint_path = "{tmp_path / "checkpoints"}"
-checkpoint_every_s = 0.5
-"""
-    tenant_toml = "".join(
-        f"""
-[[tenants]]
-name = "{t}"
-models = ["{TINY}"]
-residency = "local-only"
-keys = [{k.config_line()}]
-"""
-        for t, k in keys.items()
-    )
-    text = f"""
-models_file = "{models_file or ROOT / "models.toml"}"
-data_dir = "{data_dir or tmp_path / "data"}"
-serve = ["{TINY}"]
-{extra}
-{audit_toml}
-{tenant_toml}
-"""
-    return NodeSetup(
-        config=decode_config(text), config_dir=tmp_path, keys={t: k.key for t, k in keys.items()}
-    )
-
-
-@dataclass
-class RunningNode:
-    url: str
-    state: NodeState
-
-
-@asynccontextmanager
-async def running_node(setup: NodeSetup, engines: Mapping[str, Provider]) -> AsyncIterator[RunningNode]:
-    """The node under uvicorn on 127.0.0.1 (a free port), on this event loop."""
-    app = create_app(setup.config, config_dir=setup.config_dir, engines=engines)
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=0, lifespan="on", log_level="warning", access_log=False)
-    )
-    task = asyncio.create_task(server.serve())
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if task.done():
-            task.result()
-            raise RuntimeError("the node exited before it started")
-        if time.monotonic() > deadline:
-            raise TimeoutError("the node did not start within 30 s")
-        await asyncio.sleep(0.01)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield RunningNode(url=f"http://127.0.0.1:{port}", state=app.state.node)
-    finally:
-        server.should_exit = True
-        await task
-
-
-def bearer(key: str) -> dict[str, str]:
-    return {"authorization": f"Bearer {key}"}
-
-
-async def chat(client: httpx.AsyncClient, key: str, text: str = "hello") -> str:
-    r = await client.post(
-        "/v1/chat/completions",
-        headers=bearer(key),
-        json={"model": TINY, "messages": [{"role": "user", "content": text}], "max_tokens": 4},
-    )
-    assert r.status_code == 200, r.text
-    request_id = r.json()["id"]
-    assert isinstance(request_id, str)
-    return request_id
-
 
 def _feedback_count(state: NodeState, model: str, rating: str) -> float:
     value = state.metrics.registry.get_sample_value(

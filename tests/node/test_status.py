@@ -15,7 +15,7 @@ from node.status import histogram_quantile, status_command
 from serving.models import load_models_file
 from serving.protocol import Provider
 from tests.fakes.upstream import closed_port_url
-from tests.node.test_feedback import ROOT, TINY, chat, node_setup, running_node
+from tests.harness import ROOT, TINY, chat, node_setup, running_node
 
 
 async def _status(url: str, token: str | None = None) -> tuple[int, str, str]:
