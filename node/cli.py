@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import sys
+from collections.abc import Iterator
 from contextlib import AsyncExitStack
 from pathlib import Path
 
@@ -71,13 +73,13 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             from .devmode import TINY_MODEL
 
             models_file = _repo_models_file()
-            ensure_model(load_models_file(models_file).get(TINY_MODEL), models_file, data_dir)
-            setup = dev_config(
+            setup = dev_config(  # refuses a non-loopback host before anything is built
                 data_dir=data_dir,
                 models_file=models_file,
                 host=args.host or "127.0.0.1",
                 port=args.port or 8000,
             )
+            ensure_model(load_models_file(models_file).get(TINY_MODEL), models_file, data_dir)
             config, config_dir, key_banner = setup.config, Path.cwd(), banner(setup)
         else:
             config = load_config(path)
@@ -98,8 +100,10 @@ async def _serve(config: object, config_dir: Path, key_banner: str | None) -> in
     import uvicorn
 
     from audit import AuditError, AuditLog
+
+    _NodeServer = _node_server_class()
     from serving.errors import PinMismatchError
-    from serving.models import load_models_file
+    from serving.models import ModelsConfigError, load_models_file
 
     from .app import create_app, start_engines
     from .config import NodeConfig, resolve
@@ -113,6 +117,8 @@ async def _serve(config: object, config_dir: Path, key_banner: str | None) -> in
             engines = await start_engines(config, config_dir, models, stack)
         except PinMismatchError as exc:
             return _fail(f"refusing to serve: {exc}", 3)
+        except ModelsConfigError as exc:
+            return _fail(str(exc), 2)
         audit = None
         if config.audit is not None:
             try:
@@ -120,7 +126,7 @@ async def _serve(config: object, config_dir: Path, key_banner: str | None) -> in
             except AuditError as exc:
                 return _fail(f"refusing to serve: audit log: {exc}", 4)
         app = create_app(config, config_dir=config_dir, engines=engines, audit=audit)
-        server = uvicorn.Server(
+        server = _NodeServer(
             uvicorn.Config(
                 app,
                 host=config.server.host,
@@ -137,6 +143,27 @@ async def _serve(config: object, config_dir: Path, key_banner: str | None) -> in
             print(f"bastion: serving on http://{config.server.host}:{config.server.port}", flush=True)
         await server.serve()
         return 0 if server.started else 1
+
+
+def _node_server_class() -> type:
+    import uvicorn
+
+    class NodeServer(uvicorn.Server):
+        """Uvicorn re-raises a caught SIGTERM/SIGINT once HTTP has drained, which would kill
+        the process before the engines and the audit log are closed. The node takes the
+        signal as its cue to shut down in order instead, and exits 0."""
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            inner = super().capture_signals()
+            inner.__enter__()
+            try:
+                yield
+            finally:
+                self._captured_signals.clear()
+                inner.__exit__(None, None, None)
+
+    return NodeServer
 
 
 def _run_async(coro: object) -> int:
