@@ -214,8 +214,10 @@ def _cmd_models(args: argparse.Namespace) -> int:
     if args.models_cmd == "list":
         for m in mc.describe_models(models_file, data_dir):
             where = "on disk" if m.on_disk else "not on disk"
-            print(f"{m.name}\n  source   {m.source}\n  revision {m.revision}\n  files    {m.files} pinned, "
-                  f"{where} at {m.model_dir}\n  engine   dtype={m.dtype} max_model_len={m.max_model_len}")
+            print(
+                f"{m.name}\n  source   {m.source}\n  revision {m.revision}\n  files    {m.files} pinned, "
+                f"{where} at {m.model_dir}\n  engine   dtype={m.dtype} max_model_len={m.max_model_len}"
+            )
         return 0
     if args.models_cmd == "pull":
         from serving.errors import PinMismatchError

@@ -90,7 +90,11 @@ async def handle_generation(
     record.stream = wire.stream
     if wire.stream:
         encoder = StreamEncoder(
-            request_id=request_id, model=wire.model, chat=chat, include_usage=wire.include_usage()
+            request_id=request_id,
+            model=wire.model,
+            chat=chat,
+            include_usage=wire.include_usage(),
+            continuous_usage=wire.continuous_usage(),
         )
         return _ClosingStream(
             _sse(record, routed, encoder),
@@ -213,7 +217,7 @@ async def _sse(record: RequestRecord, routed: RoutedStream, encoder: StreamEncod
             record.on_delta(delta)
             if delta.text:
                 parts.append(delta.text)
-                yield encoder.text(delta.text)
+                yield encoder.text(delta.text, delta)
             if delta.tool_calls:
                 yield encoder.tool_calls(delta.tool_calls)
             last = delta

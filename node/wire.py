@@ -58,6 +58,8 @@ class WireMessage(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
 
 class StreamOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     include_usage: bool = False
+    #: vLLM's extension: running usage on every chunk (benchmarks count tokens per event with it)
+    continuous_usage_stats: bool = False
 
 
 class _Common(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -91,6 +93,9 @@ class _Common(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
 
     def include_usage(self) -> bool:
         return self.stream_options is not None and self.stream_options.include_usage
+
+    def continuous_usage(self) -> bool:
+        return self.stream_options is not None and self.stream_options.continuous_usage_stats
 
 
 class ChatCompletionRequest(_Common, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -246,9 +251,12 @@ def completion_body(*, request_id: str, model: str, created: int, text: str, las
 class StreamEncoder:
     """Encodes SSE events for one streamed response from byte templates."""
 
-    def __init__(self, *, request_id: str, model: str, chat: bool, include_usage: bool) -> None:
+    def __init__(
+        self, *, request_id: str, model: str, chat: bool, include_usage: bool, continuous_usage: bool = False
+    ) -> None:
         self.chat = chat
         self.include_usage = include_usage
+        self.continuous_usage = continuous_usage
         self.created = int(time.time())
         head = {
             "id": request_id,
@@ -272,7 +280,12 @@ class StreamEncoder:
             b'"logprobs":null,"finish_reason":null}]}\n\n'
         )
 
-    def text(self, text: str) -> bytes:
+    def text(self, text: str, delta: Delta | None = None) -> bytes:
+        if self.continuous_usage and delta is not None:
+            usage = _usage(delta.prompt_tokens, delta.completion_tokens, delta.cached_tokens)
+            # the chunk's closing brace moves behind the usage member
+            tail = self._text_post[:-3] + b',"usage":' + msgspec.json.encode(usage) + b"}\n\n"
+            return self._text_pre + msgspec.json.encode(text) + tail
         return self._text_pre + msgspec.json.encode(text) + self._text_post
 
     def tool_calls(self, calls: tuple[ToolCall, ...]) -> bytes:

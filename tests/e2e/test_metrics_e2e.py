@@ -179,7 +179,7 @@ async def test_histograms_match_what_the_client_measured(tmp_path: Path, local_e
         "tenant": {"acme", "globex", "other"},
         "model": {TINY, "other"},
         "route": {"local", "none", "other"},
-        "provider": {"local", "other"},
+        "provider": {"local", f"local:{TINY}", "other"},
     }
     for family in families.values():
         for sample, labels, _ in family:

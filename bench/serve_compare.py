@@ -1,0 +1,279 @@
+"""Bastion vs vLLM's own OpenAI server on the same model, the same load, in one run.
+
+Starts ``python -m vllm.entrypoints.openai.api_server`` and ``bastion serve``
+(dev mode, audit log on) on the same model folder, one at a time, and drives
+each with the same streaming load (``bench.run_load``), alternating rounds so
+that machine noise hits both. Prints output tokens/s, TTFT p50/p99 and the peak
+resident memory of each server's process tree, and the ratios Bastion / vLLM.
+
+    python -m bench.serve_compare --model-dir data/models/bastion-tiny
+
+A pure HTTP client like the rest of ``bench``: the servers are subprocesses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import re
+import secrets
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import psutil
+
+from .config import decode_config
+from .runner import run_load
+
+__all__ = ["main"]
+
+_KEY = re.compile(r"\b(bst_[A-Za-z0-9_-]+)")
+
+
+@dataclass
+class Server:
+    name: str
+    url: str
+    api_key: str | None
+    proc: subprocess.Popen[bytes]
+    peak_rss: int = 0
+    _stop: threading.Event = field(default_factory=threading.Event)
+
+    def sample_memory(self) -> None:
+        """Peak resident memory of the whole process tree (engine processes included)."""
+        try:
+            root = psutil.Process(self.proc.pid)
+        except psutil.Error:
+            return
+        while not self._stop.wait(0.25):
+            total = 0
+            try:
+                for p in [root, *root.children(recursive=True)]:
+                    total += p.memory_info().rss
+            except psutil.Error:
+                continue
+            self.peak_rss = max(self.peak_rss, total)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_ready(url: str, proc: subprocess.Popen[bytes], path: str, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode} before it was ready")
+        try:
+            if httpx.get(url + path, timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.25)
+    raise TimeoutError(f"{url} not ready after {timeout_s} s")
+
+
+@contextmanager
+def _vllm(model_dir: Path, args: argparse.Namespace) -> Iterator[Server]:
+    port = _free_port()
+    env = dict(os.environ, VLLM_NO_USAGE_STATS="1", DO_NOT_TRACK="1", HF_HUB_OFFLINE="1")
+    cmd = [
+        sys.executable, "-m", "vllm.entrypoints.openai.api_server",
+        "--model", str(model_dir), "--served-model-name", args.model,
+        "--host", "127.0.0.1", "--port", str(port),
+        "--dtype", "float32", "--max-model-len", "2048", "--max-num-seqs", str(args.max_num_seqs),
+        "--gpu-memory-utilization", "0.5", "--kv-cache-memory-bytes", str(args.kv_cache_bytes),
+        "--load-format", "safetensors", "--disable-uvicorn-access-log",
+    ]  # fmt: skip
+    log = open(Path(args.log_dir) / "vllm.log", "wb")
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        _wait_ready(url, proc, "/health", args.start_timeout_s)
+        yield Server("vllm", url, None, proc)
+    finally:
+        _stop(proc)
+        log.close()
+
+
+def _no_audit_config(work: Path, args: argparse.Namespace, port: int) -> tuple[Path, str]:
+    """A node.toml like dev mode's but without ``[audit]``, and its tenant key.
+
+    Keys read ``bst_<id>_<secret>`` and are stored as their SHA-256 (see the README).
+    """
+    ident, secret = secrets.token_hex(6), secrets.token_urlsafe(32)
+    key = f"bst_{ident}_{secret}"
+    models = Path(args.models_file).resolve()
+    config = work / "node.toml"
+    config.write_text(
+        f'models_file = "{models}"\ndata_dir = "{Path(args.data_dir).resolve()}"\nserve = ["{args.model}"]\n'
+        f'[server]\nhost = "127.0.0.1"\nport = {port}\n'
+        f'[[tenants]]\nname = "bench"\nmodels = ["{args.model}"]\nresidency = "local-only"\n'
+        f'keys = [{{ id = "k_{ident}", sha256 = "{hashlib.sha256(key.encode()).hexdigest()}" }}]\n'
+    )
+    return config, key
+
+
+@contextmanager
+def _bastion(args: argparse.Namespace, *, audit: bool = True) -> Iterator[Server]:
+    port = _free_port()
+    work = Path(tempfile.mkdtemp(prefix="bastion-bench-"))
+    env = dict(os.environ, BASTION_DATA_DIR=str(Path(args.data_dir).resolve()))
+    env.pop("BASTION_CONFIG", None)
+    cmd = [sys.executable, "-m", "node.cli", "serve", "--port", str(port)]
+    key: list[str] = []
+    if not audit:
+        config, plain_key = _no_audit_config(work, args, port)
+        cmd += ["--config", str(config)]
+        key.append(plain_key)
+    proc = subprocess.Popen(cmd, env=env, cwd=work, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True)  # fmt: skip
+    log = open(Path(args.log_dir) / f"bastion{'' if audit else '-noaudit'}.log", "wb")
+
+    def pump() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            log.write(line)
+            if not key and (m := _KEY.search(line.decode(errors="replace"))):
+                key.append(m.group(1))
+
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
+    try:
+        url = f"http://127.0.0.1:{port}"
+        _wait_ready(url, proc, "/readyz", args.start_timeout_s)
+        yield Server("bastion" if audit else "bastion-noaudit", url, key[0] if key else None, proc)
+    finally:
+        _stop(proc)
+        reader.join(timeout=10)
+        log.close()
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def _drive(server: Server, args: argparse.Namespace, seed: int) -> dict[str, float]:
+    cfg = decode_config(
+        {
+            "url": server.url,
+            "model": args.model,
+            "endpoint": "completions",
+            "api_key": server.api_key,
+            "concurrency": args.concurrency,
+            "num_requests": args.requests,
+            "seed": seed,
+            "continuous_usage": False,
+            "workload": {"kind": "random", "input_len": args.input_len, "output_len": args.output_len},
+        }
+    )
+    from .cli import run_async
+
+    sampler = threading.Thread(target=server.sample_memory, daemon=True)
+    sampler.start()
+    try:
+        result = run_async(run_load(cfg))
+    finally:
+        server._stop.set()
+        sampler.join(timeout=5)
+        server._stop.clear()
+    return {
+        "tok_s": result.output_tokens_per_s,
+        "ttft_p50_ms": result.ttft_p50_ms or float("nan"),
+        "ttft_p99_ms": result.ttft_p99_ms or float("nan"),
+        "failed": float(result.summary.failed),
+        "req_s": result.requests_per_s,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.serve_compare", description=__doc__)
+    p.add_argument("--model-dir", default="data/models/bastion-tiny")
+    p.add_argument("--data-dir", default="data", help="Bastion dev mode's data folder (holds models/)")
+    p.add_argument("--model", default="bastion-tiny")
+    p.add_argument("--requests", type=int, default=200)
+    p.add_argument("--concurrency", type=int, default=16)
+    p.add_argument("--input-len", type=int, default=32)
+    p.add_argument("--output-len", type=int, default=64)
+    p.add_argument("--rounds", type=int, default=2, help="alternating rounds per server")
+    p.add_argument("--max-num-seqs", type=int, default=32)
+    p.add_argument("--kv-cache-bytes", type=int, default=64 * 1024 * 1024)
+    p.add_argument("--start-timeout-s", type=float, default=300.0)
+    p.add_argument("--log-dir", default=tempfile.gettempdir())
+    p.add_argument("--models-file", default="models.toml", help="for bastion-noaudit's generated config")
+    p.add_argument(
+        "--targets",
+        default="vllm,bastion",
+        help="comma list of vllm, bastion (dev mode, audit log on), bastion-noaudit; ratios are "
+        "against the first",
+    )
+    args = p.parse_args(argv)
+    model_dir = Path(args.model_dir).resolve()
+    if not (model_dir / "config.json").exists():
+        print(f"no model at {model_dir}: run `bastion models build-dev` first", file=sys.stderr)
+        return 2
+    order = [t.strip() for t in args.targets.split(",") if t.strip()]
+    starters = {
+        "vllm": lambda: _vllm(model_dir, args),
+        "bastion": lambda: _bastion(args),
+        "bastion-noaudit": lambda: _bastion(args, audit=False),
+    }
+    if unknown := [t for t in order if t not in starters]:
+        print(f"unknown targets {unknown}", file=sys.stderr)
+        return 2
+    results: dict[str, list[dict[str, float]]] = {t: [] for t in order}
+    peaks: dict[str, int] = dict.fromkeys(order, 0)
+    for rnd in range(args.rounds):
+        for name in order if rnd % 2 == 0 else order[::-1]:
+            with starters[name]() as server:
+                _drive(server, args, seed=1000 + rnd)  # warm-up pass (compile caches, first batches)
+                server.peak_rss = 0
+                r = _drive(server, args, seed=rnd)
+                results[name].append(r)
+                peaks[name] = max(peaks[name], server.peak_rss)
+                rss = server.peak_rss / 2**20
+                print(f"round {rnd} {name:16} {r['tok_s']:8.0f} tok/s {r['req_s']:7.2f} req/s  "
+                      f"TTFT p50 {r['ttft_p50_ms']:7.1f} ms  p99 {r['ttft_p99_ms']:7.1f} ms  "
+                      f"failed {r['failed']:.0f}  peak RSS {rss:7.0f} MiB", flush=True)  # fmt: skip
+
+    def med(name: str, key: str) -> float:
+        return statistics.median(r[key] for r in results[name])
+
+    print(f"\n{args.requests} requests x {args.output_len} output tokens, concurrency {args.concurrency}, "
+          f"median of {args.rounds} alternating rounds")  # fmt: skip
+    print(f"{'':18}{'out tok/s':>11}{'req/s':>9}{'TTFT p50 ms':>13}{'TTFT p99 ms':>13}{'peak RSS MiB':>14}")
+    for name in order:
+        print(f"{name:18}{med(name, 'tok_s'):11.0f}{med(name, 'req_s'):9.2f}{med(name, 'ttft_p50_ms'):13.1f}"
+              f"{med(name, 'ttft_p99_ms'):13.1f}{peaks[name] / 2**20:14.0f}")  # fmt: skip
+    base = order[0]
+    for name in order[1:]:
+        print(f"{name + '/' + base:18}{med(name, 'tok_s') / med(base, 'tok_s'):11.2f}"
+              f"{med(name, 'req_s') / med(base, 'req_s'):9.2f}"
+              f"{med(name, 'ttft_p50_ms') / med(base, 'ttft_p50_ms'):13.2f}"
+              f"{med(name, 'ttft_p99_ms') / med(base, 'ttft_p99_ms'):13.2f}"
+              f"{peaks[name] / max(1, peaks[base]):14.2f}")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
