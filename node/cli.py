@@ -110,7 +110,9 @@ async def _serve(config: object, config_dir: Path, key_banner: str | None) -> in
     from .logs import configure_logging
 
     assert isinstance(config, NodeConfig)
-    configure_logging()
+    # our records as JSON lines on their own handler; vLLM and uvicorn keep theirs
+    configure_logging(logger="bastion")
+    logging.getLogger("bastion").propagate = False
     async with AsyncExitStack() as stack:
         try:
             models = load_models_file(resolve(config_dir, config.models_file))

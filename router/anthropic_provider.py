@@ -20,15 +20,13 @@ import msgspec
 
 from router.config import ProviderConfig
 from router.sse import SseEvent
-from router.transport import Upstream, load_api_key
+from router.transport import ExternalProvider, Upstream, load_api_key
 from serving.errors import BadRequestError, UpstreamError
 from serving.protocol import (
     ChatMessage,
     Delta,
     FunctionCall,
     GenerationRequest,
-    Health,
-    ProviderInfo,
     ToolCall,
 )
 from serving.protocol import FinishReason as _FinishReason
@@ -160,33 +158,17 @@ def _tool(tool: dict[str, object]) -> dict[str, object]:
     return out
 
 
-class AnthropicProvider:
+class AnthropicProvider(ExternalProvider):
     """A ``serving.protocol.Provider`` for the Anthropic Messages API."""
 
+    kind = "anthropic"
+
     def __init__(self, config: ProviderConfig, *, transport: httpx.AsyncBaseTransport | None = None) -> None:
-        self._config = config
         secret = load_api_key(config)
         headers = {"anthropic-version": ANTHROPIC_VERSION}
         if secret is not None:
             headers["x-api-key"] = secret
-        self._upstream = Upstream(config, auth_headers=headers, secret=secret, transport=transport)
-        self._last_ok: float | None = None
-
-    def describe(self) -> ProviderInfo:
-        models = tuple(self._config.models)
-        return ProviderInfo(
-            name=self._config.name,
-            kind="anthropic",
-            region=self._config.region,
-            models=models,
-            revisions={m: m for m in models},
-        )
-
-    async def health(self) -> Health:
-        return Health(healthy=True, detail="passive", last_ok_s=self._last_ok)
-
-    async def aclose(self) -> None:
-        await self._upstream.aclose()
+        super().__init__(config, Upstream(config, auth_headers=headers, secret=secret, transport=transport))
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[Delta]:
         body = build_messages_body(request, default_max_tokens=self._config.default_max_tokens)

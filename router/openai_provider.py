@@ -18,15 +18,13 @@ import msgspec
 
 from router.config import ProviderConfig
 from router.sse import SseEvent
-from router.transport import Upstream, load_api_key
+from router.transport import ExternalProvider, Upstream, load_api_key
 from serving.errors import UpstreamError
 from serving.protocol import (
     ChatMessage,
     Delta,
     FunctionCall,
     GenerationRequest,
-    Health,
-    ProviderInfo,
     ToolCall,
 )
 from serving.protocol import FinishReason as _FinishReason
@@ -122,36 +120,19 @@ def build_body(request: GenerationRequest) -> tuple[str, bytes]:
     return path, _encode(body)
 
 
-class OpenAIProvider:
+class OpenAIProvider(ExternalProvider):
     """A ``serving.protocol.Provider`` for an OpenAI-compatible endpoint."""
 
+    kind = "openai"
+
     def __init__(self, config: ProviderConfig, *, transport: httpx.AsyncBaseTransport | None = None) -> None:
-        self._config = config
         secret = load_api_key(config)
         headers: dict[str, str] = {}
         if secret is not None:
             headers = (
                 {"api-key": secret} if config.auth == "api-key" else {"authorization": f"Bearer {secret}"}
             )
-        self._upstream = Upstream(config, auth_headers=headers, secret=secret, transport=transport)
-        self._last_ok: float | None = None
-
-    def describe(self) -> ProviderInfo:
-        models = tuple(self._config.models)
-        return ProviderInfo(
-            name=self._config.name,
-            kind="openai",
-            region=self._config.region,
-            models=models,
-            revisions={m: m for m in models},
-        )
-
-    async def health(self) -> Health:
-        # Passive: probing a paid external API would cost money and leak traffic; breakers judge it.
-        return Health(healthy=True, detail="passive", last_ok_s=self._last_ok)
-
-    async def aclose(self) -> None:
-        await self._upstream.aclose()
+        super().__init__(config, Upstream(config, auth_headers=headers, secret=secret, transport=transport))
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[Delta]:
         path, body = build_body(request)

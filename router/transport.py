@@ -18,6 +18,7 @@ import os
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
+from typing import Literal
 
 import httpx
 
@@ -25,8 +26,9 @@ from router.config import ProviderConfig
 from router.errors import UpstreamRateLimitedError, UpstreamTimeoutError
 from router.sse import SseEvent, SseParser
 from serving.errors import BadRequestError, BastionError, UpstreamError
+from serving.protocol import Health, ProviderInfo
 
-__all__ = ["Upstream", "load_api_key", "parse_retry_after"]
+__all__ = ["ExternalProvider", "Upstream", "load_api_key", "parse_retry_after"]
 
 # Upstream statuses that mean the request itself is bad: another provider would refuse it too.
 _CLIENT_FAULT = frozenset({400, 413, 422})
@@ -196,3 +198,34 @@ class Upstream:
         ctype = response.headers.get("content-type", "")
         if not ctype.startswith("text/event-stream"):
             raise self._error(UpstreamError, "answered with a non-SSE content type", "bad-content-type")
+
+
+class ExternalProvider:
+    """What every external API provider shares: its upstream client, description and health.
+
+    Subclasses set ``kind`` and implement ``stream``.
+    """
+
+    kind: Literal["openai", "anthropic"]
+
+    def __init__(self, config: ProviderConfig, upstream: Upstream) -> None:
+        self._config = config
+        self._upstream = upstream
+        self._last_ok: float | None = None
+
+    def describe(self) -> ProviderInfo:
+        models = tuple(self._config.models)
+        return ProviderInfo(
+            name=self._config.name,
+            kind=self.kind,
+            region=self._config.region,
+            models=models,
+            revisions={m: m for m in models},
+        )
+
+    async def health(self) -> Health:
+        # Passive: probing a paid external API would cost money and leak traffic; breakers judge it.
+        return Health(healthy=True, detail="passive", last_ok_s=self._last_ok)
+
+    async def aclose(self) -> None:
+        await self._upstream.aclose()
