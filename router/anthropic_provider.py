@@ -15,7 +15,6 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx
 import msgspec
 
 from router.config import ProviderConfig
@@ -163,12 +162,12 @@ class AnthropicProvider(ExternalProvider):
 
     kind = "anthropic"
 
-    def __init__(self, config: ProviderConfig, *, transport: httpx.AsyncBaseTransport | None = None) -> None:
+    def __init__(self, config: ProviderConfig) -> None:
         secret = load_api_key(config)
         headers = {"anthropic-version": ANTHROPIC_VERSION}
         if secret is not None:
             headers["x-api-key"] = secret
-        super().__init__(config, Upstream(config, auth_headers=headers, secret=secret, transport=transport))
+        super().__init__(config, Upstream(config, auth_headers=headers, secret=secret))
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[Delta]:
         body = build_messages_body(request, default_max_tokens=self._config.default_max_tokens)

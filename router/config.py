@@ -90,7 +90,7 @@ class ProviderConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     breaker: BreakerConfig = BreakerConfig()
     max_connections: Annotated[int, Meta(ge=1, le=10_000)] = 100
     #: egress proxy URL; environment proxy variables and .netrc are ignored on purpose
-    proxy: Annotated[str, Meta(pattern=r"^(https?|socks5)://[^\s]+$")] | None = None
+    proxy: Annotated[str, Meta(pattern=r"^https?://[^\s]+$")] | None = None
     #: Anthropic requires ``max_tokens``; used when the client sets none
     default_max_tokens: Annotated[int, Meta(ge=1, le=1_000_000)] = 4096
     #: refused when set: keys never live in node.toml

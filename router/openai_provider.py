@@ -13,7 +13,6 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx
 import msgspec
 
 from router.config import ProviderConfig
@@ -125,14 +124,14 @@ class OpenAIProvider(ExternalProvider):
 
     kind = "openai"
 
-    def __init__(self, config: ProviderConfig, *, transport: httpx.AsyncBaseTransport | None = None) -> None:
+    def __init__(self, config: ProviderConfig) -> None:
         secret = load_api_key(config)
         headers: dict[str, str] = {}
         if secret is not None:
             headers = (
                 {"api-key": secret} if config.auth == "api-key" else {"authorization": f"Bearer {secret}"}
             )
-        super().__init__(config, Upstream(config, auth_headers=headers, secret=secret, transport=transport))
+        super().__init__(config, Upstream(config, auth_headers=headers, secret=secret))
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[Delta]:
         path, body = build_body(request)
