@@ -171,63 +171,84 @@ class AnthropicProvider(ExternalProvider):
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[Delta]:
         body = build_messages_body(request, default_max_tokens=self._config.default_max_tokens)
-        name = self._config.name
-        prompt_tokens = completion_tokens = cached = 0
-        stop_reason: str | None = None
-        tools: dict[int, list[str]] = {}  # block index -> [id, name, partial json]
-        stopped = False
-        async for sse in self._upstream.events("/v1/messages", body, terminal=_is_stop):
-            try:
-                event = _decode_event(sse.data)
-            except msgspec.DecodeError:
-                raise UpstreamError(
-                    f"provider {name!r}: malformed stream event", reason="malformed-stream"
-                ) from None
-            kind = event.type or sse.event
-            if kind == "content_block_delta" and event.delta is not None:
-                if event.delta.text:
-                    yield Delta(text=event.delta.text)
-                elif event.delta.partial_json is not None and event.index in tools:
-                    tools[event.index][2] += event.delta.partial_json
-            elif kind == "content_block_start" and event.content_block is not None:
-                block = event.content_block
-                if block.type == "tool_use":
-                    tools[event.index] = [block.id or "", block.name or "", ""]
-                elif block.text:
-                    yield Delta(text=block.text)
-            elif kind == "message_start" and event.message is not None and event.message.usage is not None:
-                u = event.message.usage
-                cached = u.cache_read_input_tokens or 0
-                prompt_tokens = (u.input_tokens or 0) + cached + (u.cache_creation_input_tokens or 0)
-                completion_tokens = u.output_tokens or 0
-            elif kind == "message_delta":
-                if event.delta is not None and event.delta.stop_reason is not None:
-                    stop_reason = event.delta.stop_reason
-                if event.usage is not None and event.usage.output_tokens is not None:
-                    completion_tokens = event.usage.output_tokens
-            elif kind == "message_stop":
-                # Deliver the end now; the loop then lets the transport finish the body.
-                stopped = True
+        state = _StreamState()
+        async for batch in self._upstream.batches("/v1/messages", body, terminal=_is_stop):
+            # The text of every event that arrived in one read goes out as one delta.
+            parts: list[str] = []
+            failure = None
+            for sse in batch:
+                failure = self._absorb(sse, state, parts)
+                if failure is not None:
+                    break
+            if parts:
+                yield Delta(text="".join(parts))
+            if failure is not None:
+                raise failure
+            if state.stopped:
+                # Deliver the end now; the transport then lets the body finish.
                 self._last_ok = time.monotonic()
                 calls = tuple(
                     ToolCall(id=v[0], function=FunctionCall(name=v[1], arguments=v[2] or "{}"))
-                    for _, v in sorted(tools.items())
+                    for _, v in sorted(state.tools.items())
                 )
                 yield Delta(
-                    finish_reason=stop_reason_to_finish(stop_reason),
-                    prompt_tokens=prompt_tokens,
-                    completion_tokens=completion_tokens,
-                    cached_tokens=cached,
+                    finish_reason=stop_reason_to_finish(state.stop_reason),
+                    prompt_tokens=state.prompt_tokens,
+                    completion_tokens=state.completion_tokens,
+                    cached_tokens=state.cached,
                     tool_calls=calls or None,
                 )
-            elif kind == "error":
-                raise UpstreamError(
-                    f"provider {name!r}: error event in stream", reason="upstream-stream-error"
-                )
-        if not stopped:
-            raise UpstreamError(
-                f"provider {name!r}: stream ended before message_stop", reason="stream-truncated"
-            )
+                return
+        raise UpstreamError(
+            f"provider {self._config.name!r}: stream ended before message_stop", reason="stream-truncated"
+        )
+
+    def _absorb(self, sse: SseEvent, state: _StreamState, parts: list[str]) -> UpstreamError | None:
+        """Fold one event into ``state`` and ``parts``; the error it carries, if any."""
+        name = self._config.name
+        try:
+            event = _decode_event(sse.data)
+        except msgspec.DecodeError:
+            return UpstreamError(f"provider {name!r}: malformed stream event", reason="malformed-stream")
+        kind = event.type or sse.event
+        if kind == "content_block_delta" and event.delta is not None:
+            if event.delta.text:
+                parts.append(event.delta.text)
+            elif event.delta.partial_json is not None and event.index in state.tools:
+                state.tools[event.index][2] += event.delta.partial_json
+        elif kind == "content_block_start" and event.content_block is not None:
+            block = event.content_block
+            if block.type == "tool_use":
+                state.tools[event.index] = [block.id or "", block.name or "", ""]
+            elif block.text:
+                parts.append(block.text)
+        elif kind == "message_start" and event.message is not None and event.message.usage is not None:
+            u = event.message.usage
+            state.cached = u.cache_read_input_tokens or 0
+            state.prompt_tokens = (u.input_tokens or 0) + state.cached + (u.cache_creation_input_tokens or 0)
+            state.completion_tokens = u.output_tokens or 0
+        elif kind == "message_delta":
+            if event.delta is not None and event.delta.stop_reason is not None:
+                state.stop_reason = event.delta.stop_reason
+            if event.usage is not None and event.usage.output_tokens is not None:
+                state.completion_tokens = event.usage.output_tokens
+        elif kind == "message_stop":
+            state.stopped = True
+        elif kind == "error":
+            return UpstreamError(f"provider {name!r}: error event in stream", reason="upstream-stream-error")
+        return None
+
+
+class _StreamState:
+    """What one Messages stream has told so far."""
+
+    __slots__ = ("cached", "completion_tokens", "prompt_tokens", "stop_reason", "stopped", "tools")
+
+    def __init__(self) -> None:
+        self.prompt_tokens = self.completion_tokens = self.cached = 0
+        self.stop_reason: str | None = None
+        self.tools: dict[int, list[str]] = {}  # block index -> [id, name, partial json]
+        self.stopped = False
 
 
 def _is_stop(event: SseEvent) -> bool:

@@ -72,6 +72,18 @@ class _Chunk(msgspec.Struct):
     error: dict[str, Any] | None = None
 
 
+class _StreamState:
+    """What one stream has told so far."""
+
+    __slots__ = ("done", "finish", "tools", "usage")
+
+    def __init__(self) -> None:
+        self.finish: _FinishReason | None = None
+        self.usage = _Usage()
+        self.tools: dict[int, list[str]] = {}  # index -> [id, name, arguments]
+        self.done = False  # [DONE] seen
+
+
 _decode_chunk = msgspec.json.Decoder(_Chunk).decode
 _encode = msgspec.json.Encoder().encode
 
@@ -135,57 +147,65 @@ class OpenAIProvider(ExternalProvider):
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[Delta]:
         path, body = build_body(request)
-        name = self._config.name
-        finish: _FinishReason | None = None
-        usage = _Usage()
-        tools: dict[int, list[str]] = {}  # index -> [id, name, arguments]
-        finished = False
-        async for event in self._upstream.events(path, body, terminal=_is_done):
-            data = event.data
-            if data == b"[DONE]":
-                # Deliver the end now; the loop then lets the transport finish the body.
-                if finish is not None:
-                    yield self._final(finish, usage, tools)
-                    finished = True
-                continue
-            try:
-                chunk = _decode_chunk(data)
-            except msgspec.DecodeError:
-                raise UpstreamError(
-                    f"provider {name!r}: malformed stream chunk", reason="malformed-stream"
-                ) from None
-            if chunk.error is not None:
-                raise UpstreamError(
-                    f"provider {name!r}: error event in stream", reason="upstream-stream-error"
-                )
-            if chunk.usage is not None:
-                usage = chunk.usage
-            for choice in chunk.choices:
-                text = choice.text if choice.delta is None else choice.delta.content
-                if choice.delta is not None and choice.delta.tool_calls:
-                    _merge_tools(tools, choice.delta.tool_calls)
-                if choice.finish_reason is not None:
-                    finish = _FINISH.get(choice.finish_reason, "stop")
-                if text:
-                    yield Delta(text=text)
-        if finished:
-            return
-        if finish is None:
+        state = _StreamState()
+        async for batch in self._upstream.batches(path, body, terminal=_is_done):
+            # The text of every chunk that arrived in one read goes out as one delta.
+            parts: list[str] = []
+            failure = None
+            for event in batch:
+                failure = self._absorb(event, state, parts)
+                if failure is not None:
+                    break
+            if parts:
+                yield Delta(text="".join(parts))
+            if failure is not None:
+                raise failure
+            if state.done and state.finish is not None:
+                # Deliver the end now; the transport then lets the body finish.
+                yield self._final(state)
+                return
+        if state.finish is None:
             raise UpstreamError(
-                f"provider {name!r}: stream ended without a finish reason", reason="stream-truncated"
+                f"provider {self._config.name!r}: stream ended without a finish reason",
+                reason="stream-truncated",
             )
-        yield self._final(finish, usage, tools)  # servers that end without [DONE]
+        yield self._final(state)  # servers that end without [DONE]
 
-    def _final(self, finish: _FinishReason, usage: _Usage, tools: dict[int, list[str]]) -> Delta:
+    def _absorb(self, event: SseEvent, state: _StreamState, parts: list[str]) -> UpstreamError | None:
+        """Fold one event into ``state`` and ``parts``; the error it carries, if any."""
+        data = event.data
+        if data == b"[DONE]":
+            state.done = True
+            return None
+        name = self._config.name
+        try:
+            chunk = _decode_chunk(data)
+        except msgspec.DecodeError:
+            return UpstreamError(f"provider {name!r}: malformed stream chunk", reason="malformed-stream")
+        if chunk.error is not None:
+            return UpstreamError(f"provider {name!r}: error event in stream", reason="upstream-stream-error")
+        if chunk.usage is not None:
+            state.usage = chunk.usage
+        for choice in chunk.choices:
+            text = choice.text if choice.delta is None else choice.delta.content
+            if choice.delta is not None and choice.delta.tool_calls:
+                _merge_tools(state.tools, choice.delta.tool_calls)
+            if choice.finish_reason is not None:
+                state.finish = _FINISH.get(choice.finish_reason, "stop")
+            if text:
+                parts.append(text)
+        return None
+
+    def _final(self, state: _StreamState) -> Delta:
         self._last_ok = time.monotonic()
         calls = tuple(
             ToolCall(id=v[0], function=FunctionCall(name=v[1], arguments=v[2]))
-            for _, v in sorted(tools.items())
+            for _, v in sorted(state.tools.items())
         )
         return Delta(
-            finish_reason=finish,
-            prompt_tokens=usage.prompt_tokens,
-            completion_tokens=usage.completion_tokens,
+            finish_reason=state.finish,
+            prompt_tokens=state.usage.prompt_tokens,
+            completion_tokens=state.usage.completion_tokens,
             tool_calls=calls or None,
         )
 

@@ -119,13 +119,17 @@ class Upstream:
             text = text.replace(self._secret, "[REDACTED]")
         return cls(text, reason=reason, retry_after_s=kw.get("retry_after_s"))
 
-    async def events(
+    async def batches(
         self, path: str, body: bytes, *, terminal: Callable[[SseEvent], bool]
-    ) -> AsyncIterator[SseEvent]:
-        """Send ``body`` to ``path`` and yield its SSE events; raise from the taxonomy on failure.
+    ) -> AsyncIterator[list[SseEvent]]:
+        """Send ``body`` to ``path`` and yield its SSE events, one list per network read;
+        raise from the taxonomy on failure.
 
-        After the ``terminal`` event the rest of the body (the chunked terminator) is read
-        briefly, so the connection goes back to the pool instead of being closed.
+        Events that arrived together are handed over together, so a provider can forward
+        them as one delta (one write to the client instead of one per token), adding no
+        delay. The batch holding the ``terminal`` event ends with it; the rest of the body
+        (the chunked terminator) is then read briefly, so the connection goes back to the
+        pool instead of being closed.
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._t.total_s
@@ -175,11 +179,13 @@ class Upstream:
                     events = parser.feed(chunk)
                 except ValueError:
                     raise self._error(UpstreamError, "oversized SSE event", "malformed-stream") from None
-                for event in events:
-                    yield event
+                for i, event in enumerate(events):
                     if terminal(event):
+                        yield events[: i + 1]
                         await self._drain(content, loop.time() + _DRAIN_S)
                         return
+                if events:
+                    yield events
         finally:
             # Fully read: the connection goes back to the pool; otherwise it is closed,
             # which is also how an abandoned stream stops the upstream's generation.

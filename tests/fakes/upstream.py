@@ -66,6 +66,10 @@ class Reply:
     #: a tool call to answer with: (id, name, JSON arguments)
     tool_call: tuple[str, str, str] | None = None
     finish: str | None = None  # None: "stop"/"end_turn", or tool calls'
+    #: pause between stream events (each then arrives in its own read)
+    gap_s: float = 0.0
+    #: send the whole stream in one write (its events then arrive in one read)
+    one_write: bool = False
 
 
 @dataclass(frozen=True)
@@ -280,6 +284,9 @@ class FakeUpstream:
             }
         )
         faulty = reply.fault in ("stall-mid", "cut", "truncate", "malformed")
+        if reply.one_write and not faulty:
+            await send({"type": "http.response.body", "body": b"".join(events), "more_body": False})
+            return
         last = len(events) - 1
         for i, event in enumerate(events):
             if faulty and i == reply.after_chunks:
@@ -291,6 +298,8 @@ class FakeUpstream:
                 if reply.fault == "truncate":
                     break
                 event = b"data: {not json\n\n"
+            if reply.gap_s and i:
+                await asyncio.sleep(reply.gap_s)  # scripted pacing, like a model decoding
             # The last event goes out with the end of the body, in one write, as real servers do.
             await send({"type": "http.response.body", "body": event, "more_body": i < last or faulty})
         if faulty:

@@ -134,6 +134,33 @@ async def test_key_from_environment(upstream_a: FakeUpstream, monkeypatch: pytes
     assert upstream_a.requests[0].headers["authorization"] == "Bearer sk-env-key"
 
 
+@pytest.mark.parametrize("kind", ["openai", "anthropic"])
+async def test_events_arriving_together_go_out_as_one_delta(
+    kind: str, upstream_a: FakeUpstream, upstream_b: FakeUpstream, key_file: Path
+) -> None:
+    """One read, one delta (one write to the client instead of one per token); paced
+    events stay separate deltas, so coalescing never holds text back."""
+    upstream = upstream_a if kind == "openai" else upstream_b
+    model = GPT if kind == "openai" else CLAUDE
+    base = upstream.openai_base if kind == "openai" else upstream.anthropic_base
+    cls = OpenAIProvider if kind == "openai" else AnthropicProvider
+    upstream.script(
+        Reply(text="one two three four", completion_tokens=4, one_write=True),
+        Reply(text="one two three four", completion_tokens=4, gap_s=0.05),
+    )
+    provider = cls(_config(kind, base, key_file, model))
+    try:
+        together = await _drain(provider, _request(model))
+        paced = await _drain(provider, _request(model))
+    finally:
+        await provider.aclose()
+    for deltas in (together, paced):
+        assert "".join(d.text for d in deltas) == "one two three four"
+        assert deltas[-1].finish_reason == "stop" and deltas[-1].completion_tokens == 4
+    assert [d.text for d in together if d.text] == ["one two three four"]
+    assert [d.text for d in paced if d.text] == ["one ", "two ", "three ", "four"]
+
+
 async def test_anthropic_translation_round_trip_with_streaming(
     upstream_b: FakeUpstream, key_file: Path
 ) -> None:
@@ -143,6 +170,7 @@ async def test_anthropic_translation_round_trip_with_streaming(
             prompt_tokens=42,
             completion_tokens=9,
             tool_call=("toolu_2", "get_time", '{"tz": "Europe/Paris"}'),
+            gap_s=0.05,  # paced like a decoding model: each piece in its own read
         )
     )
     request = GenerationRequest(

@@ -386,7 +386,7 @@ async def test_closing_the_stream_aborts_the_upstream_call(env: Env) -> None:
     env.engine.healthy = False
     env.a.script(Reply(fault="stall-mid", after_chunks=2, text="one two three four", stall_s=30))
     stream = await env.router.open(chat("t", EXTERNAL))
-    assert (await anext(stream)).text == "one "
+    assert (await anext(stream)).text.startswith("one ")  # the two pieces sent before the stall
     await stream.aclose()
     await env.a.wait_for_disconnects(1)
     assert env.router.breaker_states()["a"] == "closed"  # a client leaving is not the provider's failure
