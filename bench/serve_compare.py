@@ -1,9 +1,10 @@
 """Bastion vs vLLM's own OpenAI server on the same model, the same load, in one run.
 
 Starts ``python -m vllm.entrypoints.openai.api_server`` and ``bastion serve``
-(dev mode, audit log on) on the same model folder, one at a time, and drives
-each with the same streaming load (``bench.run_load``), alternating rounds so
-that machine noise hits both. Prints output tokens/s, TTFT p50/p99 and the peak
+(dev mode, audit log on) on the same model folder, one at a time (or all at
+once with ``--together``, for many short rounds), and drives each with the same
+streaming load (``bench.run_load``), alternating rounds so that machine noise
+hits both. Prints output tokens/s, TTFT p50/p99 and the peak
 resident memory of each server's process tree, and the ratios Bastion / vLLM.
 
     python -m bench.serve_compare --model-dir data/models/bastion-tiny
@@ -27,7 +28,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -216,6 +217,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--input-len", type=int, default=32)
     p.add_argument("--output-len", type=int, default=64)
     p.add_argument("--rounds", type=int, default=2, help="alternating rounds per server")
+    p.add_argument(
+        "--together",
+        action="store_true",
+        help="start every server once and alternate many short rounds between them (idle servers "
+        "stay up) instead of starting each one alone per round",
+    )
     p.add_argument("--max-num-seqs", type=int, default=32)
     p.add_argument("--kv-cache-bytes", type=int, default=64 * 1024 * 1024)
     p.add_argument("--start-timeout-s", type=float, default=300.0)
@@ -243,18 +250,31 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     results: dict[str, list[dict[str, float]]] = {t: [] for t in order}
     peaks: dict[str, int] = dict.fromkeys(order, 0)
-    for rnd in range(args.rounds):
-        for name in order if rnd % 2 == 0 else order[::-1]:
-            with starters[name]() as server:
-                _drive(server, args, seed=1000 + rnd)  # warm-up pass (compile caches, first batches)
-                server.peak_rss = 0
-                r = _drive(server, args, seed=rnd)
-                results[name].append(r)
-                peaks[name] = max(peaks[name], server.peak_rss)
-                rss = server.peak_rss / 2**20
-                print(f"round {rnd} {name:16} {r['tok_s']:8.0f} tok/s {r['req_s']:7.2f} req/s  "
-                      f"TTFT p50 {r['ttft_p50_ms']:7.1f} ms  p99 {r['ttft_p99_ms']:7.1f} ms  "
-                      f"failed {r['failed']:.0f}  peak RSS {rss:7.0f} MiB", flush=True)  # fmt: skip
+
+    def measure(rnd: int, server: Server) -> None:
+        server.peak_rss = 0
+        r = _drive(server, args, seed=rnd)
+        results[server.name].append(r)
+        peaks[server.name] = max(peaks[server.name], server.peak_rss)
+        rss = server.peak_rss / 2**20
+        print(f"round {rnd} {server.name:16} {r['tok_s']:8.0f} tok/s {r['req_s']:7.2f} req/s  "
+              f"TTFT p50 {r['ttft_p50_ms']:7.1f} ms  p99 {r['ttft_p99_ms']:7.1f} ms  "
+              f"failed {r['failed']:.0f}  peak RSS {rss:7.0f} MiB", flush=True)  # fmt: skip
+
+    if args.together:
+        with ExitStack() as stack:
+            servers = {name: stack.enter_context(starters[name]()) for name in order}
+            for name in order:
+                _drive(servers[name], args, seed=1000)  # warm-up pass (compile caches, first batches)
+            for rnd in range(args.rounds):
+                for name in order if rnd % 2 == 0 else order[::-1]:
+                    measure(rnd, servers[name])
+    else:
+        for rnd in range(args.rounds):
+            for name in order if rnd % 2 == 0 else order[::-1]:
+                with starters[name]() as server:
+                    _drive(server, args, seed=1000 + rnd)  # warm-up pass
+                    measure(rnd, server)
 
     def med(name: str, key: str) -> float:
         return statistics.median(r[key] for r in results[name])
@@ -266,6 +286,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:18}{med(name, 'tok_s'):11.0f}{med(name, 'req_s'):9.2f}{med(name, 'ttft_p50_ms'):13.1f}"
               f"{med(name, 'ttft_p99_ms'):13.1f}{peaks[name] / 2**20:14.0f}")  # fmt: skip
     base = order[0]
+    for i, first in enumerate(order):
+        for name in order[i + 1 :]:
+            # paired per round (measured back to back): steadier than a ratio of medians
+            pairs = zip(results[name], results[first], strict=True)
+            ratios = sorted(a["tok_s"] / b["tok_s"] for a, b in pairs)
+            print(f"{name}/{first}: out tok/s per round, paired: median {statistics.median(ratios):.2f}"
+                  f" (min {ratios[0]:.2f}, max {ratios[-1]:.2f})")  # fmt: skip
     for name in order[1:]:
         print(f"{name + '/' + base:18}{med(name, 'tok_s') / med(base, 'tok_s'):11.2f}"
               f"{med(name, 'req_s') / med(base, 'req_s'):9.2f}"
