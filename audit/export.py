@@ -61,6 +61,7 @@ def export_records(
             "tenant_h": row.tenant_h.hex(),
             "subject_h": None if row.subject_h is None else row.subject_h.hex(),
             "kid": row.kid.hex(),
+            "ckid": None if row.ckid is None else row.ckid.hex(),
             "leaf": row.leaf.hex(),
         }
         if decrypt and keyring is not None:

@@ -19,6 +19,7 @@ import sqlite3
 import struct
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
@@ -78,6 +79,8 @@ class Keyring:
         self._by_kid: dict[bytes, AESGCM] = {}
         self._ids: dict[tuple[bytes, ...] | tuple[object, ...], bytes] = {}
         self._request_ids: dict[tuple[str, str], bytes] = {}
+        #: data keys created since the writer last took them, for its ``key.created`` records
+        self._created: list[dict[str, Any]] = []
 
     @classmethod
     def open(
@@ -168,14 +171,33 @@ class Keyring:
         scope = (tenant_h, subject_h, month)
         active = self._active.get(scope) or self._load_active(scope)
         if active is None or active.uses >= self._max_uses:
+            retired = None
             if active is not None:
                 self._conn.execute("UPDATE deks SET retired = 1 WHERE kid = ?", (active.kid,))
+                retired = active.kid
             active = self._create(scope)
+            self._created.append(
+                {
+                    "kid": active.kid.hex(),
+                    "tenant_h": tenant_h.hex(),
+                    "subject_h": None if subject_h is None else subject_h.hex(),
+                    "month": month,
+                    "kek_id": self._kek.kek_id,
+                    # a scope's first key, or the successor of one that reached its use limit
+                    "reason": "new-scope" if retired is None else "use-limit",
+                    "replaces": None if retired is None else retired.hex(),
+                }
+            )
         if active.uses >= active.reserved:
             active.reserved = min(active.uses + _RESERVE_BLOCK, self._max_uses)
             self._conn.execute("UPDATE deks SET reserved = ? WHERE kid = ?", (active.reserved, active.kid))
         active.uses += 1
         return active.kid, active.aead
+
+    def take_created(self) -> list[dict[str, Any]]:
+        """What ``key.created`` records must say: the data keys created since the last call."""
+        created, self._created = self._created, []
+        return created
 
     def _load_active(self, scope: Scope) -> _Active | None:
         tenant_h, subject_h, month = scope

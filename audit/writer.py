@@ -74,6 +74,18 @@ class PendingAppend:
     future: asyncio.Future[int]
 
 
+def _key_created(meta: dict[str, Any], ts_ns: int) -> PendingAppend:
+    """A system ``key.created`` record; nobody awaits it, its group's appenders stand for it."""
+    future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+    future.add_done_callback(_consume)
+    return PendingAppend(ts_ns, "key.created", "", None, None, encode_parts("", meta, None, None), future)
+
+
+def _consume(future: asyncio.Future[int]) -> None:
+    if not future.cancelled():
+        future.exception()  # retrieved: a failed group is reported through its appenders
+
+
 @dataclass(slots=True)
 class Command:
     """Key work run inside the writer (so it is serialized with appends); returns system events."""
@@ -352,9 +364,13 @@ class Writer:
     def _seal_rows(self, appends: list[PendingAppend], seq: int, head: bytes) -> tuple[list[Row], bytes]:
         kr, log_id = self._keyring, self._log_id
         rows: list[Row] = []
-        # Every nonce of the group from the OS CSPRNG in one call (still random, never a counter).
-        rand = os.urandom(2 * NONCE_LEN * len(appends))
-        for i, a in enumerate(appends):
+        # Every nonce of the group from the OS CSPRNG in one call (still random, never a counter);
+        # records added below for created keys draw their own.
+        drawn = len(appends)
+        rand = os.urandom(2 * NONCE_LEN * drawn)
+        i = 0
+        while i < len(appends):
+            a = appends[i]
             tenant_h = kr.tenant_id(a.tenant)
             subject_h = None if a.subject is None else kr.subject_id(a.tenant, a.subject)
             request_h = None if a.request_id is None else kr.request_id(a.tenant, a.request_id)
@@ -375,11 +391,15 @@ class Writer:
                 content_key=content_key,
                 plaintext=a.plaintext,
                 prev_head=head,
-                nonces=rand[2 * NONCE_LEN * i : 2 * NONCE_LEN * (i + 1)],
+                nonces=rand[2 * NONCE_LEN * i : 2 * NONCE_LEN * (i + 1)] if i < drawn else None,
             )
             rows.append(row)
             head = next_head(head, row.leaf)
             seq += 1
+            i += 1
+            # A data key made for this record is logged in the same group (sealed under the system
+            # tenant's key, which may itself be new: that adds one more record, once a month).
+            appends.extend(_key_created(event, a.ts_ns) for event in kr.take_created())
         return rows, head
 
     def _start(self, batch: _Batch) -> asyncio.Future[None]:

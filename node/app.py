@@ -301,6 +301,8 @@ def _config_summary(config: NodeConfig, local: Mapping[str, Provider]) -> dict[s
     return {
         "config_sha256": digest,
         "tenants": sorted(t.name for t in config.tenants),
+        # key ids only: a key created or revoked shows as a change between start-ups
+        "api_keys": {t.name: sorted(k.id for k in t.keys) for t in config.tenants},
         "models": {name: p.describe().revisions.get(name, "") for name, p in local.items()},
         "providers": sorted(p.name for p in config.providers),
         "dev_mode": config.dev_mode,

@@ -25,6 +25,39 @@ from audit.kek import kek_from_file
 from .conftest import ConfigFactory
 from .helpers import cli, event, populate
 
+#: key.created records that a tenant's first record with a subject brings: the tenant's metadata
+#: key, the subject's content key, and the system key those key.created records are sealed under
+KEYS_FIRST_SUBJECT = 3
+
+
+async def test_data_key_creation_is_logged(make_config: ConfigFactory) -> None:
+    config = make_config(dek_max_uses=4)
+    async with await AuditLog.open(config) as log:  # one session: a reopen spends reserved uses
+        for i in range(3):
+            await log.append(event(i, subject="alice"))
+        await log.append(event(3, subject=None))  # acme's metadata key has its 4th use: no rotation
+        await log.append(event(4, subject=None))  # the 5th would pass the limit: a successor key
+    _, out, _ = await asyncio.to_thread(cli, config, "export", "--decrypt")
+    records = [json.loads(line) for line in out.splitlines()]
+    created = [r for r in records if r["type"] == "key.created"]
+    starts = [r for r in records if r["type"] == "request.start"]
+    assert len(starts) == 5
+    # never the tenant or subject in clear, never key material
+    for r in created:
+        assert r["tenant"] == "" and "acme" not in json.dumps(r) and "alice" not in json.dumps(r)
+    reasons = [(r["meta"]["reason"], r["meta"]["subject_h"] is not None) for r in created]
+    assert sorted(reasons) == sorted(
+        [("new-scope", False), ("new-scope", True), ("new-scope", False), ("use-limit", False)]
+    )
+    successor = next(r for r in created if r["meta"]["reason"] == "use-limit")
+    first_meta_kid = starts[0]["kid"]
+    assert successor["meta"]["replaces"] == first_meta_kid and starts[-1]["kid"] == successor["meta"]["kid"]
+    # every key any record was sealed under was logged as created, and nothing else was
+    used = {r["kid"] for r in records} | {r["ckid"] for r in records if r.get("ckid")}
+    assert {c["meta"]["kid"] for c in created} == used
+    code, _, _ = await asyncio.to_thread(cli, config, "verify")
+    assert code == 0
+
 
 async def test_appends_are_durable_dense_and_never_plaintext(make_config: ConfigFactory) -> None:
     config = make_config()
@@ -37,8 +70,9 @@ async def test_appends_are_durable_dense_and_never_plaintext(make_config: Config
     )
     assert b"secret prompt" not in blob and b"alice" not in blob and b"acme" not in blob
     async with await AuditLog.open(config) as log:
-        assert log.stats().records == 50
-        assert await log.append(event(99)) == 50
+        # and a key.created record for each data key they needed (see test_data_key_creation_is_logged)
+        assert log.stats().records == 50 + KEYS_FIRST_SUBJECT
+        assert await log.append(event(99)) == 50 + KEYS_FIRST_SUBJECT
         hits = await log.find(request_id="req-7", tenant="acme")
         assert [h.type for h in hits] == ["request.start"]
         assert await log.find(request_id="req-7", tenant="other") == []
@@ -47,14 +81,16 @@ async def test_appends_are_durable_dense_and_never_plaintext(make_config: Config
 async def test_checkpoints_are_signed_exported_and_verify(make_config: ConfigFactory) -> None:
     config = make_config()
     await populate(config, 12)
+    size = 12 + KEYS_FIRST_SUBJECT
     latest = (Path(config.checkpoint_path) / "checkpoint").read_text()
-    assert latest.split("\n")[:2] == ["bastion.local/audit", "12"]
+    assert latest.split("\n")[:2] == ["bastion.local/audit", str(size)]
     assert "\n\n\u2014 bastion.local/audit " in latest
     code, out, _ = await asyncio.to_thread(cli, config, "verify", "--json", "--decrypt")
     report = json.loads(out)
     assert code == 0, report
-    assert report["payloads"] == {"ok": 24, "shredded": 0, "auth_fail": 0, "missing": 0}
-    assert report["logged_seq"] == 12
+    # metadata and content of the 12, metadata of the key.created records
+    assert report["payloads"] == {"ok": 24 + KEYS_FIRST_SUBJECT, "shredded": 0, "auth_fail": 0, "missing": 0}
+    assert report["logged_seq"] == size
 
 
 async def test_full_queue_fails_closed(make_config: ConfigFactory) -> None:
@@ -66,7 +102,7 @@ async def test_full_queue_fails_closed(make_config: ConfigFactory) -> None:
         accepted = [r for r in results if isinstance(r, int)]
         refused = [r for r in results if isinstance(r, AuditUnavailableError)]
         assert sorted(accepted) == [0, 1, 2, 3] and len(refused) == 6
-        assert log.stats().records == 4
+        assert log.stats().records == 4 + KEYS_FIRST_SUBJECT
 
 
 async def test_second_writer_is_refused(make_config: ConfigFactory) -> None:
@@ -134,10 +170,9 @@ async def test_kek_rotation_rewraps_and_old_kek_no_longer_opens(
     assert [r["content"]["prompt"] for r in records[:5]] == [
         f"secret prompt {i}" for i in range(5)
     ] or sorted(r["content"]["prompt"] for r in records[:5]) == sorted(f"secret prompt {i}" for i in range(5))
-    assert (
-        records[5]["type"] == "key.rotated"
-        and records[5]["meta"]["new_kek_id"] == kek_from_file(tmp_path / "new.kek").kek_id
-    )
+    (rotated,) = [r for r in records if r["type"] == "key.rotated"]
+    assert rotated["seq"] == 5 + KEYS_FIRST_SUBJECT  # after the appends and their key.created records
+    assert rotated["meta"]["new_kek_id"] == kek_from_file(tmp_path / "new.kek").kek_id
 
 
 async def test_env_kek(make_config: ConfigFactory, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -197,10 +232,14 @@ async def test_retention_expires_whole_months_with_their_keys(make_config: Confi
         await log.append(event(10))
     code, out, _ = await asyncio.to_thread(cli, config, "export", "--decrypt")
     records = [json.loads(line) for line in out.splitlines()]
-    assert [r["status"]["meta"] for r in records[:3]] == ["shredded"] * 3
+    # January's records went with January's keys, the log's own key.created records included
+    january = records[: 3 + KEYS_FIRST_SUBJECT]
+    assert [r["status"]["meta"] for r in january] == ["shredded"] * len(january)
     expired = [r for r in records if r["type"] == "retention.expired"]
     assert len(expired) == 1 and expired[0]["meta"]["months"] == ["2026-01"]
-    assert records[-1]["status"] == {"meta": "ok", "content": "ok"}
+    (june,) = [r for r in records if r["type"] == "request.start" and r["status"]["meta"] == "ok"]
+    assert june["status"] == {"meta": "ok", "content": "ok"}
+    assert june["content"]["prompt"] == "secret prompt 10"
     code, _, _ = await asyncio.to_thread(cli, config, "verify")
     assert code == 0
 
@@ -229,10 +268,15 @@ async def test_groups_queued_behind_a_commit_keep_order_across_a_shred(make_conf
         later = [asyncio.ensure_future(log.append(event(i, subject="bob"))) for i in range(40, 60)]
         before, after = await asyncio.gather(*first), await asyncio.gather(*later)
         destroyed = await shred
-    assert sorted(before + destroyed + after) == list(range(61))
     assert max(before) < destroyed[0] < min(after)
+    _, out, _ = await asyncio.to_thread(cli, config, "export")
+    types = {r["seq"]: r["type"] for r in map(json.loads, out.splitlines())}
+    assert sorted(types) == list(range(61 + KEYS_FIRST_SUBJECT + 1))  # dense: nothing lost
+    extra = [types[s] for s in sorted(set(types) - set(before + destroyed + after))]
+    assert extra == ["key.created"] * (KEYS_FIRST_SUBJECT + 1)  # bob's content key too
     code, out, err = await asyncio.to_thread(cli, config, "verify", "--json", "--decrypt")
     report = json.loads(out)
     assert code == 0, out + err
     # alice's 40 prompts are gone; every record's metadata and bob's prompts still decrypt
-    assert report["payloads"] == {"ok": 40 + 1 + 40, "shredded": 40, "auth_fail": 0, "missing": 0}
+    ok = 40 + 1 + 40 + KEYS_FIRST_SUBJECT + 1
+    assert report["payloads"] == {"ok": ok, "shredded": 40, "auth_fail": 0, "missing": 0}

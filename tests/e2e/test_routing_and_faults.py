@@ -7,6 +7,7 @@ engine's faults come from real alternative providers passed to ``create_app``.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -205,7 +206,6 @@ async def test_audit_unavailable_fails_closed(tmp_path: Path, local_engine: Loca
 async def _export(setup_audit: object) -> list[dict[str, object]]:
     import contextlib
     import io
-    import json
 
     from audit.cli import run_audit_command
     from node.cli import build_parser
@@ -314,3 +314,12 @@ async def test_export_has_one_start_and_one_end_per_request(
     assert start["subject_h"] and "patient-17" not in str(start["subject_h"])
     raw = (tmp_path / "audit.db").read_bytes()
     assert b"patient-17" not in raw
+    # start-up and key events: the config's API key ids (never the keys), and each data key made
+    (loaded,) = [r for r in records if r["type"] == "config.loaded"]
+    loaded_meta = loaded["meta"]
+    assert isinstance(loaded_meta, dict)
+    assert loaded_meta["api_keys"] == {t.name: sorted(k.id for k in t.keys) for t in setup.config.tenants}
+    assert key not in json.dumps(records)
+    created = [r for r in records if r["type"] == "key.created"]
+    used = {r["kid"] for r in records} | {r["ckid"] for r in records if r.get("ckid")}
+    assert {c["meta"]["kid"] for c in created} == used  # type: ignore[index]

@@ -14,6 +14,7 @@ from tests.harness import TINY, bearer, chat, node_setup, running_node
 
 pytestmark = pytest.mark.engine
 
+
 def _feedback_count(state: NodeState, model: str, rating: str) -> float:
     value = state.metrics.registry.get_sample_value(
         "bastion_feedback_total", {"model": model, "rating": rating}
