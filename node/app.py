@@ -30,6 +30,7 @@ from serving.gpu import GpuSampler, load_nvml
 from serving.models import ModelsFile, load_models_file, resolve_model_dir
 from serving.protocol import Provider
 
+from .budgets import persisted_budgets
 from .canaries import canary_job
 from .completions import handle_generation
 from .config import NodeConfig, resolve
@@ -138,6 +139,9 @@ def create_app(
             routing = router_config(config, local)
             router = Router(routing, local=local, external=providers)
             stack.push_async_callback(router.aclose)
+            await stack.enter_async_context(
+                persisted_budgets(router.limiter, resolve(base, config.data_dir) / "budgets.db")
+            )
             metrics = Metrics(
                 tenants=[t.name for t in config.tenants],
                 models=[r.alias for r in routing.routes] + list(local),

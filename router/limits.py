@@ -9,16 +9,19 @@
 
 A token or spend limit refuses a request once what has been *consumed* reaches
 it; the request that crosses the line completes, as its size is unknown until
-the provider reports usage. State is in memory, per node process.
+the provider reports usage. Counting is in memory; ``restore`` and ``take_changes``
+let the node keep the day and month counters in a ``router.ledger.BudgetLedger``
+across restarts.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from router.config import TenantPolicy
+from router.ledger import LedgerRow
 from serving.errors import BudgetExceededError, RateLimitedError
 
 __all__ = ["Limiter", "TenantUsage"]
@@ -45,6 +48,7 @@ class Limiter:
         self._clock = clock
         self._wall = wall_clock
         self._tenants: dict[str, TenantUsage] = {}
+        self._changed: set[str] = set()
 
     def usage(self, tenant: str) -> TenantUsage:
         usage = self._tenants.get(tenant)
@@ -107,6 +111,32 @@ class Limiter:
             usage.tokens.append((self._clock(), tokens))
             usage.day_tokens += tokens
         usage.month_spend += spend
+        self._changed.add(tenant)
+
+    def restore(self, rows: list[LedgerRow]) -> None:
+        """Counters saved by an earlier process; a past day or month simply resets on use."""
+        for row in rows:
+            usage = self._tenants.get(row.tenant)
+            if usage is None:
+                usage = self._tenants[row.tenant] = TenantUsage()
+            if row.kind == "day_tokens":
+                usage.day, usage.day_tokens = row.period, int(row.value)
+            else:
+                usage.month, usage.month_spend = row.period, row.value
+
+    def mark_changed(self, tenants: Iterable[str]) -> None:
+        """Have ``take_changes`` report these tenants again (their save failed)."""
+        self._changed.update(tenants)
+
+    def take_changes(self) -> list[LedgerRow]:
+        """The day and month counters of every tenant charged since the last call."""
+        rows: list[LedgerRow] = []
+        for tenant in self._changed:
+            usage = self._tenants[tenant]
+            rows.append(LedgerRow(tenant, "day_tokens", usage.day, float(usage.day_tokens)))
+            rows.append(LedgerRow(tenant, "month_spend", usage.month, usage.month_spend))
+        self._changed.clear()
+        return rows
 
     def _until_next_day(self) -> float:
         now = dt.datetime.fromtimestamp(self._wall(), dt.UTC)

@@ -323,3 +323,30 @@ async def test_export_has_one_start_and_one_end_per_request(
     created = [r for r in records if r["type"] == "key.created"]
     used = {r["kid"] for r in records} | {r["ckid"] for r in records if r.get("ckid")}
     assert {c["meta"]["kid"] for c in created} == used  # type: ignore[index]
+
+
+async def test_daily_token_budget_survives_a_node_restart(tmp_path: Path, local_engine: LocalEngine) -> None:
+    setup = node_setup(
+        tmp_path,
+        tenants={"acme": f'models = ["{TINY}"]\nresidency = "local-only"\ntokens_per_day = 1'},
+        audit=False,
+        data_dir=tmp_path / "data",
+    )
+    body = {"model": TINY, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    headers = bearer(setup.keys["acme"])
+    async with (
+        running_node(setup, {TINY: local_engine}) as node,
+        httpx.AsyncClient(base_url=node.url) as http,
+    ):
+        first = await http.post("/v1/chat/completions", headers=headers, json=body)
+        assert first.status_code == 200  # the request that crosses the line completes
+        second = await http.post("/v1/chat/completions", headers=headers, json=body)
+        assert second.status_code == 429 and second.json()["error"]["code"] == "budget_exceeded"
+    # a new node process on the same data folder: today's tokens are still spent
+    async with (
+        running_node(setup, {TINY: local_engine}) as node,
+        httpx.AsyncClient(base_url=node.url) as http,
+    ):
+        again = await http.post("/v1/chat/completions", headers=headers, json=body)
+        assert again.status_code == 429 and again.json()["error"]["code"] == "budget_exceeded"
+        assert int(again.headers["retry-after"]) > 0

@@ -1,9 +1,11 @@
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 
 import pytest
 
+from router.ledger import BudgetLedger
 from router.limits import Limiter
 from serving.errors import BudgetExceededError, RateLimitedError
 from tests.router.conftest import FakeClock, policy
@@ -69,3 +71,35 @@ def test_monthly_spend_is_tracked_and_resets() -> None:
     assert limiter.until_next_month() == pytest.approx(12 * 3600)
     wall.advance(12 * 3600)  # April 1st
     assert limiter.spend_left("t", p) == pytest.approx(1.0)
+
+
+def test_budgets_survive_a_restart_through_the_ledger(tmp_path: Path) -> None:
+    ledger = BudgetLedger(tmp_path / "budgets.db")
+    limiter, _, _ = _limiter()
+    p = policy(tokens_per_day=50, spend_per_month=2.0)
+    limiter.admit("t", p)
+    limiter.record("t", tokens=50, spend=1.5)
+    limiter.record("u", tokens=7)
+    ledger.save(limiter.take_changes())
+    assert limiter.take_changes() == []  # only what changed since the last flush
+    ledger.close()
+
+    ledger = BudgetLedger(tmp_path / "budgets.db")  # a new process
+    again, _, wall2 = _limiter()
+    again.restore(ledger.load())
+    with pytest.raises(BudgetExceededError):
+        again.admit("t", p)  # today's 50 tokens are still spent
+    assert again.spend_left("t", p) == pytest.approx(0.5)
+    assert again.usage("u").day_tokens == 7
+    wall2.advance(13 * 3600)  # 1 April: a new day and a new month
+    again.admit("t", p)
+    assert again.spend_left("t", p) == pytest.approx(2.0)
+    again.record("t", tokens=1)
+    ledger.save(again.take_changes())
+    assert {(r.tenant, r.kind, r.period, r.value) for r in ledger.load()} == {
+        ("t", "day_tokens", "2026-04-01", 1.0),
+        ("t", "month_spend", "2026-04", 0.0),
+        ("u", "day_tokens", "2026-03-31", 7.0),
+        ("u", "month_spend", "2026-03", 0.0),
+    }
+    ledger.close()
