@@ -71,16 +71,9 @@ redact = {"true" if args.redact else "false"}
 keys = [{{ id = "k_{ident}", sha256 = "{hashlib.sha256(key.encode()).hexdigest()}" }}]
 """
     )
-    env = dict(os.environ, BENCH_MOCK_KEY="not-a-real-key")
     cmd = [sys.executable, "-m", "node.cli", "serve", "--config", str(work / "node.toml")]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)  # fmt: skip
-    try:
-        url = f"http://127.0.0.1:{port}"
-        _wait_ready(url, proc, "/readyz", 120)
+    with _server(cmd, port, "/readyz", 120, BENCH_MOCK_KEY="not-a-real-key") as url:
         yield url, key
-    finally:
-        _stop(proc)
 
 
 @contextmanager
@@ -94,13 +87,19 @@ def _litellm(mock_url: str, binary: str) -> Iterator[tuple[str, str]]:
         f"      api_base: {mock_url}/v1\n      api_key: not-a-real-key\n"
     )
     cmd = [binary, "--config", str(work / "config.yaml"), "--port", str(port)]
-    env = dict(os.environ, LITELLM_MASTER_KEY=master)
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)  # fmt: skip
+    with _server(cmd, port, "/health/liveliness", 180, LITELLM_MASTER_KEY=master) as url:
+        yield url, master
+
+
+@contextmanager
+def _server(cmd: list[str], port: int, ready_path: str, timeout_s: float, **env: str) -> Iterator[str]:
+    """A server subprocess on ``port``, ready when ``ready_path`` answers 200; stopped on exit."""
+    proc = subprocess.Popen(cmd, env=dict(os.environ, **env), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
     try:
         url = f"http://127.0.0.1:{port}"
-        _wait_ready(url, proc, "/health/liveliness", 180)
-        yield url, master
+        _wait_ready(url, proc, ready_path, timeout_s)
+        yield url
     finally:
         _stop(proc)
 

@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
+from functools import partial
 from typing import Any
 
 import msgspec
 
 from router.config import ProviderConfig
 from router.sse import SseEvent
-from router.transport import ExternalProvider, Upstream, load_api_key
+from router.transport import ExternalProvider, Upstream, fold_batch, load_api_key
 from serving.errors import BadRequestError, UpstreamError
 from serving.protocol import (
     ChatMessage,
@@ -174,14 +175,9 @@ class AnthropicProvider(ExternalProvider):
         state = _StreamState()
         async for batch in self._upstream.batches("/v1/messages", body, terminal=_is_stop):
             # The text of every event that arrived in one read goes out as one delta.
-            parts: list[str] = []
-            failure = None
-            for sse in batch:
-                failure = self._absorb(sse, state, parts)
-                if failure is not None:
-                    break
-            if parts:
-                yield Delta(text="".join(parts))
+            text, failure = fold_batch(batch, partial(self._absorb, state=state))
+            if text:
+                yield Delta(text=text)
             if failure is not None:
                 raise failure
             if state.stopped:
@@ -203,7 +199,7 @@ class AnthropicProvider(ExternalProvider):
             f"provider {self._config.name!r}: stream ended before message_stop", reason="stream-truncated"
         )
 
-    def _absorb(self, sse: SseEvent, state: _StreamState, parts: list[str]) -> UpstreamError | None:
+    def _absorb(self, sse: SseEvent, parts: list[str], *, state: _StreamState) -> UpstreamError | None:
         """Fold one event into ``state`` and ``parts``; the error it carries, if any."""
         name = self._config.name
         try:

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
+from functools import partial
 from typing import Any
 
 import msgspec
 
 from router.config import ProviderConfig
 from router.sse import SseEvent
-from router.transport import ExternalProvider, Upstream, load_api_key
+from router.transport import ExternalProvider, Upstream, fold_batch, load_api_key
 from serving.errors import UpstreamError
 from serving.protocol import (
     ChatMessage,
@@ -150,14 +151,9 @@ class OpenAIProvider(ExternalProvider):
         state = _StreamState()
         async for batch in self._upstream.batches(path, body, terminal=_is_done):
             # The text of every chunk that arrived in one read goes out as one delta.
-            parts: list[str] = []
-            failure = None
-            for event in batch:
-                failure = self._absorb(event, state, parts)
-                if failure is not None:
-                    break
-            if parts:
-                yield Delta(text="".join(parts))
+            text, failure = fold_batch(batch, partial(self._absorb, state=state))
+            if text:
+                yield Delta(text=text)
             if failure is not None:
                 raise failure
             if state.done and state.finish is not None:
@@ -171,7 +167,7 @@ class OpenAIProvider(ExternalProvider):
             )
         yield self._final(state)  # servers that end without [DONE]
 
-    def _absorb(self, event: SseEvent, state: _StreamState, parts: list[str]) -> UpstreamError | None:
+    def _absorb(self, event: SseEvent, parts: list[str], *, state: _StreamState) -> UpstreamError | None:
         """Fold one event into ``state`` and ``parts``; the error it carries, if any."""
         data = event.data
         if data == b"[DONE]":

@@ -31,7 +31,7 @@ from router.sse import SseEvent, SseParser
 from serving.errors import BadRequestError, BastionError, UpstreamError
 from serving.protocol import Health, ProviderInfo
 
-__all__ = ["ExternalProvider", "Upstream", "load_api_key", "parse_retry_after"]
+__all__ = ["ExternalProvider", "Upstream", "fold_batch", "load_api_key", "parse_retry_after"]
 
 # Upstream statuses that mean the request itself is bad: another provider would refuse it too.
 _CLIENT_FAULT = frozenset({400, 413, 422})
@@ -214,6 +214,20 @@ class Upstream:
         ctype = response.headers.get("content-type", "")
         if not ctype.startswith("text/event-stream"):
             raise self._error(UpstreamError, "answered with a non-SSE content type", "bad-content-type")
+
+
+def fold_batch(
+    batch: list[SseEvent], absorb: Callable[[SseEvent, list[str]], UpstreamError | None]
+) -> tuple[str, UpstreamError | None]:
+    """Fold the events of one network read with ``absorb`` (which appends their text to the
+    list it is given and returns the error an event carries); the joined text of the events
+    before any error, so it can go out as one delta ahead of the error, and that error."""
+    parts: list[str] = []
+    for event in batch:
+        failure = absorb(event, parts)
+        if failure is not None:
+            return "".join(parts), failure
+    return "".join(parts), None
 
 
 class ExternalProvider:
