@@ -14,6 +14,7 @@ import pytest
 from serving.model_commands import build_dev, describe_models, ensure_model, pull, verify_all
 from serving.models import ModelSpec
 from serving.pins import sha256_file
+from tests.fakes.hub import FakeHub
 
 ROOT = Path(__file__).resolve().parents[2]
 REV = "aa8e72537993ba99e69dfaafa59ed015b17504d1"
@@ -151,3 +152,79 @@ def test_pull_refuses_in_offline_mode(tmp_path: Path, models_file: Path) -> None
     )
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["error"] == "HubUnavailableError" and "offline mode" in result["message"]
+
+
+def _hub_models_file(tmp_path: Path, tiny_spec: ModelSpec) -> Path:
+    """A model pinned to a hub repository at a commit, with the tiny model's file pins."""
+    files = "\n".join(f'"{name}" = "{digest}"' for name, digest in sorted(tiny_spec.files.items()))
+    p = tmp_path / "models.toml"
+    p.write_text(
+        f"""
+[[models]]
+name = "hub-model"
+repo = "bastion-tests/tiny"
+revision = "{REV}"
+dtype = "float32"
+max_model_len = 256
+
+[models.files]
+{files}
+"""
+    )
+    return p
+
+
+def _pull_cli(tmp_path: Path, models: Path, hub_url: str) -> subprocess.CompletedProcess[str]:
+    """``bastion models pull`` in a fresh process whose hub is ``hub_url`` (``HF_ENDPOINT``)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    env.update(HF_ENDPOINT=hub_url, HF_HOME=str(tmp_path / "hf"))
+    config = tmp_path / "node.toml"
+    config.write_text(f'models_file = "{models}"\ndata_dir = "{tmp_path / "data"}"\n')
+    return subprocess.run(
+        [sys.executable, "-m", "node.cli", "models", "--config", str(config), "pull", "hub-model"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+        env=env,
+    )
+
+
+def test_pull_fetches_only_the_pinned_files_at_the_pinned_commit(
+    tmp_path: Path, tiny_spec: ModelSpec, tiny_model_dir: Path
+) -> None:
+    models = _hub_models_file(tmp_path, tiny_spec)
+    (tmp_path / "repo").mkdir()
+    for name in tiny_spec.files:
+        (tmp_path / "repo" / name).write_bytes((tiny_model_dir / name).read_bytes())
+    (tmp_path / "repo" / "unpinned-extra.bin").write_bytes(b"not pinned, never fetched")
+    with FakeHub("bastion-tests/tiny", REV, tmp_path / "repo") as hub:
+        proc = _pull_cli(tmp_path, models, hub.url)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    dest = tmp_path / "data" / "models" / "hub-model"
+    assert "pulled and verified hub-model" in proc.stdout
+    assert {p.name: sha256_file(p) for p in dest.iterdir()} == tiny_spec.files
+    fetched = [p for p in hub.paths if p.startswith("GET /bastion-tests/tiny/resolve/")]
+    assert sorted(p.rsplit("/", 1)[1] for p in fetched) == sorted(tiny_spec.files)
+    assert all(f"/resolve/{REV}/" in p for p in fetched)  # the commit, never a branch
+    assert not any("unpinned-extra" in p and "resolve" in p for p in hub.paths)
+    assert sorted(p.name for p in dest.parent.iterdir()) == ["hub-model"]  # no staging leftovers
+
+
+def test_pull_of_a_tampered_file_is_refused_and_keeps_the_model_in_place(
+    tmp_path: Path, tiny_spec: ModelSpec, tiny_model_dir: Path
+) -> None:
+    models = _hub_models_file(tmp_path, tiny_spec)
+    (tmp_path / "repo").mkdir()
+    for name in tiny_spec.files:
+        (tmp_path / "repo" / name).write_bytes((tiny_model_dir / name).read_bytes())
+    dest = tmp_path / "data" / "models" / "hub-model"
+    dest.mkdir(parents=True)
+    (dest / "config.json").write_text("what an operator already had")
+    with FakeHub("bastion-tests/tiny", REV, tmp_path / "repo") as hub:
+        hub.tamper("model.safetensors")
+        proc = _pull_cli(tmp_path, models, hub.url)
+    assert proc.returncode == 3, proc.stdout + proc.stderr[-3000:]
+    assert "fail their pins" in proc.stderr and "model.safetensors" in proc.stderr
+    assert (dest / "config.json").read_text() == "what an operator already had"
+    assert sorted(p.name for p in dest.parent.iterdir()) == ["hub-model"]
