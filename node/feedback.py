@@ -19,6 +19,7 @@ One rating per request: a second one is 409, so counts cannot be inflated.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import logging
@@ -26,6 +27,7 @@ import os
 import secrets
 import sqlite3
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Annotated, Any, Final
@@ -97,6 +99,21 @@ class FeedbackStore:
     def __init__(self, conn: aiosqlite.Connection, secret: bytes) -> None:
         self._conn = conn
         self._secret = secret
+        #: requests whose rating is being checked and recorded right now
+        self._rating: set[bytes] = set()
+
+    @contextlib.contextmanager
+    def claim(self, *, tenant: str, request_id: str) -> Iterator[None]:
+        """Hold one request's rating while it is checked and appended: a concurrent second
+        rating of the same request gets 409 instead of racing past the duplicate check."""
+        key = self._key(tenant, request_id)
+        if key in self._rating:
+            raise FeedbackExistsError("This request is being rated already.", param="request_id")
+        self._rating.add(key)
+        try:
+            yield
+        finally:
+            self._rating.discard(key)
 
     @classmethod
     async def open(cls, path: Path) -> FeedbackStore:
@@ -172,8 +189,15 @@ def _load_or_create_secret(path: Path) -> bytes:
 async def submit_feedback(state: NodeState, tenant: str, body: FeedbackRequest) -> dict[str, Any]:
     """Check the request is the tenant's, record the rating, count it; the response body."""
     audit: AuditLog | None = state.audit
-    if audit is None:
+    if audit is None or state.feedback is None:
         raise FeedbackUnavailableError("Feedback is stored in the audit log, which is off on this node.")
+    with state.feedback.claim(tenant=tenant, request_id=body.request_id):
+        return await _record_feedback(state, audit, state.feedback, tenant, body)
+
+
+async def _record_feedback(
+    state: NodeState, audit: AuditLog, store: FeedbackStore, tenant: str, body: FeedbackRequest
+) -> dict[str, Any]:
     hits = await audit.find(request_id=body.request_id, tenant=tenant)
     if not any(h.type in _RATABLE for h in hits):
         raise RequestNotFoundError(
@@ -181,9 +205,7 @@ async def submit_feedback(state: NodeState, tenant: str, body: FeedbackRequest) 
         )
     if any(h.type == _FEEDBACK_EVENT for h in hits):
         raise FeedbackExistsError("This request has already been rated.", param="request_id")
-    model = None
-    if state.feedback is not None:
-        model = await state.feedback.model_of(tenant=tenant, request_id=body.request_id)
+    model = await store.model_of(tenant=tenant, request_id=body.request_id)
     await audit.append(
         AuditEvent(
             type=_FEEDBACK_EVENT,

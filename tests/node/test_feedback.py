@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import httpx
 import pytest
 
-from node.feedback import FeedbackStore
+from node.feedback import FeedbackExistsError, FeedbackRequest, FeedbackStore, submit_feedback
 from node.state import NodeState
 from serving.protocol import Provider
 from tests.harness import TINY, bearer, chat, node_setup, running_node
@@ -54,6 +55,26 @@ async def test_own_request_is_rated_and_recorded_in_the_audit_log(
         assert again.status_code == 409
         assert again.json()["error"]["code"] == "feedback_exists"
         assert _feedback_count(node.state, label, "-1") == 0
+
+
+async def test_concurrent_ratings_of_one_request_count_once(tmp_path: Path, local_engine: Provider) -> None:
+    setup = node_setup(tmp_path)
+    async with (
+        running_node(setup, {TINY: local_engine}) as node,
+        httpx.AsyncClient(base_url=node.url) as client,
+    ):
+        request_id = await chat(client, setup.keys["acme"])
+        # Eight ratings started in one loop turn: every duplicate check runs before any append.
+        body = FeedbackRequest(request_id=request_id, rating=1)
+        results = await asyncio.gather(
+            *(submit_feedback(node.state, "acme", body) for _ in range(8)), return_exceptions=True
+        )
+        assert sum(isinstance(r, dict) for r in results) == 1
+        assert all(isinstance(r, FeedbackExistsError) for r in results if not isinstance(r, dict))
+        assert node.state.audit is not None
+        hits = await node.state.audit.find(request_id=request_id, tenant="acme")
+        assert [h.type for h in hits].count("feedback") == 1
+        assert _feedback_count(node.state, TINY, "1") == 1
 
 
 async def test_another_tenants_request_is_404_like_an_unknown_id(
