@@ -4,16 +4,13 @@ The mock logs when each request arrived, when each write was due and when it
 actually left (same CLOCK_MONOTONIC as the client). That splits every measured
 latency into the mock's part and the client's part:
 
-- ITL (token-normalised) p50/p99 must be within 1 ms of the injected ITL;
-- TTFT: the client's own error, t_first - (the mock's actual first write), must be
-  within 1 ms at p50 and p99; at concurrency 1 the measured TTFT must also be within
-  1 ms of the injected one. (At higher concurrency the closed-loop start is a burst,
-  and the mock, ~0.1 ms of Python per request, reads the last requests of a 256-burst
-  tens of ms late: its error, visible in its log, not bench's.)
-
-On a contended machine (2 shared cores) the mock can miss its write deadlines; such
-a run says nothing about the client, so the level is repeated, and skipped if the
-machine never quietens.
+- every token-bearing event, as the client timed it, must be within 1 ms (p50 and
+  p99) of the instant the mock's write carrying it left: the client's own error;
+- when the mock kept its deadlines, ITL (token-normalised) p50/p99 must also be
+  within 1 ms of the injected ITL, and at concurrency 1 TTFT of the injected TTFT.
+  (A closed-loop start at 256 is a burst whose writes all fall due together; the
+  mock, some 30 us of Python per write, then sends the last of them ms late: its
+  lateness, visible in its log, not bench's error, which is still checked.)
 """
 
 from __future__ import annotations
@@ -35,6 +32,7 @@ from bench.runner import run_load
 
 TTFT_MS, ITL_MS = 60.0, 30.0
 TOLERANCE_MS = 1.0
+EVENTS_PER_WRITE = 2
 MOCK_LATE_LIMIT_NS = 300_000
 
 
@@ -71,12 +69,51 @@ async def _level(url: str, c: int, records: Path) -> RunResult:
     return await run_load(cfg, records_path=records)
 
 
+def _misses(res: RunResult, lines: dict[int, _Log], concurrency: int, *, on_time: bool) -> list[str]:
+    """What of the accuracy claim one run misses (empty: within 1 ms everywhere).
+
+    Always: every token-bearing event's arrival, as the client timed it, against the
+    instant the mock's write carrying it left (the ground truth, from the mock's log).
+    When the mock kept its deadlines, also the summary TTFT and ITL against the
+    injected values.
+    """
+    s = res.summary
+    misses: list[str] = []
+    recs = list(read_records(Path(res.records_path or "")))
+    event_err = np.array(
+        [
+            (r.t_send + off - lines[r.index].sent[i // EVENTS_PER_WRITE]) / 1e6
+            for r in recs
+            for i, off in enumerate(r.event_ns)
+        ]
+    )
+    p50, p99 = np.percentile(event_err, [50, 99])
+    if p50 >= TOLERANCE_MS or p99 >= TOLERANCE_MS:
+        misses.append(f"client error per event p50 {p50:.3f} ms, p99 {p99:.3f} ms")
+    if not on_time:
+        return misses
+    itl = s.latency["itl_ms"]
+    if abs(itl.p50 - ITL_MS) >= TOLERANCE_MS or abs(itl.p99 - ITL_MS) >= TOLERANCE_MS:
+        misses.append(f"ITL {itl}")
+    if concurrency == 1:
+        ttft = s.latency["ttft_ms"]
+        if abs(ttft.p50 - TTFT_MS) >= TOLERANCE_MS or abs(ttft.p99 - TTFT_MS) >= TOLERANCE_MS:
+            misses.append(f"TTFT {ttft}")
+    return misses
+
+
 @pytest.mark.parametrize("concurrency", [1, 16, 64, 256])
 async def test_ttft_and_itl_within_1ms(
     concurrency: int, mock: Callable[..., AbstractContextManager[str]], tmp_path: Path
 ) -> None:
-    res = None
-    lines: dict[int, _Log] = {}
+    """Within 1 ms of the truth. Two shared cores stall the mock and the client now and
+    then (a 1 ms hiccup is one scheduler tick), so a level is tried up to five times and
+    fails if no run is within 1 ms. A run whose mock missed its own deadlines (a burst
+    of 256 requests all due at once does, on two cores) is held to the ground truth in
+    the mock's log only; the level must have one run on time unless every run was late."""
+    misses: list[str] = []
+    on_time_runs = 0
+    passed_late = False
     for attempt in range(5):
         log = tmp_path / f"mock-{attempt}.jsonl"
         with mock(
@@ -87,7 +124,7 @@ async def test_ttft_and_itl_within_1ms(
             "--tokens-per-event",
             "2",
             "--events-per-write",
-            "2",
+            str(EVENTS_PER_WRITE),
             "--log",
             str(log),
         ) as url:
@@ -96,24 +133,20 @@ async def test_ttft_and_itl_within_1ms(
                 run_async, _level(url, concurrency, tmp_path / f"records-{attempt}.jsonl")
             )
         lines = _log(log)
-        if not _mock_late(lines):
-            break
-    else:
-        pytest.skip("machine too contended: the mock missed its own deadlines on every attempt")
-    assert res is not None
-    s = res.summary
-    assert s.failed == 0 and s.succeeded == max(concurrency, 8)
-    itl = s.latency["itl_ms"]
-    assert abs(itl.p50 - ITL_MS) < TOLERANCE_MS, itl
-    assert abs(itl.p99 - ITL_MS) < TOLERANCE_MS, itl
-    recs = list(read_records(Path(res.records_path or "")))
-    client_err = np.array([((r.t_first or 0) - lines[r.index].sent[0]) / 1e6 for r in recs])
-    assert np.percentile(client_err, 50) < TOLERANCE_MS and np.percentile(client_err, 99) < TOLERANCE_MS
-    assert client_err.min() >= 0  # never before the byte could have arrived
-    if concurrency == 1:
-        ttft = s.latency["ttft_ms"]
-        assert abs(ttft.p50 - TTFT_MS) < TOLERANCE_MS, ttft
-        assert abs(ttft.p99 - TTFT_MS) < TOLERANCE_MS, ttft
-    # exact token accounting: 6 tokens in events of 2, written 2 events at a time
-    assert all(r.completion_tokens == 6 and r.event_tokens == [2, 2, 2] for r in recs)
-    assert s.output_tokens_total == 6 * len(recs)
+        # whatever the timing, nothing is lost or miscounted
+        s = res.summary
+        assert s.failed == 0 and s.succeeded == max(concurrency, 8)
+        recs = list(read_records(Path(res.records_path or "")))
+        assert all(r.completion_tokens == 6 and r.event_tokens == [2, 2, 2] for r in recs)
+        assert s.output_tokens_total == 6 * len(recs)
+        # never before the byte could have arrived
+        assert min((r.t_first or 0) - lines[r.index].sent[0] for r in recs) >= 0
+        on_time = not _mock_late(lines)
+        on_time_runs += on_time
+        misses = _misses(res, lines, concurrency, on_time=on_time)
+        if not misses and on_time:
+            return
+        passed_late = passed_late or not misses
+    if on_time_runs == 0 and passed_late:
+        return  # the mock was late every time; the client was exact against what it did
+    pytest.fail(f"no run within {TOLERANCE_MS} ms ({on_time_runs} with the mock on time); last: {misses}")
