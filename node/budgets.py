@@ -25,6 +25,8 @@ async def persisted_budgets(limiter: Limiter, path: Path, *, interval_s: float =
 
         async def flush() -> None:
             rows = limiter.take_changes()
+            if not rows:
+                return
             try:
                 await asyncio.to_thread(ledger.save, rows)
             except Exception as exc:
