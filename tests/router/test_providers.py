@@ -119,6 +119,23 @@ async def test_connect_refused(key_file: Path) -> None:
     assert info.value.reason == "connect-failed"
 
 
+async def test_egress_goes_through_the_configured_proxy(upstream_a: FakeUpstream, key_file: Path) -> None:
+    """With ``proxy`` set, the request goes to the proxy (here the fake upstream, which answers
+    as the proxy would relay), addressed to the real base URL, which is not reachable directly."""
+    unreachable = closed_port_url() + "/v1"
+    toml = provider_toml("p", "openai", unreachable, "eu-west", key_file, GPT)
+    toml = toml.replace("[providers.models]", f'proxy = "{upstream_a.url}"\n[providers.models]')
+    provider = OpenAIProvider(decode_config(toml).providers[0])
+    try:
+        deltas = await _drain(provider, _request(GPT))
+    finally:
+        await provider.aclose()
+    assert "".join(d.text for d in deltas) == "answer from a"
+    (seen,) = upstream_a.requests
+    assert seen.path == "/v1/chat/completions"
+    assert seen.headers["host"] == unreachable.removeprefix("http://").removesuffix("/v1")
+
+
 async def test_key_from_environment(upstream_a: FakeUpstream, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FAKE_PROVIDER_KEY", "sk-env-key")
     config = msgspec.structs.replace(
