@@ -8,12 +8,13 @@ what the model sees are one and the same.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Protocol
 
 from serving.errors import BadRequestError, ContextLengthExceededError
 from serving.protocol import ChatMessage, GenerationRequest
 
-__all__ = ["PromptTokenizer", "budget_max_tokens", "render_prompt"]
+__all__ = ["PromptRenderer", "PromptTokenizer", "budget_max_tokens"]
 
 
 class PromptTokenizer(Protocol):
@@ -42,25 +43,73 @@ def _message_dict(message: ChatMessage) -> dict[str, Any]:
     return d
 
 
-def render_prompt(tokenizer: PromptTokenizer, request: GenerationRequest) -> tuple[list[int], str]:
-    """Token ids of the prompt, and the request field they came from (``messages`` or ``prompt``)."""
-    if (request.messages is None) == (request.prompt is None):
-        raise BadRequestError("set exactly one of `messages` and `prompt`", param="messages")
-    if request.messages is not None:
+class PromptRenderer:
+    """Renders requests into one model's prompt token ids.
+
+    Control tokens (the tokenizer's special added tokens, ``<|im_start|>`` and the
+    like) written *inside* a chat message are tokenized as the plain text they are,
+    so a user cannot forge a turn boundary or a system message; only the chat
+    template places control tokens. Messages without such strings (nearly all) take
+    the plain path: template, then one encode. A raw ``prompt`` (``/v1/completions``)
+    is the client's whole prompt and is encoded as given.
+    """
+
+    def __init__(self, tokenizer: PromptTokenizer) -> None:
+        self._tok = tokenizer
+        added: dict[int, Any] = getattr(tokenizer, "added_tokens_decoder", None) or {}
+        specials = sorted({t.content for t in added.values() if getattr(t, "special", False)}, key=len)
+        self._control = re.compile("|".join(re.escape(t) for t in reversed(specials))) if specials else None
+
+    def render(self, request: GenerationRequest) -> tuple[list[int], str]:
+        """Token ids of the prompt, and the request field they came from (``messages`` or ``prompt``)."""
+        if (request.messages is None) == (request.prompt is None):
+            raise BadRequestError("set exactly one of `messages` and `prompt`", param="messages")
+        if request.messages is None:
+            assert request.prompt is not None
+            return list(self._tok.encode(request.prompt, add_special_tokens=True)), "prompt"
         if not request.messages:
             raise BadRequestError("`messages` must not be empty", param="messages")
+        messages = [_message_dict(m) for m in request.messages]
+        control = self._control
+        if control is None or not any(control.search(m["content"]) for m in messages):
+            # the template already placed the special tokens it wants
+            return list(self._tok.encode(self._template(messages), add_special_tokens=False)), "messages"
+        return self._render_guarded(messages), "messages"
+
+    def _template(self, messages: list[dict[str, Any]]) -> str:
         try:
-            text = tokenizer.apply_chat_template(
-                [_message_dict(m) for m in request.messages], tokenize=False, add_generation_prompt=True
-            )
+            text = self._tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         except Exception as exc:  # a template may raise on a role sequence it does not support
             raise BadRequestError(
                 f"the model's chat template rejected these messages: {exc}", param="messages"
             ) from exc
-        # the template already placed the special tokens it wants
-        return list(tokenizer.encode(str(text), add_special_tokens=False)), "messages"
-    assert request.prompt is not None
-    return list(tokenizer.encode(request.prompt, add_special_tokens=True)), "prompt"
+        return str(text)
+
+    def _render_guarded(self, messages: list[dict[str, Any]]) -> list[int]:
+        """Template with a sentinel in place of each message holding control strings; the
+        template's text between them encoded as usual, those messages as plain text."""
+        assert self._control is not None
+        held: dict[str, str] = {}
+        for i, m in enumerate(messages):
+            if self._control.search(m["content"]):
+                sentinel = f"\ue000{i}\ue001"
+                held[sentinel], m["content"] = m["content"], sentinel
+        text = self._template(messages)
+        found = sorted((text.find(s), s) for s in held)
+        if any(at < 0 or text.count(s) != 1 for at, s in found):
+            raise BadRequestError(
+                "a message contains the model's control tokens, and this model's chat template "
+                "does not carry message text verbatim, so they cannot be passed as plain text",
+                param="messages",
+            )
+        ids: list[int] = []
+        pos = 0
+        for at, sentinel in found:
+            ids += self._tok.encode(text[pos:at], add_special_tokens=False)
+            ids += self._tok.encode(held[sentinel], add_special_tokens=False, split_special_tokens=True)
+            pos = at + len(sentinel)
+        ids += self._tok.encode(text[pos:], add_special_tokens=False)
+        return ids
 
 
 def budget_max_tokens(

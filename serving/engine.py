@@ -21,7 +21,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, Literal
 
-from serving.chat_template import budget_max_tokens, render_prompt
+from serving.chat_template import PromptRenderer, budget_max_tokens
 from serving.engine_stats import EngineStats, StatsSink
 from serving.errors import BadRequestError, EngineUnavailableError, InternalError
 from serving.health import HealthState
@@ -79,7 +79,7 @@ class LocalEngine:
         self._health = HealthState()
         self._stats = StatsSink()
         self._llm: Any = None
-        self._tokenizer: Any = None
+        self._renderer: PromptRenderer | None = None
         self._probe_ids: list[int] = []
         self._probe_lock = asyncio.Lock()
         self._probe_task: asyncio.Task[None] | None = None
@@ -104,8 +104,9 @@ class LocalEngine:
         except Exception as exc:
             self._health.dead(f"engine failed to start: {type(exc).__name__}: {exc}")
             raise EngineUnavailableError(f"model {self.name!r}: engine failed to start: {exc}") from exc
-        self._tokenizer = self._llm.get_tokenizer()
-        self._probe_ids = list(self._tokenizer.encode("ping", add_special_tokens=True)) or [0]
+        tokenizer = self._llm.get_tokenizer()
+        self._renderer = PromptRenderer(tokenizer)
+        self._probe_ids = list(tokenizer.encode("ping", add_special_tokens=True)) or [0]
         health = await self.probe()
         if not health.healthy:
             await self.aclose()
@@ -277,9 +278,9 @@ class LocalEngine:
 
     def count_prompt_tokens(self, request: GenerationRequest) -> int:
         """Prompt tokens as this model counts them (its tokenizer and chat template)."""
-        if self._tokenizer is None:
+        if self._renderer is None:
             raise self._unavailable()
-        ids, _ = render_prompt(self._tokenizer, request)
+        ids, _ = self._renderer.render(request)
         return len(ids)
 
     def stream(self, request: GenerationRequest) -> AsyncIterator[Delta]:
@@ -291,7 +292,9 @@ class LocalEngine:
         from vllm.exceptions import VLLMClientError
         from vllm.sampling_params import RequestOutputKind, SamplingParams
 
-        ids, param = render_prompt(self._tokenizer, request)
+        if self._renderer is None:
+            raise self._unavailable()
+        ids, param = self._renderer.render(request)
         s = request.sampling
         max_tokens = budget_max_tokens(
             len(ids), s.max_tokens, self.max_model_len, prompt_param=param, min_tokens=s.min_tokens
