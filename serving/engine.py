@@ -68,6 +68,7 @@ class LocalEngine:
         *,
         probe_interval_s: float = 15.0,
         probe_timeout_s: float = 10.0,
+        start_probe_timeout_s: float = 120.0,
     ) -> None:
         self.spec = spec
         self.model_dir = model_dir
@@ -76,7 +77,11 @@ class LocalEngine:
         self.max_model_len = spec.max_model_len
         self._probe_interval_s = probe_interval_s
         self._probe_timeout_s = probe_timeout_s
-        self._health = HealthState()
+        # the first forward pass may warm up or compile: it gets its own, longer deadline
+        self._start_probe_timeout_s = max(start_probe_timeout_s, probe_timeout_s)
+        self._health = HealthState(spec.name)
+        #: monotonic time of the last output any generation received (progress, for the probe)
+        self._last_output_s = float("-inf")
         self._stats = StatsSink()
         self._llm: Any = None
         self._renderer: PromptRenderer | None = None
@@ -107,7 +112,9 @@ class LocalEngine:
         tokenizer = self._llm.get_tokenizer()
         self._renderer = PromptRenderer(tokenizer)
         self._probe_ids = list(tokenizer.encode("ping", add_special_tokens=True)) or [0]
-        health = await self.probe()
+        async with self._probe_lock:
+            await self._probe_once(self._start_probe_timeout_s)
+        health = self._health_now()
         if not health.healthy:
             await self.aclose()
             raise EngineUnavailableError(f"model {self.name!r}: first probe failed: {health.detail}")
@@ -220,10 +227,10 @@ class LocalEngine:
     async def probe(self) -> Health:
         """Run a one-token generation now; mark the engine wedged if it misses the timeout."""
         async with self._probe_lock:
-            await self._probe_once()
+            await self._probe_once(self._probe_timeout_s)
         return self._health_now()
 
-    async def _probe_once(self) -> None:
+    async def _probe_once(self, timeout_s: float) -> None:
         self._check_alive()
         if self._health.terminal or self._llm is None:
             return
@@ -235,11 +242,20 @@ class LocalEngine:
         t0 = time.monotonic()
         self._probes_inflight += 1
         try:
-            async with asyncio.timeout(self._probe_timeout_s):
+            async with asyncio.timeout(timeout_s):
                 async for _ in self._llm.generate({"prompt_token_ids": self._probe_ids}, params, request_id):
                     pass
         except TimeoutError:
-            self._health.wedged(f"probe did not finish within {self._probe_timeout_s:g} s")
+            if self._last_output_s >= t0:
+                # Queued behind a busy batch, but the engine computed while the probe waited:
+                # not wedged. (A stall that begins during this window is caught by the next probe.)
+                self._health.probe_slow(
+                    f"probe took over {timeout_s:g} s, but generations were progressing meanwhile"
+                )
+            else:
+                self._health.wedged(
+                    f"probe did not finish within {timeout_s:g} s, no generation progressing"
+                )
         except EngineDeadError:
             self._health.dead("engine process died")
         except Exception as exc:
@@ -263,7 +279,7 @@ class LocalEngine:
         while not self._health.terminal:
             await asyncio.sleep(self._probe_interval_s)
             async with self._probe_lock:
-                await self._probe_once()
+                await self._probe_once(self._probe_timeout_s)
 
     def stats(self) -> EngineStats:
         llm = self._llm
@@ -335,6 +351,7 @@ class LocalEngine:
         gen = self._llm.generate(prompt, params, request_id)
         try:
             async for out in gen:
+                self._last_output_s = time.monotonic()
                 cached = int(out.num_cached_tokens or 0)
                 step = out.outputs[0] if out.outputs else None
                 if step is not None:

@@ -8,10 +8,13 @@ engine wedged, and a dead engine stays dead.
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Literal
 
 __all__ = ["EngineState", "HealthState"]
+
+_log = logging.getLogger("bastion.engine")
 
 EngineState = Literal["starting", "ready", "wedged", "dead", "stopped"]
 
@@ -19,7 +22,8 @@ EngineState = Literal["starting", "ready", "wedged", "dead", "stopped"]
 class HealthState:
     """The engine's state machine: starting -> ready <-> wedged; any -> dead/stopped (terminal)."""
 
-    def __init__(self) -> None:
+    def __init__(self, name: str = "") -> None:
+        self.name = name
         self.state: EngineState = "starting"
         self.detail = "engine starting"
         self.last_ok_s: float | None = None
@@ -38,20 +42,34 @@ class HealthState:
         self.last_probe_s = now
         if self.terminal:
             return
+        if self.state == "wedged":
+            _log.warning("engine %s recovered: probe ok in %.0f ms", self.name, elapsed_s * 1000)
         self.state = "ready"
         self.last_ok_s = now
         self.detail = f"probe ok in {elapsed_s * 1000:.0f} ms"
+
+    def probe_slow(self, detail: str) -> None:
+        """The probe missed its deadline while generations progressed: busy, not wedged."""
+        self.last_probe_s = time.monotonic()
+        if self.terminal:
+            return
+        _log.warning("engine %s: %s", self.name, detail)
+        self.detail = detail
 
     def wedged(self, detail: str) -> None:
         self.last_probe_s = time.monotonic()
         if self.terminal:
             return
+        if self.state != "wedged":
+            _log.error("engine %s wedged: %s; in-flight requests are ended with 503", self.name, detail)
         self.state = "wedged"
         self.detail = detail
 
     def dead(self, detail: str) -> None:
         if self.state == "stopped":
             return
+        if self.state != "dead":
+            _log.error("engine %s dead: %s", self.name, detail)
         self.state = "dead"
         self.detail = detail
 

@@ -11,13 +11,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import msgspec
 import psutil
 import pytest
 
 from serving.engine import LocalEngine
 from serving.errors import EngineUnavailableError, PinMismatchError
 from serving.models import ModelSpec
-from serving.protocol import GenerationRequest, SamplingOptions
+from serving.protocol import Delta, GenerationRequest, SamplingOptions
 
 pytestmark = pytest.mark.engine
 
@@ -119,6 +120,33 @@ async def test_wedged_engine_is_reported_fails_fast_and_recovers(
     # a clean close leaves no engine process behind
     await _wait_for(lambda: _gone(tree), 30)
     assert not (await engine.health()).healthy
+
+
+async def test_a_busy_engine_whose_probe_is_slow_is_not_wedged(
+    eager_tiny_spec: ModelSpec, tiny_model_dir: Path
+) -> None:
+    """Every sequence slot busy: the probe queues behind the batch and misses its deadline while
+    the running streams keep producing tokens. The engine stays ready and the streams finish;
+    once idle, a missed deadline with nothing progressing marks it wedged."""
+    spec = msgspec.structs.replace(eager_tiny_spec, max_num_seqs=2)
+    engine = LocalEngine(spec, tiny_model_dir, probe_interval_s=0.05, probe_timeout_s=0.25)
+    await engine.start()  # the first probe has its own, longer deadline
+    try:
+        details: set[str] = set()
+
+        async def run(i: int) -> Delta:
+            last = Delta()
+            async for d in engine.stream(_long(10 + i)):
+                details.add((await engine.health()).detail)
+                last = d
+            return last
+
+        ends = await asyncio.wait_for(asyncio.gather(run(0), run(1)), 120)
+        assert [d.finish_reason for d in ends] == ["length", "length"]  # never aborted
+        assert any("progressing meanwhile" in d for d in details), details
+        assert not any("wedged" in d for d in details), details
+    finally:
+        await engine.aclose()
 
 
 async def test_killed_engine_is_reported_dead_and_fails_fast(
