@@ -174,6 +174,13 @@ max_model_len = 256
     return p
 
 
+def _hub_repo(repo: Path, tiny_spec: ModelSpec, tiny_model_dir: Path) -> None:
+    """What the fake hub serves: the tiny model's pinned files."""
+    repo.mkdir()
+    for name in tiny_spec.files:
+        (repo / name).write_bytes((tiny_model_dir / name).read_bytes())
+
+
 def _pull_cli(tmp_path: Path, models: Path, hub_url: str) -> subprocess.CompletedProcess[str]:
     """``bastion models pull`` in a fresh process whose hub is ``hub_url`` (``HF_ENDPOINT``)."""
     env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
@@ -194,9 +201,7 @@ def test_pull_fetches_only_the_pinned_files_at_the_pinned_commit(
     tmp_path: Path, tiny_spec: ModelSpec, tiny_model_dir: Path
 ) -> None:
     models = _hub_models_file(tmp_path, tiny_spec)
-    (tmp_path / "repo").mkdir()
-    for name in tiny_spec.files:
-        (tmp_path / "repo" / name).write_bytes((tiny_model_dir / name).read_bytes())
+    _hub_repo(tmp_path / "repo", tiny_spec, tiny_model_dir)
     (tmp_path / "repo" / "unpinned-extra.bin").write_bytes(b"not pinned, never fetched")
     with FakeHub("bastion-tests/tiny", REV, tmp_path / "repo") as hub:
         proc = _pull_cli(tmp_path, models, hub.url)
@@ -215,9 +220,7 @@ def test_pull_of_a_tampered_file_is_refused_and_keeps_the_model_in_place(
     tmp_path: Path, tiny_spec: ModelSpec, tiny_model_dir: Path
 ) -> None:
     models = _hub_models_file(tmp_path, tiny_spec)
-    (tmp_path / "repo").mkdir()
-    for name in tiny_spec.files:
-        (tmp_path / "repo" / name).write_bytes((tiny_model_dir / name).read_bytes())
+    _hub_repo(tmp_path / "repo", tiny_spec, tiny_model_dir)
     dest = tmp_path / "data" / "models" / "hub-model"
     dest.mkdir(parents=True)
     (dest / "config.json").write_text("what an operator already had")
