@@ -225,7 +225,8 @@ class LocalEngine:
         )
 
     async def probe(self) -> Health:
-        """Run a one-token generation now; mark the engine wedged if it misses the timeout."""
+        """Run a one-token generation now; mark the engine wedged if it misses the timeout
+        while no generation progresses (a probe merely queued behind a busy batch is slow)."""
         async with self._probe_lock:
             await self._probe_once(self._probe_timeout_s)
         return self._health_now()
