@@ -39,6 +39,11 @@ class AuditStats(msgspec.Struct, frozen=True, kw_only=True):
     last_checkpoint_bytes: int | None
     checkpoint_errors: int
     failed: bool
+    #: transactions committed (records / commits: how well concurrent appends share an fsync)
+    commits: int = 0
+    #: WAL checkpoints run off the commit path, and those that failed (see audit.wal)
+    wal_checkpoints: int = 0
+    wal_checkpoint_errors: int = 0
 
 
 class AuditHit(msgspec.Struct, frozen=True, kw_only=True):

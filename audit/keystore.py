@@ -196,7 +196,9 @@ class Keyring:
 
     def take_created(self) -> list[dict[str, Any]]:
         """What ``key.created`` records must say: the data keys created since the last call."""
-        created, self._created = self._created, []
+        created = self._created
+        if created:  # called once per record sealed: no new list when there is nothing to take
+            self._created = []
         return created
 
     def _load_active(self, scope: Scope) -> _Active | None:

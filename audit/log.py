@@ -33,6 +33,7 @@ from .keystore import Keyring, month_of
 from .merkle import CompactRange
 from .record import encode_parts
 from .store import connect_rw, ensure_log_id, read_checkpoints
+from .wal import WalCheckpointer
 from .writer import ChainState, Command, PendingAppend, Writer
 
 __all__ = ["AuditLog", "load_kek"]
@@ -87,6 +88,7 @@ def _connect_writer(path: str) -> sqlite3.Connection:
     try:
         conn.execute("PRAGMA synchronous=FULL")
         conn.execute("PRAGMA busy_timeout=5000")
+        conn.execute("PRAGMA wal_autocheckpoint=0")  # audit.wal checkpoints on its own thread
     except BaseException:
         conn.close()
         raise
@@ -201,6 +203,7 @@ class AuditLog:
             queue_max=config.queue_max,
             max_batch=config.max_batch,
             last_checkpoint=last,
+            wal=WalCheckpointer(config.path),
         )
         log = cls(config=config, lock=lock, reader=reader, keyring=keyring, writer=writer, clock=clock)
         if config.retention_months is not None:
@@ -336,6 +339,9 @@ class AuditLog:
             last_checkpoint_bytes=None if last is None else last[2],
             checkpoint_errors=w.checkpoint_errors,
             failed=w.failed is not None,
+            commits=w.commits,
+            wal_checkpoints=w.wal.runs,
+            wal_checkpoint_errors=w.wal.errors,
         )
 
     async def aclose(self) -> None:

@@ -30,6 +30,7 @@ __all__ = [
     "Plaintext",
     "Row",
     "encode_parts",
+    "insert_rows_sql",
     "open_part",
     "row_aad",
     "row_leaf",
@@ -54,6 +55,12 @@ COLUMNS = (
     "leaf",
 )
 INSERT_SQL = f"INSERT INTO audit ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"  # noqa: S608
+_VALUES = f"({', '.join('?' * len(COLUMNS))})"
+
+
+def insert_rows_sql(n: int) -> str:
+    """One INSERT statement for ``n`` rows (``n * len(COLUMNS)`` parameters)."""
+    return f"INSERT INTO audit ({', '.join(COLUMNS)}) VALUES {', '.join([_VALUES] * n)}"  # noqa: S608
 
 
 class Row(NamedTuple):
@@ -158,8 +165,8 @@ def seal_row(
     fresh ``os.urandom`` output a batch drew in one call; without it each part draws its own."""
     kid, meta_aead = meta_key
     ckid = None if content_key is None or plaintext.content is None else content_key[0]
-    aad = row_aad(
-        log_id,
+    aad = record_aad(
+        log_id=log_id,
         seq=seq,
         ts_ns=ts_ns,
         event_type=event_type,

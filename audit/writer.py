@@ -46,7 +46,8 @@ from .crypto import NONCE_LEN, next_head
 from .errors import AuditUnavailableError
 from .keystore import Keyring, month_of
 from .merkle import CompactRange
-from .record import INSERT_SQL, Plaintext, Row, encode_parts, seal_row
+from .record import Plaintext, Row, encode_parts, insert_rows_sql, seal_row
+from .wal import WalCheckpointer
 
 __all__ = ["ChainState", "Command", "PendingAppend", "Writer"]
 
@@ -112,6 +113,11 @@ class _Batch:
 
 
 _STOP = object()
+# A queue of at least twice this many appends, met by an idle writer, is committed as two groups.
+_SPLIT_MIN = 32
+# Rows per INSERT statement at most (a power of two; 14 parameters each, well below SQLite's
+# default limit of 32,766).
+_INSERT_CHUNK = 1024
 
 
 class Writer:
@@ -130,8 +136,11 @@ class Writer:
         queue_max: int,
         max_batch: int,
         last_checkpoint: tuple[int, float, int] | None,
+        wal: WalCheckpointer,
     ) -> None:
         self._conn = conn  # used only on self._db's thread from here on
+        self.wal = wal
+        self.commits = 0
         self._keyring = keyring
         self._log_id = log_id
         self.state = state
@@ -152,6 +161,7 @@ class Writer:
         self._unsent: tuple[int, str] | None = None  # signed, its row not yet committed
         self._last_checkpoint_mono = time.monotonic()
         self._months: dict[int, str] = {}
+        self._insert_sql = {1 << i: insert_rows_sql(1 << i) for i in range(_INSERT_CHUNK.bit_length())}
         self.checkpoint_errors = 0
         self.failed: AuditUnavailableError | None = None
         self.closed = False
@@ -181,7 +191,10 @@ class Writer:
         """After run() has ended: close the write connection on its own thread, end both threads."""
         loop = asyncio.get_running_loop()
         try:
-            await loop.run_in_executor(self._db, self._conn.close)
+            try:
+                await self.wal.close()
+            finally:
+                await loop.run_in_executor(self._db, self._conn.close)
         finally:
             self._db.shutdown(wait=True)
             self._export.shutdown(wait=True)
@@ -208,14 +221,22 @@ class Writer:
                     if not ok and ahead is not None:
                         ahead = self._seal(ahead.appends, self.state.size, self.state.head)
                 self._maybe_sign()
+                split = False
                 if ahead is None and pending and isinstance(pending[0], PendingAppend):
                     seq, head = (self.state.size, self.state.head) if inflight is None else inflight[0].tip
-                    ahead = self._seal(self._take_appends(self._max_batch), seq, head)
+                    limit = self._max_batch
+                    if inflight is None and len(pending) >= 2 * _SPLIT_MIN:
+                        # A burst met an idle disk: commit half now and seal the rest while that
+                        # fsync runs, so sealing, acknowledging and the next fsync overlap from here on.
+                        limit = min(limit, (len(pending) + 1) // 2)
+                        split = True
+                    ahead = self._seal(self._take_appends(limit), seq, head)
                     if not ahead.rows:
                         ahead = None
                 if inflight is None and ahead is not None:
                     if (
-                        pending
+                        not split
+                        and pending
                         and isinstance(pending[0], PendingAppend)
                         and len(ahead.rows) < self._max_batch
                     ):
@@ -399,30 +420,57 @@ class Writer:
             i += 1
             # A data key made for this record is logged in the same group (sealed under the system
             # tenant's key, which may itself be new: that adds one more record, once a month).
-            appends.extend(_key_created(event, a.ts_ns) for event in kr.take_created())
+            created = kr.take_created()
+            if created:
+                appends.extend([_key_created(event, a.ts_ns) for event in created])
         return rows, head
 
     def _start(self, batch: _Batch) -> asyncio.Future[None]:
         """Hand ``batch`` (and any signed checkpoint's row) to the write thread as one transaction."""
         batch.checkpoint, self._unsent = self._unsent, None
-        fut = asyncio.get_running_loop().run_in_executor(self._db, self._write, batch.rows, batch.checkpoint)
+        fut = asyncio.get_running_loop().run_in_executor(
+            self._db, self._write, batch.rows, batch.checkpoint, self.wal.take_reset()
+        )
         fut.add_done_callback(self._notify)
         return fut
 
-    def _write(self, rows: list[Row], checkpoint: tuple[int, str] | None) -> None:
-        """On the write thread: one transaction, one fsync (synchronous=FULL) at COMMIT."""
+    def _write(self, rows: list[Row], checkpoint: tuple[int, str] | None, wal_reset: bool = False) -> None:
+        """On the write thread: one transaction, one fsync (synchronous=FULL) at its commit.
+
+        Rows go in as multi-row INSERT statements. A group that fits one statement and carries
+        no checkpoint row is that one statement in autocommit mode: SQLite's implicit
+        transaction, one sqlite3_step for insert and commit, so this thread gives the GIL up and
+        takes it back once per group, not once per row, while the loop seals the next group.
+        ``wal_reset``: then copy what is left of the WAL (see audit.wal), after the commit.
+        """
         conn = self._conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            if rows:
-                conn.executemany(INSERT_SQL, rows)
-            if checkpoint is not None:
-                conn.execute(_CHECKPOINT_SQL, (checkpoint[0], time.time_ns(), checkpoint[1]))
-            conn.execute("COMMIT")
-        except BaseException:
-            with contextlib.suppress(sqlite3.Error):
-                conn.execute("ROLLBACK")
-            raise
+        statements = []
+        start = 0
+        while start < len(rows):
+            n = _INSERT_CHUNK  # largest chunk first: a few statement shapes, all in sqlite3's cache
+            while n > len(rows) - start:
+                n >>= 1
+            statements.append((self._insert_sql[n], [v for row in rows[start : start + n] for v in row]))
+            start += n
+        if checkpoint is None and len(statements) == 1:
+            conn.execute(*statements[0])
+        else:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for sql, params in statements:
+                    conn.execute(sql, params)
+                if checkpoint is not None:
+                    conn.execute(_CHECKPOINT_SQL, (checkpoint[0], time.time_ns(), checkpoint[1]))
+                conn.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+                raise
+        if wal_reset:
+            try:
+                conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            except sqlite3.Error as exc:  # the commit above stands; the next reset request retries
+                _log.error("audit WAL checkpoint after commit failed: %s", exc)
 
     async def _finish(self, batch: _Batch, fut: asyncio.Future[None]) -> bool:
         """Adopt a finished commit and acknowledge its appends; on failure, fail them and resync."""
@@ -435,6 +483,8 @@ class Writer:
             await self._resync(batch.first_seq)
             self._fail(batch.appends, AuditUnavailableError(f"audit write failed: {exc}"))
             return False
+        self.commits += 1
+        self.wal.committed(len(batch.rows))
         tree = self.state.tree
         for row in batch.rows:
             tree.append(row.leaf)

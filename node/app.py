@@ -273,7 +273,13 @@ def _wire_metric_sources(state: NodeState) -> None:
 
         def audit_stats() -> AuditStats:
             st = audit.stats()
-            return AuditStats(queue_depth=st.queue_depth, last_checkpoint_size=st.last_checkpoint_size)
+            return AuditStats(
+                queue_depth=st.queue_depth,
+                last_checkpoint_size=st.last_checkpoint_size,
+                records=st.records,
+                commits=st.commits,
+                wal_checkpoint_errors=st.wal_checkpoint_errors,
+            )
 
         metrics.add_audit_source(audit_stats)
 

@@ -72,6 +72,10 @@ class AuditStats:
     queue_depth: int
     #: tree size of the last signed checkpoint (``None``: none written yet)
     last_checkpoint_size: int | None = None
+    #: records in the log, transactions that committed them, failed WAL checkpoints
+    records: int = 0
+    commits: int = 0
+    wal_checkpoint_errors: int = 0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -555,7 +559,17 @@ def _breaker_families(states: Mapping[str, str], bound: _Bound) -> list[Metric]:
 def _audit_families(stats: AuditStats) -> list[Metric]:
     depth = _gauge("bastion_audit_queue_depth", "Audit events waiting for the writer")
     depth.add_metric([], float(stats.queue_depth))
-    families: list[Metric] = [depth]
+    records = _gauge("bastion_audit_records", "Records in the audit log")
+    records.add_metric([], float(stats.records))
+    commits = CounterMetricFamily(
+        "bastion_audit_commits", "Audit log transactions committed (one fsync each) since start"
+    )
+    commits.add_metric([], float(stats.commits))
+    wal_errors = CounterMetricFamily(
+        "bastion_audit_wal_checkpoint_errors", "Failed background WAL checkpoints since start"
+    )
+    wal_errors.add_metric([], float(stats.wal_checkpoint_errors))
+    families: list[Metric] = [depth, records, commits, wal_errors]
     if stats.last_checkpoint_size is not None:
         size = _gauge(
             "bastion_audit_last_checkpoint_size", "Tree size (records) of the last signed checkpoint"

@@ -326,7 +326,11 @@ def test_engine_breaker_and_audit_sources_are_read_at_scrape() -> None:
         }
     )
     m.add_breaker_source(lambda: states)
-    m.add_audit_source(lambda: AuditStats(queue_depth=12, last_checkpoint_size=4096))
+    m.add_audit_source(
+        lambda: AuditStats(
+            queue_depth=12, last_checkpoint_size=4096, records=5000, commits=40, wal_checkpoint_errors=1
+        )
+    )
     assert _value(m, "bastion_engine_requests_waiting", model="tiny") == 3
     assert _value(m, "bastion_engine_requests_running", model="tiny") == 5
     assert _value(m, "bastion_engine_kv_cache_usage_ratio", model="tiny") == pytest.approx(0.42)
@@ -340,6 +344,9 @@ def test_engine_breaker_and_audit_sources_are_read_at_scrape() -> None:
     assert _value(m, "bastion_breaker_state", provider="other") == 2
     assert _value(m, "bastion_audit_queue_depth") == 12
     assert _value(m, "bastion_audit_last_checkpoint_size") == 4096
+    assert _value(m, "bastion_audit_records") == 5000
+    assert _value(m, "bastion_audit_commits_total") == 40
+    assert _value(m, "bastion_audit_wal_checkpoint_errors_total") == 1
     states["openai-eu"] = "open"
     assert _value(m, "bastion_breaker_state", provider="openai-eu") == 2
 
