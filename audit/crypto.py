@@ -32,8 +32,11 @@ __all__ = [
     "KID_LEN",
     "NONCE_LEN",
     "DecryptError",
+    "aad_from_parts",
+    "aad_prefix",
     "keyed_id",
     "leaf_preimage",
+    "length_prefixed",
     "new_key",
     "new_kid",
     "next_head",
@@ -51,6 +54,7 @@ KID_LEN = 5
 KEY_LEN = 32
 NONCE_LEN = 12
 _QQ = struct.Struct(">QQ").pack
+_U32 = struct.Struct(">I").pack
 GENESIS_HEAD = bytes(32)
 META_PART = b"\x01"
 CONTENT_PART = b"\x02"
@@ -69,12 +73,16 @@ def new_kid() -> bytes:
     return bytes([KID_FORMAT]) + os.urandom(KID_LEN - 1)
 
 
-def _lp(data: bytes) -> bytes:
-    return len(data).to_bytes(4, "big") + data
+def length_prefixed(data: bytes) -> bytes:
+    return _U32(len(data)) + data
 
 
-def _opt(data: bytes | None) -> bytes:
-    return b"\x00" if data is None else b"\x01" + len(data).to_bytes(4, "big") + data
+_lp = length_prefixed
+
+
+def aad_prefix(log_id: bytes) -> bytes:
+    """The start of every associated data in a log: the format and the log id."""
+    return FORMAT + _lp(log_id)
 
 
 def record_aad(
@@ -91,24 +99,47 @@ def record_aad(
     prev_head: bytes,
 ) -> bytes:
     """Unambiguous encoding of everything a record's ciphertexts are bound to."""
-    # Called once per record on the writer's path: one join, no per-field helper calls.
-    et = event_type.encode()
+    return aad_from_parts(
+        aad_prefix(log_id),
+        seq,
+        ts_ns,
+        _lp(event_type.encode()),
+        tenant_h,
+        subject_h,
+        request_h,
+        kid,
+        ckid,
+        prev_head,
+    )
+
+
+def aad_from_parts(
+    prefix: bytes,
+    seq: int,
+    ts_ns: int,
+    event_type_lp: bytes,
+    tenant_h: bytes,
+    subject_h: bytes | None,
+    request_h: bytes | None,
+    kid: bytes,
+    ckid: bytes | None,
+    prev_head: bytes,
+) -> bytes:
+    """record_aad from ``aad_prefix(log_id)`` and ``length_prefixed(event_type)``, which a writer
+    computes once; positional and one join, as it runs once per record on the writer's path."""
     return b"".join(
         (
-            FORMAT,
-            len(log_id).to_bytes(4, "big"),
-            log_id,
+            prefix,
             _QQ(seq, ts_ns),
-            len(et).to_bytes(4, "big"),
-            et,
-            len(tenant_h).to_bytes(4, "big"),
+            event_type_lp,
+            _U32(len(tenant_h)),
             tenant_h,
-            b"\x00" if subject_h is None else b"\x01" + len(subject_h).to_bytes(4, "big") + subject_h,
-            b"\x00" if request_h is None else b"\x01" + len(request_h).to_bytes(4, "big") + request_h,
-            len(kid).to_bytes(4, "big"),
+            b"\x00" if subject_h is None else b"\x01" + _U32(len(subject_h)) + subject_h,
+            b"\x00" if request_h is None else b"\x01" + _U32(len(request_h)) + request_h,
+            _U32(len(kid)),
             kid,
-            b"\x00" if ckid is None else b"\x01" + len(ckid).to_bytes(4, "big") + ckid,
-            len(prev_head).to_bytes(4, "big"),
+            b"\x00" if ckid is None else b"\x01" + _U32(len(ckid)) + ckid,
+            _U32(len(prev_head)),
             prev_head,
         )
     )
@@ -138,14 +169,14 @@ def leaf_preimage(aad: bytes, nonce: bytes, ct: bytes, cnonce: bytes | None, cct
     """The bytes a record's leaf hashes: its context and ciphertexts, never plaintext."""
     return b"".join(
         (
-            len(aad).to_bytes(4, "big"),
+            _U32(len(aad)),
             aad,
-            len(nonce).to_bytes(4, "big"),
+            _U32(len(nonce)),
             nonce,
-            len(ct).to_bytes(4, "big"),
+            _U32(len(ct)),
             ct,
-            b"\x00" if cnonce is None else b"\x01" + len(cnonce).to_bytes(4, "big") + cnonce,
-            b"\x00" if cct is None else b"\x01" + len(cct).to_bytes(4, "big") + cct,
+            b"\x00" if cnonce is None else b"\x01" + _U32(len(cnonce)) + cnonce,
+            b"\x00" if cct is None else b"\x01" + _U32(len(cct)) + cct,
         )
     )
 

@@ -17,11 +17,13 @@ from .crypto import (
     CONTENT_PART,
     META_PART,
     NONCE_LEN,
+    aad_from_parts,
+    aad_prefix,
     leaf_preimage,
+    length_prefixed,
     open_aead,
     record_aad,
     record_leaf,
-    seal,
 )
 
 __all__ = [
@@ -29,13 +31,12 @@ __all__ = [
     "INSERT_SQL",
     "Plaintext",
     "Row",
+    "Sealer",
     "encode_parts",
     "insert_rows_sql",
     "open_part",
-    "row_aad",
     "row_leaf",
     "row_preimage",
-    "seal_row",
 ]
 
 COLUMNS = (
@@ -104,36 +105,9 @@ def encode_parts(
     return Plaintext(meta_pt, _encoder.encode({"subject": subject, "content": content}))
 
 
-def row_aad(
-    log_id: bytes,
-    *,
-    seq: int,
-    ts_ns: int,
-    event_type: str,
-    tenant_h: bytes,
-    subject_h: bytes | None,
-    request_h: bytes | None,
-    kid: bytes,
-    ckid: bytes | None,
-    prev_head: bytes,
-) -> bytes:
+def _aad_of(log_id: bytes, row: Row) -> bytes:
     return record_aad(
         log_id=log_id,
-        seq=seq,
-        ts_ns=ts_ns,
-        event_type=event_type,
-        tenant_h=tenant_h,
-        subject_h=subject_h,
-        request_h=request_h,
-        kid=kid,
-        ckid=ckid,
-        prev_head=prev_head,
-    )
-
-
-def _aad_of(log_id: bytes, row: Row) -> bytes:
-    return row_aad(
-        log_id,
         seq=row.seq,
         ts_ns=row.ts_ns,
         event_type=row.event_type,
@@ -146,59 +120,69 @@ def _aad_of(log_id: bytes, row: Row) -> bytes:
     )
 
 
-def seal_row(
-    log_id: bytes,
-    *,
-    seq: int,
-    ts_ns: int,
-    event_type: str,
-    tenant_h: bytes,
-    subject_h: bytes | None,
-    request_h: bytes | None,
-    meta_key: tuple[bytes, AESGCM],
-    content_key: tuple[bytes, AESGCM] | None,
-    plaintext: Plaintext,
-    prev_head: bytes,
-    nonces: bytes | None = None,
-) -> Row:
-    """Encrypt and hash one record. ``nonces`` (24 bytes: metadata nonce, content nonce) is
-    fresh ``os.urandom`` output a batch drew in one call; without it each part draws its own."""
-    kid, meta_aead = meta_key
-    ckid = None if content_key is None or plaintext.content is None else content_key[0]
-    aad = record_aad(
-        log_id=log_id,
-        seq=seq,
-        ts_ns=ts_ns,
-        event_type=event_type,
-        tenant_h=tenant_h,
-        subject_h=subject_h,
-        request_h=request_h,
-        kid=kid,
-        ckid=ckid,
-        prev_head=prev_head,
-    )
-    meta_nonce, content_nonce = (None, None) if nonces is None else (nonces[:NONCE_LEN], nonces[NONCE_LEN:])
-    nonce, ct = seal(meta_aead, plaintext.meta, aad + META_PART, meta_nonce)
-    cnonce = cct = None
-    if ckid is not None and content_key is not None and plaintext.content is not None:
-        cnonce, cct = seal(content_key[1], plaintext.content, aad + CONTENT_PART, content_nonce)
-    leaf = record_leaf(leaf_preimage(aad, nonce, ct, cnonce, cct))
-    return Row(
-        seq,
-        ts_ns,
-        event_type,
-        tenant_h,
-        subject_h,
-        request_h,
-        kid,
-        nonce,
-        ct,
-        ckid,
-        cnonce,
-        cct,
-        prev_head,
-        leaf,
-    )
+class Sealer:
+    """Encrypts and hashes one log's records: the writer's path, run once per record.
+
+    The log's part of the associated data and each event type's encoding are
+    computed once; the result is what ``record_aad``, ``leaf_preimage`` and
+    ``record_leaf`` give (``row_leaf`` recomputes it for verification).
+    """
+
+    __slots__ = ("_prefix", "_types")
+
+    def __init__(self, log_id: bytes) -> None:
+        self._prefix = aad_prefix(log_id)
+        self._types: dict[str, bytes] = {}
+
+    def seal(
+        self,
+        seq: int,
+        ts_ns: int,
+        event_type: str,
+        tenant_h: bytes,
+        subject_h: bytes | None,
+        request_h: bytes | None,
+        meta_key: tuple[bytes, AESGCM],
+        content_key: tuple[bytes, AESGCM] | None,
+        plaintext: Plaintext,
+        prev_head: bytes,
+        nonces: bytes,
+    ) -> Row:
+        """``nonces``: 24 fresh ``os.urandom`` bytes (metadata nonce, content nonce), never reused."""
+        if len(nonces) != 2 * NONCE_LEN:
+            raise ValueError(f"nonces must be {2 * NONCE_LEN} bytes")
+        et = self._types.get(event_type)
+        if et is None:
+            et = self._types[event_type] = length_prefixed(event_type.encode())
+        kid, meta_aead = meta_key
+        content = plaintext.content
+        ckid = None if content_key is None or content is None else content_key[0]
+        aad = aad_from_parts(
+            self._prefix, seq, ts_ns, et, tenant_h, subject_h, request_h, kid, ckid, prev_head
+        )
+        nonce = nonces[:NONCE_LEN]
+        ct = meta_aead.encrypt(nonce, plaintext.meta, aad + META_PART)
+        cnonce = cct = None
+        if content_key is not None and content is not None:
+            cnonce = nonces[NONCE_LEN:]
+            cct = content_key[1].encrypt(cnonce, content, aad + CONTENT_PART)
+        leaf = record_leaf(leaf_preimage(aad, nonce, ct, cnonce, cct))
+        return Row(
+            seq,
+            ts_ns,
+            event_type,
+            tenant_h,
+            subject_h,
+            request_h,
+            kid,
+            nonce,
+            ct,
+            ckid,
+            cnonce,
+            cct,
+            prev_head,
+            leaf,
+        )
 
 
 def row_preimage(log_id: bytes, row: Row) -> bytes:

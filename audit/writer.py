@@ -46,7 +46,7 @@ from .crypto import NONCE_LEN, next_head
 from .errors import AuditUnavailableError
 from .keystore import Keyring, month_of
 from .merkle import CompactRange
-from .record import Plaintext, Row, encode_parts, insert_rows_sql, seal_row
+from .record import Plaintext, Row, Sealer, encode_parts, insert_rows_sql
 from .wal import WalCheckpointer
 
 __all__ = ["ChainState", "Command", "PendingAppend", "Writer"]
@@ -142,7 +142,7 @@ class Writer:
         self.wal = wal
         self.commits = 0
         self._keyring = keyring
-        self._log_id = log_id
+        self._sealer = Sealer(log_id)
         self.state = state
         self._signer = signer
         self._origin = origin
@@ -383,36 +383,44 @@ class Writer:
         return batch
 
     def _seal_rows(self, appends: list[PendingAppend], seq: int, head: bytes) -> tuple[list[Row], bytes]:
-        kr, log_id = self._keyring, self._log_id
+        kr, seal = self._keyring, self._sealer.seal
+        tenant_id, subject_id, request_id, encrypting_key = (
+            kr.tenant_id,
+            kr.subject_id,
+            kr.request_id,
+            kr.encrypting_key,
+        )
         rows: list[Row] = []
         # Every nonce of the group from the OS CSPRNG in one call (still random, never a counter);
         # records added below for created keys draw their own.
         drawn = len(appends)
-        rand = os.urandom(2 * NONCE_LEN * drawn)
+        step = 2 * NONCE_LEN
+        rand = os.urandom(step * drawn)
         i = 0
         while i < len(appends):
             a = appends[i]
-            tenant_h = kr.tenant_id(a.tenant)
-            subject_h = None if a.subject is None else kr.subject_id(a.tenant, a.subject)
-            request_h = None if a.request_id is None else kr.request_id(a.tenant, a.request_id)
+            tenant = a.tenant
+            tenant_h = tenant_id(tenant)
+            subject_h = None if a.subject is None else subject_id(tenant, a.subject)
+            request_h = None if a.request_id is None else request_id(tenant, a.request_id)
             month = self._month(a.ts_ns)
-            meta_key = kr.encrypting_key(tenant_h, None, month)
+            meta_key = encrypting_key(tenant_h, None, month)
             content_key = None
             if a.plaintext.content is not None:
-                content_key = meta_key if subject_h is None else kr.encrypting_key(tenant_h, subject_h, month)
-            row = seal_row(
-                log_id,
-                seq=seq,
-                ts_ns=a.ts_ns,
-                event_type=a.event_type,
-                tenant_h=tenant_h,
-                subject_h=subject_h,
-                request_h=request_h,
-                meta_key=meta_key,
-                content_key=content_key,
-                plaintext=a.plaintext,
-                prev_head=head,
-                nonces=rand[2 * NONCE_LEN * i : 2 * NONCE_LEN * (i + 1)] if i < drawn else None,
+                content_key = meta_key if subject_h is None else encrypting_key(tenant_h, subject_h, month)
+            nonces = rand[step * i : step * (i + 1)] if i < drawn else os.urandom(step)
+            row = seal(
+                seq,
+                a.ts_ns,
+                a.event_type,
+                tenant_h,
+                subject_h,
+                request_h,
+                meta_key,
+                content_key,
+                a.plaintext,
+                head,
+                nonces,
             )
             rows.append(row)
             head = next_head(head, row.leaf)
