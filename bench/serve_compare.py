@@ -15,7 +15,9 @@ A pure HTTP client like the rest of ``bench``: the servers are subprocesses.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
+import json
 import os
 import re
 import secrets
@@ -51,6 +53,8 @@ class Server:
     proc: subprocess.Popen[bytes]
     peak_rss: int = 0
     _stop: threading.Event = field(default_factory=threading.Event)
+    #: for the in-process engine (no URL): its stdout, one JSON result line per ``run SEED``
+    lines: Iterator[bytes] | None = None
 
     def sample_memory(self) -> None:
         """Peak resident memory of the whole process tree (engine processes included)."""
@@ -109,6 +113,71 @@ def _vllm(model_dir: Path, args: argparse.Namespace) -> Iterator[Server]:
     finally:
         _stop(proc)
         log.close()
+
+
+@contextmanager
+def _engine(args: argparse.Namespace) -> Iterator[Server]:
+    """``python -m serving.engine_bench``: the same engine in process, driven without HTTP.
+
+    A subprocess like the servers (bench imports nothing of Bastion's); it prints
+    ``ready`` once started, then one JSON line per ``run SEED`` it reads.
+    """
+    cmd = [
+        sys.executable, "-m", "serving.engine_bench", "--models-file", args.models_file,
+        "--model", args.model, "--data-dir", args.data_dir, "--requests", str(args.requests),
+        "--concurrency", str(args.concurrency), "--input-len", str(args.input_len),
+        "--output-len", str(args.output_len),
+    ]  # fmt: skip
+    log = open(Path(args.log_dir) / "engine.log", "wb")
+    env = dict(os.environ, VLLM_NO_USAGE_STATS="1", DO_NOT_TRACK="1", HF_HUB_OFFLINE="1")
+    proc = subprocess.Popen(cmd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
+                            start_new_session=True)  # fmt: skip
+    assert proc.stdout is not None
+
+    def results() -> Iterator[bytes]:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if line.startswith(b"{"):
+                yield line
+            else:
+                log.write(line)  # vLLM logs on stdout too
+
+    try:
+        deadline = time.monotonic() + args.start_timeout_s
+        for line in proc.stdout:
+            if line.strip() == b"ready":
+                break
+            log.write(line)
+            if time.monotonic() > deadline:
+                raise TimeoutError("engine_bench not ready")
+        else:
+            raise RuntimeError(f"engine_bench exited with {proc.wait()} before it was ready")
+        yield Server("engine", "", None, proc, lines=results())
+    finally:
+        if proc.stdin is not None:
+            with contextlib.suppress(OSError):
+                proc.stdin.close()
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
+
+
+def _run_engine(server: Server, seed: int) -> dict[str, float]:
+    assert server.proc.stdin is not None and server.lines is not None
+    server.proc.stdin.write(f"run {seed}\n".encode())
+    server.proc.stdin.flush()
+    line = next(server.lines, None)
+    if line is None:
+        raise RuntimeError(f"engine_bench exited with {server.proc.wait()}")
+    result = json.loads(line)
+    if "error" in result:
+        raise RuntimeError(result["error"])
+    # JSON has no NaN: a round without two first tokens reports its percentiles as null
+    keys = ("tok_s", "req_s", "ttft_p50_ms", "ttft_p99_ms", "failed")
+    return {k: float("nan") if result[k] is None else float(result[k]) for k in keys}
 
 
 def _no_audit_config(work: Path, args: argparse.Namespace, port: int) -> tuple[Path, str]:
@@ -175,6 +244,15 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 def _drive(server: Server, args: argparse.Namespace, seed: int) -> dict[str, float]:
+    if server.lines is not None:
+        sampler = threading.Thread(target=server.sample_memory, daemon=True)
+        sampler.start()
+        try:
+            return _run_engine(server, seed)
+        finally:
+            server._stop.set()
+            sampler.join(timeout=5)
+            server._stop.clear()
     cfg = decode_config(
         {
             "url": server.url,
@@ -231,8 +309,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--targets",
         default="vllm,bastion",
-        help="comma list of vllm, bastion (dev mode, audit log on), bastion-noaudit; ratios are "
-        "against the first",
+        help="comma list of vllm, bastion (dev mode, audit log on), bastion-noaudit, engine (the "
+        "same engine driven in process, no HTTP: the ceiling the servers share); ratios are against "
+        "the first",
     )
     args = p.parse_args(argv)
     model_dir = Path(args.model_dir).resolve()
@@ -244,6 +323,7 @@ def main(argv: list[str] | None = None) -> int:
         "vllm": lambda: _vllm(model_dir, args),
         "bastion": lambda: _bastion(args),
         "bastion-noaudit": lambda: _bastion(args, audit=False),
+        "engine": lambda: _engine(args),
     }
     if unknown := [t for t in order if t not in starters]:
         print(f"unknown targets {unknown}", file=sys.stderr)

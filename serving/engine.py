@@ -124,6 +124,7 @@ class LocalEngine:
     def _create_llm(self) -> None:
         # Sets self._llm rather than returning it: a returned engine would stay
         # referenced from the executor's finished futures after aclose().
+        from vllm import envs as vllm_envs
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
@@ -149,6 +150,9 @@ class LocalEngine:
             enable_log_requests=False,
         )
         self._llm = AsyncLLM.from_engine_args(args, stat_loggers=[self._stats.logger_factory()])
+        # vLLM reads its environment variables through os.getenv on the per-token path (stats);
+        # its own engine processes freeze them once started, and so does the node.
+        vllm_envs.enable_envs_cache()
 
     async def aclose(self) -> None:
         """Stop probing, abort what is in flight, shut vLLM down and reap its processes."""
@@ -254,9 +258,7 @@ class LocalEngine:
                     f"probe took over {timeout_s:g} s, but generations were progressing meanwhile"
                 )
             else:
-                self._health.wedged(
-                    f"probe did not finish within {timeout_s:g} s, no generation progressing"
-                )
+                self._health.wedged(f"probe did not finish within {timeout_s:g} s, no generation progressing")
         except EngineDeadError:
             self._health.dead("engine process died")
         except Exception as exc:

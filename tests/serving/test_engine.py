@@ -217,3 +217,25 @@ async def test_probe_on_demand_is_a_real_generation(local_engine: LocalEngine) -
     health = await local_engine.probe()
     assert health.healthy
     assert health.last_ok_s is not None and before is not None and health.last_ok_s > before
+
+
+async def test_engine_stats_reach_the_sink_and_vllm_registers_no_metrics(local_engine: LocalEngine) -> None:
+    import prometheus_client
+
+    await _collect(local_engine, _completion("count my step", max_tokens=4))
+    await local_engine.probe()
+    stats = local_engine.stats()
+    assert stats.prefix_cache_queries > 0  # scheduler stats arrived through our logger
+    # our logger stands in for vLLM's PrometheusStatLogger: nothing of vLLM's in the global registry
+    names = {m.name for m in prometheus_client.REGISTRY.collect()}
+    assert not [n for n in names if n.startswith("vllm")], sorted(names)
+
+
+async def test_engine_bench_round_streams_every_token(local_engine: LocalEngine) -> None:
+    from serving.engine_bench import run_round
+
+    result = await run_round(local_engine, seed=7, requests=6, concurrency=3, input_len=8, output_len=5)
+    assert result.failed == 0
+    # every request streamed exactly output_len tokens (ignore_eos, min_tokens)
+    assert result.tok_s / result.req_s == pytest.approx(5)
+    assert 0 < result.ttft_p50_ms <= result.ttft_p99_ms
