@@ -6,6 +6,10 @@ once with ``--together``, for many short rounds), and drives each with the same
 streaming load (``bench.run_load``), alternating rounds so that machine noise
 hits both. Prints output tokens/s, TTFT p50/p99 and the peak
 resident memory of each server's process tree, and the ratios Bastion / vLLM.
+Target ``engine`` adds the same engine driven in process without HTTP
+(``python -m serving.engine_bench``): the ceiling both servers share. With
+``--together`` each server is driven only once its health check passes again
+(an idle server starved of CPU by the other's round may have missed a probe).
 
     python -m bench.serve_compare --model-dir data/models/bastion-tiny
 
@@ -55,6 +59,8 @@ class Server:
     _stop: threading.Event = field(default_factory=threading.Event)
     #: for the in-process engine (no URL): its stdout, one JSON result line per ``run SEED``
     lines: Iterator[bytes] | None = None
+    #: what says the server is ready (its health probe passed)
+    ready_path: str = "/health"
 
     def sample_memory(self) -> None:
         """Peak resident memory of the whole process tree (engine processes included)."""
@@ -226,7 +232,8 @@ def _bastion(args: argparse.Namespace, *, audit: bool = True) -> Iterator[Server
     try:
         url = f"http://127.0.0.1:{port}"
         _wait_ready(url, proc, "/readyz", args.start_timeout_s)
-        yield Server("bastion" if audit else "bastion-noaudit", url, key[0] if key else None, proc)
+        yield Server("bastion" if audit else "bastion-noaudit", url, key[0] if key else None, proc,
+                     ready_path="/readyz")  # fmt: skip
     finally:
         _stop(proc)
         reader.join(timeout=10)
@@ -332,6 +339,13 @@ def main(argv: list[str] | None = None) -> int:
     peaks: dict[str, int] = dict.fromkeys(order, 0)
 
     def measure(rnd: int, server: Server) -> None:
+        if server.url:
+            # An idle server starved of CPU while another is driven may have missed a health
+            # probe; each is driven only once it says it is ready again (and the wait is shown).
+            t0 = time.monotonic()
+            _wait_ready(server.url, server.proc, server.ready_path, args.start_timeout_s)
+            if (waited := time.monotonic() - t0) > 1.0:
+                print(f"round {rnd} {server.name:16} waited {waited:.1f} s for {server.ready_path}")
         server.peak_rss = 0
         r = _drive(server, args, seed=rnd)
         results[server.name].append(r)

@@ -69,6 +69,8 @@ class LocalEngine:
         probe_interval_s: float = 15.0,
         probe_timeout_s: float = 10.0,
         start_probe_timeout_s: float = 120.0,
+        wedged_probe_interval_s: float = 2.0,
+        wedge_after_misses: int = 2,
     ) -> None:
         self.spec = spec
         self.model_dir = model_dir
@@ -77,6 +79,11 @@ class LocalEngine:
         self.max_model_len = spec.max_model_len
         self._probe_interval_s = probe_interval_s
         self._probe_timeout_s = probe_timeout_s
+        # after a missed probe the next one comes soon: a wedge is confirmed, or a wedged
+        # engine serves again, within seconds rather than a whole interval
+        self._wedged_probe_interval_s = min(wedged_probe_interval_s, probe_interval_s)
+        self._wedge_after_misses = max(1, wedge_after_misses)
+        self._missed = 0
         # the first forward pass may warm up or compile: it gets its own, longer deadline
         self._start_probe_timeout_s = max(start_probe_timeout_s, probe_timeout_s)
         self._health = HealthState(spec.name)
@@ -87,6 +94,7 @@ class LocalEngine:
         self._renderer: PromptRenderer | None = None
         self._probe_ids: list[int] = []
         self._probe_lock = asyncio.Lock()
+        self._probe_wake = asyncio.Event()
         self._probe_task: asyncio.Task[None] | None = None
         self._inflight: set[str] = set()
         self._probes_inflight = 0
@@ -254,21 +262,31 @@ class LocalEngine:
             if self._last_output_s >= t0:
                 # Queued behind a busy batch, but the engine computed while the probe waited:
                 # not wedged. (A stall that begins during this window is caught by the next probe.)
+                self._missed = 0
                 self._health.probe_slow(
                     f"probe took over {timeout_s:g} s, but generations were progressing meanwhile"
                 )
             else:
-                self._health.wedged(f"probe did not finish within {timeout_s:g} s, no generation progressing")
+                self._missed += 1
+                detail = f"probe did not finish within {timeout_s:g} s, no generation progressing"
+                if self._missed >= self._wedge_after_misses:
+                    self._health.wedged(f"{detail} ({self._missed} probes in a row)")
+                else:
+                    self._health.probe_missed(detail, self._wedged_probe_interval_s)
+                    self._probe_wake.set()
         except EngineDeadError:
             self._health.dead("engine process died")
         except Exception as exc:
             self._check_alive()
             self._health.wedged(f"probe failed: {type(exc).__name__}: {exc}")
         else:
+            self._missed = 0
             self._health.probe_ok(time.monotonic() - t0)
         finally:
             self._probes_inflight -= 1
         if not self._health.ready:
+            if self._health.state == "wedged":
+                self._probe_wake.set()
             await self._abort_inflight()
 
     async def _abort_inflight(self) -> None:
@@ -280,7 +298,14 @@ class LocalEngine:
 
     async def _probe_loop(self) -> None:
         while not self._health.terminal:
-            await asyncio.sleep(self._probe_interval_s)
+            soon = self._missed > 0 or self._health.state == "wedged"
+            self._probe_wake.clear()
+            try:
+                interval = self._wedged_probe_interval_s if soon else self._probe_interval_s
+                await asyncio.wait_for(self._probe_wake.wait(), interval)
+                continue  # an on-demand probe missed or found the engine wedged: probe again soon
+            except TimeoutError:
+                pass
             async with self._probe_lock:
                 await self._probe_once(self._probe_timeout_s)
 

@@ -94,6 +94,15 @@ async def run_round(
     )
 
 
+async def _until_healthy(engine: LocalEngine, *, deadline_s: float) -> None:
+    """Probe until the engine passes (it may have missed a probe while another server was driven)."""
+    deadline = time.monotonic() + deadline_s
+    while not (health := await engine.health()).healthy:
+        if time.monotonic() > deadline or health.detail.startswith(("dead", "stopped")):
+            raise RuntimeError(f"engine not healthy: {health.detail}")
+        await engine.probe()
+
+
 async def _serve(args: argparse.Namespace) -> int:
     spec = load_models_file(Path(args.models_file)).get(args.model)
     model_dir = Path(args.data_dir) / "models" / spec.name
@@ -106,6 +115,7 @@ async def _serve(args: argparse.Namespace) -> int:
                 error = {"error": f"unknown command {line.strip()!r}"}
                 print(msgspec.json.encode(error).decode(), flush=True)
                 continue
+            await _until_healthy(engine, deadline_s=120.0)
             result = await run_round(
                 engine,
                 seed=int(command[1]),

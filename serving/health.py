@@ -2,8 +2,10 @@
 
 A process that answers is not an engine that computes: vLLM's own ``/health``
 answers 200 while a GPU is wedged. Readiness here is set only by a probe (a
-one-token generation) that finished in time; a probe that did not marks the
-engine wedged, and a dead engine stays dead.
+one-token generation) that finished in time. Probes that miss their deadline
+with nothing generating mark the engine wedged after ``wedge_after_misses`` in
+a row (a single miss, as when the host is starved of CPU for a moment, only
+brings the next probe forward); a dead engine stays dead.
 """
 
 from __future__ import annotations
@@ -54,6 +56,14 @@ class HealthState:
         if self.terminal:
             return
         _log.warning("engine %s: %s", self.name, detail)
+        self.detail = detail
+
+    def probe_missed(self, detail: str, retry_s: float) -> None:
+        """A probe missed its deadline, not yet enough of them in a row to call the engine wedged."""
+        self.last_probe_s = time.monotonic()
+        if self.terminal:
+            return
+        _log.warning("engine %s: %s; probing again in %g s", self.name, detail, retry_s)
         self.detail = detail
 
     def wedged(self, detail: str) -> None:

@@ -186,3 +186,33 @@ async def test_model_failing_its_pins_is_never_loaded(
     assert {p.pid for p in psutil.Process().children(recursive=True)} <= before
     with pytest.raises(EngineUnavailableError):
         await anext(engine.stream(_short()))
+
+
+async def test_one_missed_probe_is_not_a_wedge_and_a_wedged_engine_is_probed_again_soon(
+    eager_tiny_spec: ModelSpec, tiny_model_dir: Path
+) -> None:
+    """A single missed probe (a host starved of CPU for a moment) leaves the engine serving;
+    the second in a row marks it wedged. The regular probe runs every minute here; after a miss,
+    every 0.5 s, so the engine serves again within seconds of recovering."""
+    engine = LocalEngine(
+        eager_tiny_spec,
+        tiny_model_dir,
+        probe_interval_s=60.0,
+        probe_timeout_s=2.0,
+        wedged_probe_interval_s=0.5,
+    )
+    await engine.start()
+    try:
+        core = engine.engine_pids()[0]
+        os.kill(core, signal.SIGSTOP)
+        try:
+            health = await engine.probe()  # on demand: misses its deadline, nothing progressing
+            assert health.healthy and "did not finish" in health.detail
+            health = await engine.probe()  # the second miss in a row
+            assert not health.healthy and "wedged" in health.detail
+        finally:
+            os.kill(core, signal.SIGCONT)
+        # well before the next regular probe (60 s away)
+        await _wait_health(engine, healthy=True, timeout_s=20)
+    finally:
+        await engine.aclose()
