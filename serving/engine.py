@@ -69,7 +69,7 @@ class LocalEngine:
         probe_interval_s: float = 15.0,
         probe_timeout_s: float = 10.0,
         start_probe_timeout_s: float = 120.0,
-        wedged_probe_interval_s: float = 2.0,
+        retry_probe_interval_s: float = 2.0,
         wedge_after_misses: int = 2,
     ) -> None:
         self.spec = spec
@@ -81,7 +81,7 @@ class LocalEngine:
         self._probe_timeout_s = probe_timeout_s
         # after a missed probe the next one comes soon: a wedge is confirmed, or a wedged
         # engine serves again, within seconds rather than a whole interval
-        self._wedged_probe_interval_s = min(wedged_probe_interval_s, probe_interval_s)
+        self._retry_probe_interval_s = min(retry_probe_interval_s, probe_interval_s)
         self._wedge_after_misses = max(1, wedge_after_misses)
         self._missed = 0
         # the first forward pass may warm up or compile: it gets its own, longer deadline
@@ -272,7 +272,7 @@ class LocalEngine:
                 if self._missed >= self._wedge_after_misses:
                     self._health.wedged(f"{detail} ({self._missed} probes in a row)")
                 else:
-                    self._health.probe_missed(detail, self._wedged_probe_interval_s)
+                    self._health.probe_missed(detail, self._retry_probe_interval_s)
                     self._probe_wake.set()
         except EngineDeadError:
             self._health.dead("engine process died")
@@ -301,7 +301,7 @@ class LocalEngine:
             soon = self._missed > 0 or self._health.state == "wedged"
             self._probe_wake.clear()
             try:
-                interval = self._wedged_probe_interval_s if soon else self._probe_interval_s
+                interval = self._retry_probe_interval_s if soon else self._probe_interval_s
                 await asyncio.wait_for(self._probe_wake.wait(), interval)
                 continue  # an on-demand probe missed or found the engine wedged: probe again soon
             except TimeoutError:

@@ -199,7 +199,7 @@ async def test_one_missed_probe_is_not_a_wedge_and_a_wedged_engine_is_probed_aga
         tiny_model_dir,
         probe_interval_s=60.0,
         probe_timeout_s=2.0,
-        wedged_probe_interval_s=0.5,
+        retry_probe_interval_s=0.5,
     )
     await engine.start()
     try:
