@@ -28,7 +28,6 @@ from .crypto import (
 
 __all__ = [
     "COLUMNS",
-    "INSERT_SQL",
     "Plaintext",
     "Row",
     "Sealer",
@@ -55,7 +54,6 @@ COLUMNS = (
     "prev_head",
     "leaf",
 )
-INSERT_SQL = f"INSERT INTO audit ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"  # noqa: S608
 _VALUES = f"({', '.join('?' * len(COLUMNS))})"
 
 

@@ -250,16 +250,23 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait()
 
 
+@contextmanager
+def _sampling_memory(server: Server) -> Iterator[None]:
+    """Sample the server's process tree for peak RSS while the block runs."""
+    sampler = threading.Thread(target=server.sample_memory, daemon=True)
+    sampler.start()
+    try:
+        yield
+    finally:
+        server._stop.set()
+        sampler.join(timeout=5)
+        server._stop.clear()
+
+
 def _drive(server: Server, args: argparse.Namespace, seed: int) -> dict[str, float]:
     if server.lines is not None:
-        sampler = threading.Thread(target=server.sample_memory, daemon=True)
-        sampler.start()
-        try:
+        with _sampling_memory(server):
             return _run_engine(server, seed)
-        finally:
-            server._stop.set()
-            sampler.join(timeout=5)
-            server._stop.clear()
     cfg = decode_config(
         {
             "url": server.url,
@@ -275,14 +282,8 @@ def _drive(server: Server, args: argparse.Namespace, seed: int) -> dict[str, flo
     )
     from .cli import run_async
 
-    sampler = threading.Thread(target=server.sample_memory, daemon=True)
-    sampler.start()
-    try:
+    with _sampling_memory(server):
         result = run_async(run_load(cfg))
-    finally:
-        server._stop.set()
-        sampler.join(timeout=5)
-        server._stop.clear()
     return {
         "tok_s": result.output_tokens_per_s,
         "ttft_p50_ms": result.ttft_p50_ms or float("nan"),
