@@ -23,7 +23,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from .crypto import keyed_id, new_key, new_kid
+from .crypto import KeyedIds, new_key, new_kid
 from .errors import AuditKeyError
 from .kek import KeyEncryptionKey
 from .schema import KEYS_MIGRATIONS, migrate_sync
@@ -74,6 +74,7 @@ class Keyring:
         self._kek = kek
         self._log_id = log_id
         self._index_key = index_key
+        self._keyed_id = KeyedIds(index_key)
         self._max_uses = max_uses
         self._active: dict[Scope, _Active] = {}
         self._by_kid: dict[bytes, AESGCM] = {}
@@ -150,7 +151,7 @@ class Keyring:
         if found is None:
             if len(self._ids) >= 65536:
                 self._ids.clear()
-            found = self._ids[key] = keyed_id(self._index_key, purpose, *parts)
+            found = self._ids[key] = self._keyed_id(purpose, *parts)
         return found
 
     def request_id(self, tenant: str, request_id: str) -> bytes:
@@ -161,7 +162,7 @@ class Keyring:
         if found is None:
             if len(self._request_ids) >= 4096:
                 self._request_ids.clear()
-            found = self._request_ids[key] = keyed_id(self._index_key, b"request", tenant, request_id)
+            found = self._request_ids[key] = self._keyed_id(b"request", tenant, request_id)
         return found
 
     # -- encryption and decryption keys ----------------------------------------------------------

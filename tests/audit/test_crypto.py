@@ -9,6 +9,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from audit.crypto import (
     DecryptError,
+    KeyedIds,
     keyed_id,
     leaf_preimage,
     next_head,
@@ -55,6 +56,16 @@ def test_keyed_id_is_hmac_sha256_and_domain_separated() -> None:
     assert a != keyed_id(key, b"request", "acme", "bob")
     assert a != keyed_id(key, b"subject", "acmeb", "ob")  # length-prefixed parts
     assert a != keyed_id(bytes(32), b"subject", "acme", "bob")
+
+
+def test_keyed_ids_match_keyed_id_and_reuse_no_state() -> None:
+    key = bytes(range(32))
+    ids = KeyedIds(key)
+    for purpose, parts in [(b"subject", ("acme", "bob")), (b"request", ("acme", "r-1")), (b"tenant", ("a",))]:
+        assert ids(purpose, *parts) == keyed_id(key, purpose, *parts)
+    assert ids(b"subject", "acme", "bob") == keyed_id(
+        key, b"subject", "acme", "bob"
+    )  # the base is not consumed
 
 
 def test_aad_binds_every_field() -> None:
