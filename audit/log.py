@@ -26,6 +26,7 @@ import msgspec
 from .checkpoint import CheckpointStore, load_signing_key, open_checkpoint, vkey
 from .config import AuditConfig
 from .crypto import GENESIS_HEAD, next_head
+from .dbproc import WriteProcess
 from .errors import AuditError, AuditKeyError, AuditRollbackError, AuditTamperedError, AuditUnavailableError
 from .events import AuditEvent, AuditHit, AuditStats
 from .kek import KeyEncryptionKey, kek_from_env, kek_from_file
@@ -47,20 +48,31 @@ def load_kek(config: AuditConfig) -> KeyEncryptionKey:
 
 
 class _Lock:
-    """An exclusive flock beside the log: a second writer would fork the chain."""
+    """An exclusive flock beside the log: a second writer would fork the chain.
 
-    def __init__(self, path: str) -> None:
+    The write process inherits it (audit.dbproc). A node that was killed leaves that
+    process to finish the transaction in hand and exit, so a restart waits for the
+    lock up to ``wait_s`` before it says another process is writing the log.
+    """
+
+    def __init__(self, path: str, wait_s: float = 5.0) -> None:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        self._fd = os.open(path + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(self._fd)
-            raise AuditUnavailableError(f"{path}: another process is writing this audit log") from None
+        self.fd = os.open(path + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    os.close(self.fd)
+                    msg = f"{path}: another process is writing this audit log"
+                    raise AuditUnavailableError(msg) from None
+                time.sleep(0.05)
 
     def release(self) -> None:
         with contextlib.suppress(OSError):
-            os.close(self._fd)
+            os.close(self.fd)
 
 
 def _startup_read(
@@ -80,19 +92,6 @@ def _startup_read(
     finally:
         conn.close()
     return log_id, stored, state, roots
-
-
-def _connect_writer(path: str) -> sqlite3.Connection:
-    """The write connection; from here on only the writer's thread uses it."""
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    try:
-        conn.execute("PRAGMA synchronous=FULL")
-        conn.execute("PRAGMA busy_timeout=5000")
-        conn.execute("PRAGMA wal_autocheckpoint=0")  # audit.wal checkpoints on its own thread
-    except BaseException:
-        conn.close()
-        raise
-    return conn
 
 
 def _read_chain(conn: Any, wanted: set[int]) -> tuple[ChainState, dict[int, bytes]]:
@@ -173,15 +172,15 @@ class AuditLog:
             allow_create=state.size == 0,
             max_uses=config.dek_max_uses,
         )
-        conn: sqlite3.Connection | None = None
+        proc: WriteProcess | None = None
         reader: aiosqlite.Connection | None = None
         try:
-            conn = await asyncio.to_thread(_connect_writer, config.path)
+            proc = await WriteProcess.start(config.path, lock.fd)
             reader = await aiosqlite.connect(config.path, isolation_level=None)
             await reader.execute("PRAGMA query_only=ON")
         except BaseException:
-            if conn is not None:
-                conn.close()
+            if proc is not None:
+                await proc.kill()
             if reader is not None:
                 await reader.close()
             keyring.close()
@@ -191,7 +190,7 @@ class AuditLog:
             note = stored[-1][1]
             last = (checkpoints[-1].size, time.time(), len(note.encode()))
         writer = Writer(
-            conn=conn,
+            proc=proc,
             keyring=keyring,
             log_id=log_id,
             state=state,

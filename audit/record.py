@@ -35,6 +35,7 @@ __all__ = [
     "insert_rows_sql",
     "open_part",
     "row_leaf",
+    "row_params",
     "row_preimage",
 ]
 
@@ -181,6 +182,14 @@ class Sealer:
             prev_head,
             leaf,
         )
+
+
+def row_params(rows: list[Row]) -> list[object]:
+    """The rows' INSERT parameters, flat, in COLUMNS order."""
+    out: list[object] = []
+    for r in rows:
+        out += r
+    return out
 
 
 def row_preimage(log_id: bytes, row: Row) -> bytes:

@@ -1,4 +1,4 @@
-"""The single writer task: it alone owns the write connection, seals records and group-commits.
+"""The single writer task: it alone drives the write connection, seals records and group-commits.
 
 Appends wait in a bounded queue. The writer takes whatever has queued up (up to
 ``max_batch``), seals each record in sequence order (each one's associated data
@@ -6,18 +6,20 @@ names the previous chain head), and commits the group in one ``BEGIN IMMEDIATE``
 transaction with ``synchronous=FULL``: one fsync for the whole group. Only then
 are the appenders' futures resolved.
 
-The write connection lives on one dedicated thread, and a whole commit (BEGIN,
-the inserts, COMMIT) is one hop to it, during which SQLite and the fsync run
-without the GIL. While a group commits, the event loop goes on: appenders queue
-the next group and the writer seals it on top of the in-flight chain head (the
-head depends only on the sealed leaves, not on the commit). It is submitted only
-once the previous commit has succeeded, so transactions never overlap and the
-database only ever holds a prefix of the chain.
+The write connection lives in a process of its own (audit.dbproc), so binding,
+inserting and the fsync run on the other core without sharing a GIL with the
+loop. While a group commits, the event loop goes on: appenders queue the next
+group and the writer seals it on top of the in-flight chain head (the head
+depends only on the sealed leaves, not on the commit) and sends it at once; the
+write process starts it the moment the commit before it is through, and refuses
+it if that commit failed, so transactions never overlap and the database only
+ever holds a prefix of the chain.
 
 A failed commit fails every append in its group with AuditUnavailableError; the
 writer then re-reads the log's size. If the log is exactly as before, the group
-sealed ahead is sealed again from the durable head and goes on; a commit that
-did reach the disk (a spurious failure) stops the writer (fail closed).
+sealed ahead (refused by the write process) is sealed again from the durable
+head and goes on; a commit that did reach the disk (a spurious failure) stops
+the writer (fail closed), and so does a write process that died.
 
 Checkpoints are signed after a commit, so they only ever cover durable sizes.
 Their row rides in the next group's transaction (or goes alone when the log is
@@ -31,7 +33,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import sqlite3
 import time
 from collections import deque
 from collections.abc import Callable
@@ -43,10 +44,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from .checkpoint import Checkpoint, CheckpointStore, sign_checkpoint
 from .crypto import NONCE_LEN, next_head
+from .dbproc import WriteGroup, WriteProcess
 from .errors import AuditUnavailableError
 from .keystore import Keyring, month_of
 from .merkle import CompactRange
-from .record import Plaintext, Row, Sealer, encode_parts, insert_rows_sql
+from .record import Plaintext, Row, Sealer, encode_parts, row_params
 from .wal import WalCheckpointer
 
 __all__ = ["ChainState", "Command", "PendingAppend", "Writer"]
@@ -54,7 +56,6 @@ __all__ = ["ChainState", "Command", "PendingAppend", "Writer"]
 _log = logging.getLogger("bastion.audit")
 
 _DAY_NS = 86_400_000_000_000
-_CHECKPOINT_SQL = "INSERT OR IGNORE INTO checkpoints (size, ts_ns, note) VALUES (?, ?, ?)"
 
 
 @dataclass(slots=True)
@@ -82,7 +83,7 @@ def _key_created(meta: dict[str, Any], ts_ns: int) -> PendingAppend:
     return PendingAppend(ts_ns, "key.created", "", None, None, encode_parts("", meta, None, None), future)
 
 
-def _consume(future: asyncio.Future[int]) -> None:
+def _consume(future: asyncio.Future[Any]) -> None:
     if not future.cancelled():
         future.exception()  # retrieved: a failed group is reported through its appenders
 
@@ -104,6 +105,7 @@ class _Batch:
     rows: list[Row]
     first_seq: int
     head: bytes
+    params: list[object] = field(default_factory=list)  # the rows' INSERT parameters, flat
     checkpoint: tuple[int, str] | None = None  # (size, note) inserted in the same transaction
 
     @property
@@ -115,16 +117,13 @@ class _Batch:
 _STOP = object()
 # A queue of at least twice this many appends, met by an idle writer, is committed as two groups.
 _SPLIT_MIN = 32
-# Rows per INSERT statement at most (a power of two; 14 parameters each, well below SQLite's
-# default limit of 32,766).
-_INSERT_CHUNK = 1024
 
 
 class Writer:
     def __init__(
         self,
         *,
-        conn: sqlite3.Connection,
+        proc: WriteProcess,
         keyring: Keyring,
         log_id: bytes,
         state: ChainState,
@@ -138,7 +137,7 @@ class Writer:
         last_checkpoint: tuple[int, float, int] | None,
         wal: WalCheckpointer,
     ) -> None:
-        self._conn = conn  # used only on self._db's thread from here on
+        self._proc = proc
         self.wal = wal
         self.commits = 0
         self._keyring = keyring
@@ -153,7 +152,6 @@ class Writer:
         self.queue_max = queue_max
         self._pending: deque[object] = deque()
         self._wake: asyncio.Future[None] | None = None
-        self._db = ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit-db")
         self._export = ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit-checkpoint")
         self._last_export: asyncio.Future[None] | None = None
         self.last_checkpoint = last_checkpoint  # (size, unix time, note bytes) of the last exported one
@@ -161,7 +159,6 @@ class Writer:
         self._unsent: tuple[int, str] | None = None  # signed, its row not yet committed
         self._last_checkpoint_mono = time.monotonic()
         self._months: dict[int, str] = {}
-        self._insert_sql = {1 << i: insert_rows_sql(1 << i) for i in range(_INSERT_CHUNK.bit_length())}
         self.checkpoint_errors = 0
         self.failed: AuditUnavailableError | None = None
         self.closed = False
@@ -188,15 +185,13 @@ class Writer:
         self._notify()
 
     async def close(self) -> None:
-        """After run() has ended: close the write connection on its own thread, end both threads."""
-        loop = asyncio.get_running_loop()
+        """After run() has ended: stop the WAL checkpointer and the write process, end the export thread."""
         try:
             try:
                 await self.wal.close()
             finally:
-                await loop.run_in_executor(self._db, self._conn.close)
+                await self._proc.close()
         finally:
-            self._db.shutdown(wait=True)
             self._export.shutdown(wait=True)
 
     def _notify(self, _: object = None) -> None:
@@ -208,8 +203,10 @@ class Writer:
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
-        inflight: tuple[_Batch, asyncio.Future[None]] | None = None
-        ahead: _Batch | None = None  # sealed on top of the in-flight batch, not yet submitted
+        inflight: tuple[_Batch, asyncio.Future[object]] | None = None
+        ahead: _Batch | None = None  # sealed on top of the in-flight batch
+        # ahead's commit, once sent: the write process runs it right after the one in flight
+        ahead_fut: asyncio.Future[object] | None = None
         pending = self._pending
         try:
             while True:
@@ -218,7 +215,17 @@ class Writer:
                     inflight = None
                     if self.failed is not None:
                         break
+                    if ok and ahead is not None and ahead_fut is not None:
+                        inflight, ahead, ahead_fut = (ahead, ahead_fut), None, None
+                        continue
                     if not ok and ahead is not None:
+                        if ahead_fut is not None:
+                            # Sent behind the commit that failed: the write process refuses it.
+                            with contextlib.suppress(Exception):
+                                await ahead_fut
+                            ahead_fut = None
+                            if ahead.checkpoint is not None and self._unsent is None:
+                                self._unsent = ahead.checkpoint
                         ahead = self._seal(ahead.appends, self.state.size, self.state.head)
                 self._maybe_sign()
                 split = False
@@ -233,6 +240,10 @@ class Writer:
                     ahead = self._seal(self._take_appends(limit), seq, head)
                     if not ahead.rows:
                         ahead = None
+                    elif inflight is not None:
+                        # Send it now: the write process starts it the moment the commit in flight
+                        # is through, instead of when the loop has heard of that and come back.
+                        ahead_fut = self._start(ahead)
                 if inflight is None and ahead is not None:
                     if (
                         not split
@@ -244,6 +255,7 @@ class Writer:
                         more = self._seal(self._take_appends(self._max_batch - len(ahead.rows)), *ahead.tip)
                         ahead.appends += more.appends
                         ahead.rows += more.rows
+                        ahead.params += more.params
                         ahead.head = more.head
                     inflight = (ahead, self._start(ahead))
                     ahead = None
@@ -262,7 +274,7 @@ class Writer:
                     inflight = (batch, self._start(batch))
                     continue
                 if inflight is not None and ahead is not None:
-                    # The next group is sealed: nothing to do until the commit ends (_finish reports it).
+                    # The next group is sealed and sent: nothing to do until the commit ends.
                     with contextlib.suppress(Exception):
                         await inflight[1]
                     continue
@@ -286,6 +298,8 @@ class Writer:
                 inflight[1].add_done_callback(lambda _: None)
                 self._fail(inflight[0].appends, err)
             if ahead is not None:
+                if ahead_fut is not None:
+                    ahead_fut.add_done_callback(_consume)
                 self._fail(ahead.appends, err)
             self._fail_queued(err)
 
@@ -380,6 +394,7 @@ class Writer:
             _log.error("sealing %d audit records failed: %s", len(appends), exc)
             self._fail(appends, AuditUnavailableError(f"audit write failed: {exc}"))
             batch.appends, batch.rows, batch.head = [], [], head
+        batch.params = row_params(batch.rows)
         return batch
 
     def _seal_rows(self, appends: list[PendingAppend], seq: int, head: bytes) -> tuple[list[Row], bytes]:
@@ -433,54 +448,17 @@ class Writer:
                 appends.extend([_key_created(event, a.ts_ns) for event in created])
         return rows, head
 
-    def _start(self, batch: _Batch) -> asyncio.Future[None]:
-        """Hand ``batch`` (and any signed checkpoint's row) to the write thread as one transaction."""
+    def _start(self, batch: _Batch) -> asyncio.Future[object]:
+        """Hand ``batch`` (and any signed checkpoint's row) to the write process as one transaction."""
         batch.checkpoint, self._unsent = self._unsent, None
-        fut = asyncio.get_running_loop().run_in_executor(
-            self._db, self._write, batch.rows, batch.checkpoint, self.wal.take_reset()
+        group = WriteGroup(
+            batch.first_seq, len(batch.rows), batch.params, batch.checkpoint, self.wal.take_reset()
         )
+        fut = self._proc.write(group)
         fut.add_done_callback(self._notify)
         return fut
 
-    def _write(self, rows: list[Row], checkpoint: tuple[int, str] | None, wal_reset: bool = False) -> None:
-        """On the write thread: one transaction, one fsync (synchronous=FULL) at its commit.
-
-        Rows go in as multi-row INSERT statements. A group that fits one statement and carries
-        no checkpoint row is that one statement in autocommit mode: SQLite's implicit
-        transaction, one sqlite3_step for insert and commit, so this thread gives the GIL up and
-        takes it back once per group, not once per row, while the loop seals the next group.
-        ``wal_reset``: then copy what is left of the WAL (see audit.wal), after the commit.
-        """
-        conn = self._conn
-        statements = []
-        start = 0
-        while start < len(rows):
-            n = _INSERT_CHUNK  # largest chunk first: a few statement shapes, all in sqlite3's cache
-            while n > len(rows) - start:
-                n >>= 1
-            statements.append((self._insert_sql[n], [v for row in rows[start : start + n] for v in row]))
-            start += n
-        if checkpoint is None and len(statements) == 1:
-            conn.execute(*statements[0])
-        else:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                for sql, params in statements:
-                    conn.execute(sql, params)
-                if checkpoint is not None:
-                    conn.execute(_CHECKPOINT_SQL, (checkpoint[0], time.time_ns(), checkpoint[1]))
-                conn.execute("COMMIT")
-            except BaseException:
-                with contextlib.suppress(sqlite3.Error):
-                    conn.execute("ROLLBACK")
-                raise
-        if wal_reset:
-            try:
-                conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
-            except sqlite3.Error as exc:  # the commit above stands; the next reset request retries
-                _log.error("audit WAL checkpoint after commit failed: %s", exc)
-
-    async def _finish(self, batch: _Batch, fut: asyncio.Future[None]) -> bool:
+    async def _finish(self, batch: _Batch, fut: asyncio.Future[object]) -> bool:
         """Adopt a finished commit and acknowledge its appends; on failure, fail them and resync."""
         try:
             await fut
@@ -509,7 +487,7 @@ class Writer:
     async def _resync(self, old_size: int) -> None:
         """After a failed commit: carry on only if the log is exactly as before it."""
         try:
-            size = await asyncio.get_running_loop().run_in_executor(self._db, self._size_on_disk)
+            size = await self._proc.size()
         except Exception as exc:
             self.failed = AuditUnavailableError(f"cannot read the log back after a failed write: {exc}")
             return
@@ -519,12 +497,6 @@ class Writer:
             self.failed = AuditUnavailableError(
                 f"log size {size} after a failed commit at {old_size}; reopen"
             )
-
-    def _size_on_disk(self) -> int:
-        with contextlib.suppress(sqlite3.Error):
-            self._conn.execute("ROLLBACK")  # no transaction left open is the usual case
-        row = self._conn.execute("SELECT max(seq) FROM audit").fetchone()
-        return 0 if row is None or row[0] is None else int(row[0]) + 1
 
     # -- checkpoints ------------------------------------------------------------------------------
 

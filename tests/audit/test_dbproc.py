@@ -1,0 +1,120 @@
+"""The write process (audit.dbproc): it keeps the log a prefix of the chain and dies with its node."""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from audit import AuditLog
+from audit.dbproc import Refused, WriteGroup, WriteProcess
+from audit.record import COLUMNS
+
+from .conftest import ConfigFactory
+from .helpers import cli, populate
+
+
+def _row(seq: int, ts_ns: int | None) -> list[object]:
+    values: dict[str, object] = dict.fromkeys(COLUMNS, b"\x00" * 16)
+    values.update(seq=seq, ts_ns=ts_ns, event_type="request.start", subject_h=None, request_h=None)
+    values.update(ckid=None, cnonce=None, cct=None)
+    return [values[c] for c in COLUMNS]
+
+
+async def test_a_group_sent_behind_a_failed_commit_is_refused(make_config: ConfigFactory) -> None:
+    config = make_config()
+    await populate(config, 3)
+    conn = sqlite3.connect(config.path)
+    (size,) = conn.execute("SELECT count(*) FROM audit").fetchone()
+    conn.close()
+    fd = os.open(config.path + ".lock", os.O_RDWR)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    proc = await WriteProcess.start(config.path, fd)
+    try:
+        # Sent together, as the writer sends a group sealed ahead: the first fails (ts_ns is NOT
+        # NULL), so the second would leave a hole in the chain and must not run.
+        bad = proc.write(WriteGroup(size, 1, _row(size, None)))
+        behind = proc.write(WriteGroup(size + 1, 1, _row(size + 1, 1)))
+        with pytest.raises(sqlite3.Error, match="NOT NULL"):
+            await bad
+        with pytest.raises(Refused, match=f"log ends at {size}"):
+            await behind
+        with pytest.raises(Refused):  # nor one that skips ahead on its own
+            await proc.write(WriteGroup(size + 5, 1, _row(size + 5, 1)))
+        assert await proc.size() == size
+    finally:
+        await proc.close()
+        os.close(fd)
+    code, out, err = await asyncio.to_thread(cli, config, "verify", "--json")
+    assert code == 0, out + err
+    assert json.loads(out)["size"] == size
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                out.append(int(entry.name))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+NODE = textwrap.dedent("""
+    import asyncio, sys, msgspec
+    from audit import AuditConfig, AuditEvent, AuditLog
+
+    async def main():
+        config = msgspec.json.decode(sys.argv[1].encode(), type=AuditConfig)
+        log = await AuditLog.open(config)
+        seq = await log.append(AuditEvent(type="load", tenant="t", meta={}))
+        print("open", seq, flush=True)
+        await asyncio.Event().wait()
+
+    asyncio.run(main())
+""")
+
+
+async def test_the_write_process_exits_with_its_node_and_frees_the_log(make_config: ConfigFactory) -> None:
+    config = make_config()
+    node = subprocess.Popen(
+        [sys.executable, "-c", NODE, msgspec.json.encode(config).decode()],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert node.stdout is not None
+    word, seq = node.stdout.readline().split()
+    assert word == "open"
+    children = _children(node.pid)
+    assert len(children) == 1, children  # the write process
+    os.kill(node.pid, signal.SIGKILL)
+    node.wait()
+    deadline = time.monotonic() + 30
+    while _alive(children[0]):
+        assert time.monotonic() < deadline, "the write process outlived its node"
+        time.sleep(0.05)
+    async with await AuditLog.open(config) as log:  # the lock went with it
+        assert log.stats().records > int(seq)  # the acknowledged record (and the key records after it)
