@@ -99,8 +99,10 @@ class WriteProcess:
     @classmethod
     async def start(cls, path: str, lock_fd: int) -> WriteProcess:
         """Start the child on ``path``; it inherits ``lock_fd`` (the log lock) and holds it till it exits."""
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join([_ROOT, *filter(None, [env.get("PYTHONPATH")])])
+        # Only what an interpreter needs to import us: not the node's environment, which may
+        # hold the key-encryption key (kek_env) and other secrets this process has no use for.
+        env = {k: os.environ[k] for k in ("PATH", "PYTHONHOME", "LD_LIBRARY_PATH") if k in os.environ}
+        env["PYTHONPATH"] = os.pathsep.join([_ROOT, *filter(None, [os.environ.get("PYTHONPATH")])])
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-c",

@@ -97,8 +97,12 @@ NODE = textwrap.dedent("""
 """)
 
 
-async def test_the_write_process_exits_with_its_node_and_frees_the_log(make_config: ConfigFactory) -> None:
-    config = make_config()
+async def test_the_write_process_exits_with_its_node_and_frees_the_log(
+    make_config: ConfigFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    kek = (Path(make_config().kek_file or "")).read_text().strip()
+    monkeypatch.setenv("TEST_AUDIT_KEK", kek)
+    config = make_config(kek_file=None, kek_env="TEST_AUDIT_KEK")
     node = subprocess.Popen(
         [sys.executable, "-c", NODE, msgspec.json.encode(config).decode()],
         stdout=subprocess.PIPE,
@@ -110,6 +114,9 @@ async def test_the_write_process_exits_with_its_node_and_frees_the_log(make_conf
     assert word == "open"
     children = _children(node.pid)
     assert len(children) == 1, children  # the write process
+    # it does not inherit the node's environment, where the KEK is
+    environ = Path(f"/proc/{children[0]}/environ").read_bytes()
+    assert b"TEST_AUDIT_KEK" not in environ and kek.encode() not in environ
     os.kill(node.pid, signal.SIGKILL)
     node.wait()
     deadline = time.monotonic() + 30
