@@ -187,13 +187,17 @@ class WriteProcess:
                     fut.set_exception(Refused(str(value)))
                 else:
                     fut.set_exception(sqlite3.OperationalError(str(value)))
-        except (asyncio.IncompleteReadError, ConnectionError, IndexError):
-            code = await self._proc.wait()
-            self._dead = f"the audit write process exited (status {code})"
+        except Exception as exc:  # EOF (it exited) or a broken reply: either way it is gone for us
+            # Marked dead before any await, so no request sent from here on waits for a reply.
+            self._dead = f"the audit write process is gone ({type(exc).__name__})"
             while self._waiting:
                 fut = self._waiting.popleft()
                 if not fut.done():
                     fut.set_exception(AuditUnavailableError(self._dead))
+            with contextlib.suppress(ProcessLookupError):
+                self._proc.kill()
+            code = await self._proc.wait()
+            _log.error("audit write process %d exited with status %s", self._proc.pid, code)
 
 
 def _widen(proc: asyncio.subprocess.Process) -> None:

@@ -326,6 +326,12 @@ class AuditLog:
             raise AuditKeyError("not a KeyEncryptionKey")
         return await self._command(action)
 
+    @property
+    def accepting(self) -> bool:
+        """Whether appends can succeed now: the writer runs, has not failed closed, is not closed."""
+        w = self._writer
+        return not self._task.done() and w.failed is None and not w.closed
+
     def stats(self) -> AuditStats:
         w = self._writer
         last = w.last_checkpoint

@@ -34,7 +34,7 @@ from .budgets import persisted_budgets
 from .canaries import canary_job
 from .completions import handle_generation
 from .config import NodeConfig, resolve
-from .errors import exception_handlers
+from .errors import AuditFailedError, exception_handlers
 from .feedback import FeedbackStore
 from .metrics import AuditStats, GpuTimeMeter, Metrics
 from .state import NodeState
@@ -232,6 +232,11 @@ def create_app(
             err = EngineUnavailableError("A local engine is not ready.")
             body = err.to_body() | {"engines": engines}
             return Response(body, status_code=503, headers={"retry-after": "5"})
+        if state.audit is not None and not state.audit.accepting:
+            # Every request would be refused (fail closed): take this node out of rotation.
+            failed = AuditFailedError("The audit log is not accepting records; requests are refused.")
+            refused: dict[str, Any] = failed.to_body() | {"engines": engines, "audit": {"accepting": False}}
+            return Response(refused, status_code=503, headers={"retry-after": "5"})
         return Response({"status": "ready", "engines": engines})
 
     @get("/metrics", media_type="text/plain; version=0.0.4; charset=utf-8")

@@ -17,12 +17,12 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from audit import AuditLog
+from audit import AuditLog, AuditUnavailableError
 from audit.dbproc import Refused, WriteGroup, WriteProcess
 from audit.record import COLUMNS
 
 from .conftest import ConfigFactory
-from .helpers import cli, populate
+from .helpers import cli, event, populate
 
 
 def _row(seq: int, ts_ns: int | None) -> list[object]:
@@ -62,14 +62,16 @@ async def test_a_group_sent_behind_a_failed_commit_is_refused(make_config: Confi
 
 
 def _children(pid: int) -> list[int]:
+    """The write processes among ``pid``'s children (the test session may have engine processes too)."""
     out = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
                 stat = (entry / "stat").read_text()
+                cmdline = (entry / "cmdline").read_bytes()
             except OSError:
                 continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid and b"audit.dbproc" in cmdline:
                 out.append(int(entry.name))
     return out
 
@@ -125,3 +127,21 @@ async def test_the_write_process_exits_with_its_node_and_frees_the_log(
         time.sleep(0.05)
     async with await AuditLog.open(config) as log:  # the lock went with it
         assert log.stats().records > int(seq)  # the acknowledged record (and the key records after it)
+
+
+async def test_a_dead_write_process_fails_appends_closed_and_never_hangs(make_config: ConfigFactory) -> None:
+    config = make_config()
+    log = await AuditLog.open(config)
+    try:
+        await log.append(event(0))
+        (child,) = _children(os.getpid())
+        os.kill(child, signal.SIGKILL)
+        # The next appends get a clear error, not a wait: the writer stops (fail closed).
+        for i in range(1, 4):
+            with pytest.raises(AuditUnavailableError):
+                await asyncio.wait_for(log.append(event(i)), 30)
+        assert log.stats().failed
+    finally:
+        await asyncio.wait_for(log.aclose(), 30)
+    code, out, err = await asyncio.to_thread(cli, config, "verify", "--json")
+    assert code == 0, out + err

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -195,12 +197,53 @@ async def test_audit_unavailable_fails_closed(tmp_path: Path, local_engine: Loca
         assert counting.calls == 1
         audit = node.state.audit
         assert audit is not None
+        assert (await http.get("/readyz")).status_code == 200
         await audit.aclose()  # the writer is gone: nothing may be forwarded any more
         r = await http.post("/v1/chat/completions", headers=bearer(setup.keys["acme"]), json=body)
         assert r.status_code == 503, r.text
         assert r.json()["error"]["code"] == "audit_unavailable"
         assert r.headers["retry-after"]
         assert counting.calls == 1
+        # and the node says so, so a load balancer takes it out of rotation
+        ready = await http.get("/readyz")
+        assert ready.status_code == 503
+        assert ready.json()["error"]["code"] == "audit_unavailable"
+        assert ready.json()["audit"] == {"accepting": False}
+
+
+async def test_a_killed_audit_write_process_fails_closed(tmp_path: Path, local_engine: LocalEngine) -> None:
+    setup = node_setup(tmp_path)
+    counting = Counting(local_engine)
+    async with (
+        running_node(setup, {TINY: counting}) as node,
+        httpx.AsyncClient(base_url=node.url, timeout=30) as http,
+    ):
+        body = {"model": TINY, "messages": [{"role": "user", "content": "x"}], "max_tokens": 2}
+        ok = await http.post("/v1/chat/completions", headers=bearer(setup.keys["acme"]), json=body)
+        assert ok.status_code == 200
+        (writer,) = [
+            int(p.name)
+            for p in Path("/proc").iterdir()
+            if p.name.isdigit() and b"audit.dbproc" in _read(p / "cmdline") and _ppid(p) == os.getpid()
+        ]
+        os.kill(writer, signal.SIGKILL)
+        r = await http.post("/v1/chat/completions", headers=bearer(setup.keys["acme"]), json=body)
+        assert r.status_code == 503, r.text
+        assert r.json()["error"]["code"] == "audit_unavailable"
+        assert counting.calls == 1  # nothing forwarded without its first record
+        assert (await http.get("/readyz")).status_code == 503
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return b""
+
+
+def _ppid(proc_dir: Path) -> int:
+    stat = _read(proc_dir / "stat").decode()
+    return int(stat.rsplit(")", 1)[1].split()[1]) if stat else -1
 
 
 async def _export(setup_audit: object) -> list[dict[str, object]]:
