@@ -94,6 +94,7 @@ class WriteProcess:
         self._encoder = msgspec.msgpack.Encoder()
         self._waiting: collections.deque[asyncio.Future[object]] = collections.deque()
         self._dead: str | None = None
+        self._closing = False
         self._reader: asyncio.Task[None] | None = None
 
     @classmethod
@@ -140,6 +141,7 @@ class WriteProcess:
 
     async def close(self) -> None:
         """Ask the child to close its connection and exit; kill it if it does not within 10 s."""
+        self._closing = True
         try:
             if self._dead is None:
                 with contextlib.suppress(AuditUnavailableError):
@@ -152,11 +154,18 @@ class WriteProcess:
             await self._reader
 
     async def kill(self) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            self._proc.kill()
+        self._closing = True
+        self._sigkill()
         await self._proc.wait()
         if self._reader is not None:
             await self._reader
+
+    def _sigkill(self) -> None:
+        # os.kill, not Process.kill: Popen.send_signal polls first, and a poll that reaps the
+        # child races asyncio's child watcher (which then reports it as unknown, status 255).
+        if self._proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self._proc.pid, signal.SIGKILL)
 
     def _send(self, request: WriteGroup | ReadSize | Close) -> asyncio.Future[object]:
         fut: asyncio.Future[object] = asyncio.get_running_loop().create_future()
@@ -194,10 +203,13 @@ class WriteProcess:
                 fut = self._waiting.popleft()
                 if not fut.done():
                     fut.set_exception(AuditUnavailableError(self._dead))
-            with contextlib.suppress(ProcessLookupError):
-                self._proc.kill()
+            if self._closing:
+                return  # it answered Close (or is being killed) and exits by itself
+            self._sigkill()
             code = await self._proc.wait()
-            _log.error("audit write process %d exited with status %s", self._proc.pid, code)
+            _log.error(
+                "audit write process %d is gone (status %s): the log refuses records", self._proc.pid, code
+            )
 
 
 def _widen(proc: asyncio.subprocess.Process) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import json
+import logging
 import os
 import signal
 import sqlite3
@@ -129,7 +130,18 @@ async def test_the_write_process_exits_with_its_node_and_frees_the_log(
         assert log.stats().records > int(seq)  # the acknowledged record (and the key records after it)
 
 
-async def test_a_dead_write_process_fails_appends_closed_and_never_hangs(make_config: ConfigFactory) -> None:
+async def test_a_clean_close_ends_the_write_process_quietly(
+    make_config: ConfigFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="bastion.audit"):
+        await populate(make_config(), 3)
+    assert caplog.records == []
+    assert _children(os.getpid()) == []
+
+
+async def test_a_dead_write_process_fails_appends_closed_and_never_hangs(
+    make_config: ConfigFactory, caplog: pytest.LogCaptureFixture
+) -> None:
     config = make_config()
     log = await AuditLog.open(config)
     try:
@@ -141,6 +153,7 @@ async def test_a_dead_write_process_fails_appends_closed_and_never_hangs(make_co
             with pytest.raises(AuditUnavailableError):
                 await asyncio.wait_for(log.append(event(i)), 30)
         assert log.stats().failed
+        assert "gone" in caplog.text  # said once, loudly
     finally:
         await asyncio.wait_for(log.aclose(), 30)
     code, out, err = await asyncio.to_thread(cli, config, "verify", "--json")
