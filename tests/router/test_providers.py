@@ -18,7 +18,7 @@ from tests.fakes import FakeUpstream, Reply, closed_port_url
 from tests.router.conftest import CLAUDE, GPT, SECRET, decode_config, provider_toml
 
 
-def _config(kind: str, base_url: str, key: Path, model: str, stall_s: float = 0.5) -> ProviderConfig:
+def _config(kind: str, base_url: str, key: Path, model: str, stall_s: float = 5.0) -> ProviderConfig:
     return decode_config(
         provider_toml("p", kind, base_url, "eu-west", key, model, stall_s=stall_s)
     ).providers[0]
@@ -92,12 +92,17 @@ async def test_every_fault_raises_from_the_taxonomy(
     kind: str, reply: Reply, error: type[BastionError], reason: str, upstream_a: FakeUpstream, key_file: Path
 ) -> None:
     upstream_a.script(reply)
+    # Short timeouts only where the fault is a stall: on a loaded machine a scripted 500 can
+    # take longer than 0.3 s to arrive, and would then be (rightly) a first-byte timeout.
+    stall_s = 0.3 if reply.fault in ("stall-before", "stall-mid") else 8.0
     if kind == "openai":
         provider: OpenAIProvider | AnthropicProvider = OpenAIProvider(
-            _config(kind, upstream_a.openai_base, key_file, GPT, stall_s=0.3)
+            _config(kind, upstream_a.openai_base, key_file, GPT, stall_s=stall_s)
         )
     else:
-        provider = AnthropicProvider(_config(kind, upstream_a.anthropic_base, key_file, CLAUDE, stall_s=0.3))
+        provider = AnthropicProvider(
+            _config(kind, upstream_a.anthropic_base, key_file, CLAUDE, stall_s=stall_s)
+        )
     try:
         with pytest.raises(error) as info:
             await _drain(provider, _request(GPT if kind == "openai" else CLAUDE))
