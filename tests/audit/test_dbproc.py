@@ -112,16 +112,18 @@ async def test_the_write_process_exits_with_its_node_and_frees_the_log(
         text=True,
         cwd=Path(__file__).resolve().parents[2],
     )
-    assert node.stdout is not None
-    word, seq = node.stdout.readline().split()
-    assert word == "open"
-    children = _children(node.pid)
-    assert len(children) == 1, children  # the write process
-    # it does not inherit the node's environment, where the KEK is
-    environ = Path(f"/proc/{children[0]}/environ").read_bytes()
-    assert b"TEST_AUDIT_KEK" not in environ and kek.encode() not in environ
-    os.kill(node.pid, signal.SIGKILL)
-    node.wait()
+    try:
+        assert node.stdout is not None
+        word, seq = node.stdout.readline().split()
+        assert word == "open"
+        children = _children(node.pid)
+        assert len(children) == 1, children  # the write process
+        # it does not inherit the node's environment, where the KEK is
+        environ = Path(f"/proc/{children[0]}/environ").read_bytes()
+        assert b"TEST_AUDIT_KEK" not in environ and kek.encode() not in environ
+    finally:
+        node.kill()  # SIGKILL: the node gets no chance to close its log (and a failed check leaves nothing)
+        node.wait()
     deadline = time.monotonic() + 30
     while _alive(children[0]):
         assert time.monotonic() < deadline, "the write process outlived its node"
