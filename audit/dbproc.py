@@ -72,7 +72,7 @@ class ReadSize(msgspec.Struct, tag="size", array_like=True):
 
 
 class Close(msgspec.Struct, tag="close", array_like=True):
-    pass
+    """Close the connection and exit (after answering)."""
 
 
 _Request = WriteGroup | ReadSize | Close
@@ -125,10 +125,6 @@ class WriteProcess:
             await self.kill()
             raise
         return self
-
-    @property
-    def pid(self) -> int:
-        return self._proc.pid
 
     def write(self, group: WriteGroup) -> asyncio.Future[object]:
         """Send ``group`` now; the future ends when it is committed (or fails, or is Refused)."""
