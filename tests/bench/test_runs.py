@@ -63,7 +63,10 @@ async def test_client_queueing_shows_in_sched_latency(mock: MockFactory) -> None
         e2e = (r.t_last - r.t_send) / 1e6
         e2e_sched = (r.t_last - r.t_sched) / 1e6
         queued = (r.t_send - r.t_sched) / 1e6
-        assert e2e == pytest.approx(service, abs=10.0)  # the server's own time only (busy-machine slack)
+        # the server's own time only: never less than the mock's sleeps, and short of one queueing
+        # step (S - a = 50 ms, the least a leaked wait adds from the second request on), so a busy
+        # machine's slack cannot fail it while a wait that leaked in would
+        assert service - 1.0 <= e2e < service + (service - gap) / 2
         assert e2e_sched == pytest.approx(e2e + queued, abs=1e-6)
         if i:
             prev = recs[i - 1]
@@ -72,9 +75,14 @@ async def test_client_queueing_shows_in_sched_latency(mock: MockFactory) -> None
             assert r.t_send >= prev.t_close
             # what may differ is the hand-over from one request to the next (a loop turn, busy-machine slack)
             assert queued == pytest.approx(backlog, abs=15.0)
-            assert queued == pytest.approx(i * (service - gap), rel=0.1, abs=15.0)
-    assert res.stat("e2e_sched_ms", "max") == pytest.approx(service + 9 * (service - gap), rel=0.05)
-    assert res.stat("e2e_ms", "max") == pytest.approx(service, abs=10.0)
+            # the closed form with the nominal service is the least it can be (a busy machine
+            # only lengthens the measured service, and with it the wait)
+            assert queued >= i * (service - gap) - 15.0
+    assert res.stat("e2e_sched_ms", "max") >= (service + 9 * (service - gap)) * 0.95
+    assert res.stat("e2e_sched_ms", "max") == pytest.approx(
+        max((r.t_last - r.t_sched) / 1e6 for r in recs if r.t_last is not None), rel=1e-6
+    )
+    assert service - 1.0 <= res.stat("e2e_ms", "max") < service + (service - gap) / 2
 
 
 async def test_failures_are_counted_and_violate_slos(mock: MockFactory) -> None:
