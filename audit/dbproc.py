@@ -14,10 +14,9 @@ group it sealed ahead while the one before is still committing, so the child
 goes from one transaction to the next without waiting for the loop. The child
 runs them one at a time and refuses a group that does not start exactly where
 the log ends (the one before it failed), so the database only ever holds a
-prefix of the chain. The child
-exits when its stdin closes, so a node that dies takes its write process with it
-once the transaction in hand is over; the child holds the log's lock (inherited)
-until then, so no second writer starts beside it.
+prefix of the chain. The child exits when its stdin closes, so a node that dies
+takes its write process with it once the transaction in hand is over; the child
+holds the log's lock (inherited) until then, so no second writer starts beside it.
 """
 
 from __future__ import annotations

@@ -135,7 +135,7 @@ class AuditLog:
     @classmethod
     async def open(cls, config: AuditConfig, *, clock: Callable[[], int] = time.time_ns) -> AuditLog:
         """Open (creating if new) the log; raises AuditKeyError, AuditRollbackError, AuditTamperedError."""
-        lock = _Lock(config.path)
+        lock = await asyncio.to_thread(_Lock, config.path)  # may wait for a dying node's write process
         try:
             return await cls._open_locked(config, lock, clock)
         except sqlite3.Error as exc:

@@ -105,7 +105,6 @@ class _Batch:
     rows: list[Row]
     first_seq: int
     head: bytes
-    params: list[object] = field(default_factory=list)  # the rows' INSERT parameters, flat
     checkpoint: tuple[int, str] | None = None  # (size, note) inserted in the same transaction
 
     @property
@@ -255,7 +254,6 @@ class Writer:
                         more = self._seal(self._take_appends(self._max_batch - len(ahead.rows)), *ahead.tip)
                         ahead.appends += more.appends
                         ahead.rows += more.rows
-                        ahead.params += more.params
                         ahead.head = more.head
                     inflight = (ahead, self._start(ahead))
                     ahead = None
@@ -394,7 +392,6 @@ class Writer:
             _log.error("sealing %d audit records failed: %s", len(appends), exc)
             self._fail(appends, AuditUnavailableError(f"audit write failed: {exc}"))
             batch.appends, batch.rows, batch.head = [], [], head
-        batch.params = row_params(batch.rows)
         return batch
 
     def _seal_rows(self, appends: list[PendingAppend], seq: int, head: bytes) -> tuple[list[Row], bytes]:
@@ -452,7 +449,7 @@ class Writer:
         """Hand ``batch`` (and any signed checkpoint's row) to the write process as one transaction."""
         batch.checkpoint, self._unsent = self._unsent, None
         group = WriteGroup(
-            batch.first_seq, len(batch.rows), batch.params, batch.checkpoint, self.wal.take_reset()
+            batch.first_seq, len(batch.rows), row_params(batch.rows), batch.checkpoint, self.wal.take_reset()
         )
         fut = self._proc.write(group)
         fut.add_done_callback(self._notify)
