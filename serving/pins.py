@@ -18,10 +18,17 @@ from serving.models import ModelSpec
 __all__ = ["sha256_file", "unpinned_files", "verify_model"]
 
 _CHUNK: Final = 1 << 20
-# Files no engine reads: docs, licences, git metadata, the hub's download cache.
-_IGNORED_NAMES: Final = frozenset({".gitattributes", ".gitignore"})
-_IGNORED_SUFFIXES: Final = frozenset({".md", ".txt.license", ".png", ".jpg", ".jpeg", ".gif", ".svg"})
-_IGNORED_PREFIXES: Final = ("README", "LICENSE", "LICENCE", "NOTICE", "USE_POLICY")
+# What may sit unpinned in a model folder: documents by extension, and the
+# extension-less licence/readme files that ship with models. A name alone is no
+# reason (vLLM loads every ``*.safetensors`` in a folder without an index, so a
+# ``LICENSE.safetensors`` would be read): anything else must be pinned.
+_DOC_SUFFIXES: Final = frozenset(
+    {".md", ".markdown", ".pdf", ".png", ".jpg", ".jpeg", ".gif", ".svg", ".webp"}
+)
+_DOC_NAMES: Final = frozenset(
+    {"readme", "license", "licence", "notice", "copying", "use_policy", ".gitattributes", ".gitignore"}
+)
+# The hub's download cache and git metadata (not read by any engine).
 _IGNORED_DIRS: Final = frozenset({".cache", ".git"})
 
 
@@ -37,12 +44,8 @@ def sha256_file(path: Path) -> str:
 def _ignored(rel: PurePosixPath) -> bool:
     if any(part in _IGNORED_DIRS for part in rel.parts[:-1]):
         return True
-    name = rel.name
-    return (
-        name in _IGNORED_NAMES
-        or name.startswith(_IGNORED_PREFIXES)
-        or any(name.endswith(s) for s in _IGNORED_SUFFIXES)
-    )
+    name = rel.name.lower()
+    return name in _DOC_NAMES or rel.suffix.lower() in _DOC_SUFFIXES
 
 
 def unpinned_files(spec: ModelSpec, model_dir: Path) -> list[str]:

@@ -90,6 +90,23 @@ def test_a_flipped_byte_makes_serve_refuse(
     assert hashlib.sha256(bytes(data)).hexdigest() in run.stderr  # ...and the one on disk
 
 
+def test_an_unpinned_license_safetensors_makes_serve_refuse(
+    tmp_path: Path, tiny_spec: ModelSpec, tiny_model_dir: Path
+) -> None:
+    models = _path_model(tmp_path, tiny_spec, tiny_model_dir)
+    weights = (tmp_path / "tiny" / "model.safetensors").read_bytes()
+    (tmp_path / "tiny" / "LICENSE.safetensors").write_bytes(weights)
+    run = subprocess.run(
+        [*BASTION, "serve", "--config", str(_node_toml(tmp_path, models))],
+        env=_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 3, run.stderr
+    assert "no pin" in run.stderr and "LICENSE.safetensors" in run.stderr
+
+
 def test_a_floating_reference_makes_serve_refuse(tmp_path: Path) -> None:
     models = tmp_path / "models.toml"
     models.write_text(

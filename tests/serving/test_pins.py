@@ -58,9 +58,33 @@ def test_unpinned_file_the_engine_could_read_is_refused(
         verify_model(tiny_spec, model_copy)
 
 
+@pytest.mark.parametrize(
+    "extra",
+    [
+        "LICENSE.safetensors",
+        "README.safetensors",
+        "NOTICE.bin",
+        "USE_POLICY.json",
+        "LICENSE.jinja",
+        "README.py",
+        "license.txt",
+    ],
+)
+def test_a_document_name_does_not_excuse_a_file_the_engine_could_read(
+    tiny_spec: ModelSpec, model_copy: Path, extra: str
+) -> None:
+    # vLLM loads every *.safetensors of a folder without an index file, whatever its name
+    (model_copy / extra).write_bytes(b"\0" * 16)
+    with pytest.raises(PinMismatchError, match=f"no pin.*{extra}"):
+        verify_model(tiny_spec, model_copy)
+
+
 def test_docs_and_hub_bookkeeping_are_ignored(tiny_spec: ModelSpec, model_copy: Path) -> None:
     (model_copy / "README.md").write_text("# card")
     (model_copy / "LICENSE").write_text("licence")
+    (model_copy / "USE_POLICY.md").write_text("policy")
+    (model_copy / "NOTICE").write_text("notice")
+    (model_copy / "diagram.PNG").write_bytes(b"png")
     (model_copy / ".cache" / "huggingface").mkdir(parents=True)
     (model_copy / ".cache" / "huggingface" / "x.metadata").write_text("m")
     verify_model(tiny_spec, model_copy)
