@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from collections.abc import Coroutine
 from pathlib import Path
@@ -17,6 +18,9 @@ from bench.mock import MockConfig, parse_dist, serve_mock
 __all__ = ["main"]
 
 T = TypeVar("T")
+
+#: read when no key option is given and the config file sets none
+_KEY_ENV = "BENCH_API_KEY"
 
 
 def run_async(coro: Coroutine[Any, Any, T]) -> T:
@@ -34,7 +38,12 @@ def _add_load_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", type=Path, help="JSON file with LoadConfig fields; flags override it")
     p.add_argument("--model", default=None)
     p.add_argument("--endpoint", choices=["completions", "chat"], default=None)
-    p.add_argument("--api-key", default=None)
+    key = p.add_mutually_exclusive_group()
+    key.add_argument("--api-key", default=None, help="visible in `ps`: prefer --api-key-env/--api-key-file")
+    key.add_argument(
+        "--api-key-env", metavar="VAR", help=f"read the API key from $VAR (default: ${_KEY_ENV})"
+    )
+    key.add_argument("--api-key-file", type=Path, metavar="PATH", help="read the API key from a file")
     p.add_argument("--concurrency", type=int, default=None, help="closed loop; with --rate, a cap")
     p.add_argument("--rate", type=float, default=None, help="open-loop requests/s")
     p.add_argument("--arrival", choices=["poisson", "gamma", "constant"], default=None)
@@ -71,13 +80,36 @@ def _add_load_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", "-q", action="store_true")
 
 
+def _api_key(a: argparse.Namespace) -> str | None:
+    """The key from --api-key, --api-key-file or --api-key-env; None when none is given.
+
+    Never persisted: result files carry ``[redacted]`` in its place.
+    """
+    if a.api_key:
+        return str(a.api_key)
+    if a.api_key_file is not None:
+        try:
+            key = a.api_key_file.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(f"--api-key-file {a.api_key_file}: cannot read it: {exc}") from None
+        if not key:
+            raise ValueError(f"--api-key-file {a.api_key_file} is empty")
+        return key
+    if a.api_key_env is not None:
+        value = os.environ.get(a.api_key_env, "").strip()
+        if not value:
+            raise ValueError(f"--api-key-env: environment variable {a.api_key_env} is not set")
+        return value
+    return None
+
+
 def config_from_args(a: argparse.Namespace) -> LoadConfig:
     data: dict[str, Any] = msgspec.json.decode(a.config.read_bytes()) if a.config else {}
     data["url"] = a.url if a.url else data.get("url")
     flat = {
         "model": a.model,
         "endpoint": a.endpoint,
-        "api_key": a.api_key,
+        "api_key": _api_key(a),
         "concurrency": a.concurrency,
         "rate": a.rate,
         "arrival": a.arrival,
@@ -91,6 +123,8 @@ def config_from_args(a: argparse.Namespace) -> LoadConfig:
         "tokenizer": a.tokenizer,
     }
     data.update({k: v for k, v in flat.items() if v is not None})
+    if "api_key" not in data and (default_key := os.environ.get(_KEY_ENV, "").strip()):
+        data["api_key"] = default_key
     wl = dict(data.get("workload", {}))
     wflat = {
         "kind": a.workload,

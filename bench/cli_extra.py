@@ -18,7 +18,11 @@ def _sweep(a: argparse.Namespace) -> int:
     from bench.plots import plot_sweep
     from bench.sweep import sweep
 
-    cfg = config_from_args(a)
+    try:
+        cfg = config_from_args(a)
+    except (msgspec.ValidationError, ValueError) as exc:
+        print(f"bench: invalid configuration: {exc}", file=sys.stderr)
+        return 2
     if a.levels:
         levels = [float(x) for x in a.levels.split(",")]
     elif a.vary == "rate":

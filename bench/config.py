@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 __all__ = [
+    "REDACTED",
     "SLO_METRICS",
     "LoadConfig",
     "PrometheusConfig",
@@ -25,6 +26,9 @@ Count = Annotated[int, msgspec.Meta(ge=1)]
 # SLO thresholds are in milliseconds and name the metric they bound, so a reader can
 # tell whether client queueing counts (the *_sched variants) or not.
 SLO_METRICS = ("ttft_ms", "ttft_sched_ms", "e2e_ms", "e2e_sched_ms", "tpot_ms", "itl_max_ms")
+
+#: what stands for the API key in every file a run writes (results get attached to tickets)
+REDACTED = "[redacted]"
 
 
 class WorkloadConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -111,6 +115,10 @@ class LoadConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     @property
     def closed_loop(self) -> bool:
         return self.rate is None
+
+    def redacted(self) -> LoadConfig:
+        """This config as it may be written to a file: the API key replaced by a marker."""
+        return msgspec.structs.replace(self, api_key=REDACTED if self.api_key else None)
 
 
 def decode_config(data: dict[str, Any]) -> LoadConfig:

@@ -15,6 +15,8 @@ from typing import IO
 
 import msgspec
 
+from bench.config import REDACTED
+
 __all__ = ["RecordReader", "RecordWriter", "RequestRecord", "read_records"]
 
 
@@ -71,13 +73,17 @@ class RequestRecord(msgspec.Struct, kw_only=True):
 class RecordWriter:
     """Appends records to a JSONL file; buffered, flushed on close."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, secrets: tuple[str, ...] = ()) -> None:
         self.path = path
+        self._secrets = tuple(s for s in secrets if s)
         self._enc = msgspec.json.Encoder()
         self._fh: IO[bytes] = path.open("wb", buffering=1 << 20)
         self.count = 0
 
     def write(self, rec: RequestRecord) -> None:
+        if rec.error and self._secrets:  # a server may echo the key it refused
+            for secret in self._secrets:
+                rec.error = rec.error.replace(secret, REDACTED)
         self._fh.write(self._enc.encode(rec) + b"\n")
         self.count += 1
 

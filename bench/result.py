@@ -11,7 +11,7 @@ from pathlib import Path
 
 import msgspec
 
-from bench.config import LoadConfig
+from bench.config import REDACTED, LoadConfig
 from bench.metrics import FORMULAS, Stats, Summary
 from bench.prom import PromSummary
 
@@ -137,9 +137,13 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def run_meta(seed: int, loop_name: str) -> RunMeta:
+def run_meta(seed: int, loop_name: str, *, secrets: tuple[str, ...] = ()) -> RunMeta:
+    """The run's context; any of ``secrets`` in the command line (``--api-key K``) is redacted."""
+    command = list(sys.argv)
+    for secret in filter(None, secrets):
+        command = [arg.replace(secret, REDACTED) for arg in command]
     return RunMeta(
-        command=list(sys.argv),
+        command=command,
         seed=seed,
         started_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         host={

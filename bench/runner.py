@@ -56,7 +56,7 @@ class _Run:
             load_token_counter(cfg.tokenizer) if cfg.tokenizer else None
         )
         self.live = _Live()
-        self.writer = RecordWriter(records)
+        self.writer = RecordWriter(records, secrets=(cfg.api_key or "",))
         self.digest: str | None = None
         self.t0 = 0
         self.timer = DeadlineTimer()
@@ -197,8 +197,8 @@ async def run_load(
     summary = summarize(reader, window, dict(cfg.slos))
     loop_name = type(asyncio.get_running_loop()).__module__.split(".")[0]
     result = RunResult(
-        meta=run_meta(cfg.seed, loop_name),
-        config=cfg,
+        meta=run_meta(cfg.seed, loop_name, secrets=(cfg.api_key or "",)),
+        config=cfg.redacted(),
         summary=summary,
         ceiling=ceiling,
         prometheus=scraper.summary() if scraper else None,

@@ -54,7 +54,7 @@ class Reply:
     status: int = 200
     retry_after: str | None = None
     fault: Fault = "none"
-    #: answer text; ``None``: the server's default text
+    #: answer text (an error status: the error message); ``None``: the server's default text
     text: str | None = None
     #: answer with the last user message's text (to see what the upstream received, e.g. placeholders)
     echo: bool = False
@@ -260,7 +260,8 @@ class FakeUpstream:
             return
         if reply.status != 200:
             extra = [(b"retry-after", reply.retry_after.encode())] if reply.retry_after else []
-            await _json(send, reply.status, {"error": {"message": f"scripted {reply.status}"}}, extra)
+            message = reply.text or f"scripted {reply.status}"
+            await _json(send, reply.status, {"error": {"message": message}}, extra)
             return
         text = _last_user_text(request) if reply.echo else (reply.text or self.default.text or "")
         pieces = _pieces(text)
