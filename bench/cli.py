@@ -88,8 +88,9 @@ def _api_key(a: argparse.Namespace) -> str | None:
     if a.api_key:
         return str(a.api_key)
     if a.api_key_file is not None:
+        path: Path = a.api_key_file
         try:
-            key = a.api_key_file.read_text(encoding="utf-8").strip()
+            key = path.read_text(encoding="utf-8").strip()
         except (OSError, UnicodeDecodeError) as exc:
             raise ValueError(f"--api-key-file {a.api_key_file}: cannot read it: {exc}") from None
         if not key:
