@@ -229,7 +229,7 @@ class AuditLog:
         request_id = event.meta.get("request_id")
         try:
             plaintext = encode_parts(event.tenant, event.meta, event.subject, event.content)
-        except (TypeError, msgspec.EncodeError) as exc:
+        except (TypeError, OverflowError, msgspec.EncodeError) as exc:  # e.g. an int beyond 64 bits
             raise AuditError(f"audit event cannot be encoded: {exc}") from exc
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._writer.submit(

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from audit import (
+    AuditError,
     AuditEvent,
     AuditKeyError,
     AuditLog,
@@ -117,6 +118,16 @@ async def test_closed_log_refuses_appends(make_config: ConfigFactory) -> None:
     await log.aclose()
     with pytest.raises(AuditUnavailableError):
         await log.append(event(0))
+
+
+@pytest.mark.parametrize("value", [2**64, -(2**63) - 1, object()])
+async def test_an_unencodable_event_is_an_audit_error_and_the_log_goes_on(
+    make_config: ConfigFactory, value: object
+) -> None:
+    async with await AuditLog.open(make_config()) as log:
+        with pytest.raises(AuditError, match="cannot be encoded"):
+            await log.append(AuditEvent(type="request.start", tenant="acme", meta={"seed": value}))
+        assert await log.append(event(0)) >= 0  # one bad event does not stop the writer
 
 
 async def test_rollback_to_an_older_copy_is_refused_at_open(
