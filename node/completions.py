@@ -1,9 +1,11 @@
 """The request path of ``/v1/chat/completions`` and ``/v1/completions``.
 
-authenticate -> decode -> model access -> route (the router records the
-decision through ``before_forward``, which appends the durable start record
-before any provider is contacted) -> stream or collect -> end record (durable
-before the response finishes) -> metrics and the request log line.
+authenticate -> the request's record (``RequestRecord``) -> decode -> model
+access -> route (the router records the decision through ``before_forward``,
+which appends the durable start record before any provider is contacted) ->
+stream or collect -> end record (durable before the response finishes) ->
+metrics and the request log line. Anything that ends an authenticated request
+before its stream ends it through the record: ``request.rejected`` at least.
 """
 
 from __future__ import annotations
@@ -22,7 +24,6 @@ from litestar.response.base import ASGIResponse
 from litestar.response.streaming import ASGIStreamingResponse
 from litestar.types import Receive, Send
 
-from audit import AuditEvent
 from router import RoutedStream, RouteRequest
 from serving.errors import BadRequestError, BastionError, ModelNotFoundError
 from serving.protocol import Delta, GenerationRequest, ToolCall
@@ -59,29 +60,25 @@ async def handle_generation(
     request_id = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
     request.scope["state"]["request_id"] = request_id
     principal = state.tenants.authenticate(request.headers.get("authorization"))
-    try:
-        wire, generation = await _decode(state, request, principal, request_id, chat=chat)
-    except BastionError as exc:
-        await _record_rejection(state, principal, request_id, "chat" if chat else "completions", exc)
-        raise
+    # From here on the request is the tenant's: whatever ends it before the stream (a body
+    # that does not decode, a limit, the router, an unexpected error) passes through the record.
     record = RequestRecord(
         state=state,
         principal=principal,
         request_id=request_id,
         endpoint="chat" if chat else "completions",
-        alias=wire.model,
-        subject=wire.user,
-        generation=generation,
         started=started,
     )
-    route_request = RouteRequest(
-        tenant=principal.tenant.name,
-        policy=principal.tenant,
-        alias=wire.model,
-        generation=generation,
-        residency_header=request.headers.get(RESIDENCY_HEADER),
-    )
     try:
+        wire, generation = await _decode(state, request, principal, request_id, chat=chat)
+        record.admitted(alias=wire.model, subject=wire.user, generation=generation)
+        route_request = RouteRequest(
+            tenant=principal.tenant.name,
+            policy=principal.tenant,
+            alias=wire.model,
+            generation=generation,
+            residency_header=request.headers.get(RESIDENCY_HEADER),
+        )
         routed = await state.router.open(route_request, before_forward=record.started_forwarding)
     except BaseException as exc:
         await record.failed_before_stream(exc)
@@ -133,29 +130,6 @@ async def _decode(
         tools=tuple(wire.tools) if isinstance(wire, ChatCompletionRequest) and wire.tools else None,
     )
     return wire, generation
-
-
-async def _record_rejection(
-    state: NodeState, principal: Principal, request_id: str, endpoint: str, exc: BastionError
-) -> None:
-    """An authenticated request refused before routing still leaves an audit record."""
-    state.metrics.observe_request(
-        tenant=principal.tenant.name, model="", route="none", status=exc.status_code, e2e_s=None
-    )
-    if state.audit is None:
-        return
-    meta = {
-        "request_id": request_id,
-        "key_id": principal.key_id,
-        "endpoint": endpoint,
-        "http_status": exc.status_code,
-        "error_code": exc.code,
-        "param": exc.param,
-    }
-    try:
-        await state.audit.append(AuditEvent(type="request.rejected", tenant=principal.tenant.name, meta=meta))
-    except Exception:
-        _log.exception("could not record rejected request %s", request_id)
 
 
 async def _collect(

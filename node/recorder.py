@@ -1,9 +1,16 @@
 """One request's record: its audit events, timings, metrics and log line.
 
+A record exists from the moment the caller is authenticated, before the body
+is read, and every way out of the request path passes through it: an
+authenticated request always leaves ``request.start`` and ``request.end``, or
+``request.rejected`` (whatever refused it: a body that does not decode, a
+limit, the router, an unexpected error).
+
 The start record is appended (and durable) in ``started_forwarding``, which the
 router awaits before it contacts any provider; if the audit log cannot take
-it, the router forwards nothing. The end record is durable before the
-response's last byte is sent.
+it, the router forwards nothing and the request counts as not forwarded (its
+end is a ``request.rejected``, never a ``request.end`` without a start). The
+end record is durable before the response's last byte is sent.
 """
 
 from __future__ import annotations
@@ -12,6 +19,8 @@ import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any
+
+import anyio
 
 from audit import AuditEvent
 from router import RoutedStream
@@ -35,10 +44,11 @@ class RequestRecord:
     principal: Principal
     request_id: str
     endpoint: str
-    alias: str
-    subject: str | None
-    generation: GenerationRequest
     started: float
+    #: known once the body has decoded (``admitted``); a request refused before has none
+    alias: str = ""
+    subject: str | None = None
+    generation: GenerationRequest | None = None
     route: str = "none"
     reason: str = "rejected"
     provider: str = ""
@@ -58,6 +68,10 @@ class RequestRecord:
     def tenant(self) -> str:
         return self.principal.tenant.name
 
+    def admitted(self, *, alias: str, subject: str | None, generation: GenerationRequest) -> None:
+        """The body decoded into a generation request for ``alias``."""
+        self.alias, self.subject, self.generation = alias, subject, generation
+
     async def started_forwarding(self, decision: Any) -> None:
         """Called by the router before each attempt; the first writes the start record."""
         self.route = str(getattr(decision, "route", self.route))
@@ -76,23 +90,22 @@ class RequestRecord:
             )
             self.timer.started_s = self.started
             self.timer.dequeued()
-        self.forwarded = True
         audit = self.state.audit
-        if audit is None:
-            return
-        content: dict[str, Any] | None = None
-        if event_type == "request.start":
-            g = self.generation
-            content = (
-                {"messages": [m_to_dict(m) for m in g.messages]}
-                if g.messages is not None
-                else {"prompt": g.prompt}
-            )
-        await audit.append(
-            AuditEvent(
+        if audit is not None:
+            content: dict[str, Any] | None = None
+            if event_type == "request.start" and (g := self.generation) is not None:
+                content = (
+                    {"messages": [m_to_dict(m) for m in g.messages]}
+                    if g.messages is not None
+                    else {"prompt": g.prompt}
+                )
+            event = AuditEvent(
                 type=event_type, tenant=self.tenant, subject=self.subject, meta=self._meta(), content=content
             )
-        )
+            await audit.append(event)
+        # Only once the start record is durable: if the append raised, nothing was forwarded
+        # and the request ends as rejected, not with an end record that has no start.
+        self.forwarded = True
         if event_type == "request.start" and self.state.feedback is not None:
             # lets /v1/feedback label its count with the model; never raises
             await self.state.feedback.remember(
@@ -100,8 +113,7 @@ class RequestRecord:
             )
 
     def _meta(self) -> dict[str, Any]:
-        s = self.generation.sampling
-        return {
+        meta: dict[str, Any] = {
             "request_id": self.request_id,
             "key_id": self.principal.key_id,
             "endpoint": self.endpoint,
@@ -112,14 +124,17 @@ class RequestRecord:
             "model": self.model,
             "revision": self.revision,
             "redactions": self.redactions,
-            "sampling": {
+        }
+        if self.generation is not None:
+            s = self.generation.sampling
+            meta["sampling"] = {
                 "max_tokens": s.max_tokens,
                 "temperature": s.temperature,
                 "top_p": s.top_p,
                 "stop": list(s.stop),
                 "seed": s.seed,
-            },
-        }
+            }
+        return meta
 
     def on_delta(self, delta: Delta) -> None:
         if delta.text or delta.tool_calls:
@@ -156,7 +171,8 @@ class RequestRecord:
             self.reason = reason
         status = "cancelled" if err is None else err.code
         try:
-            await self.ended(status=status, text="", error=err)
+            with anyio.CancelScope(shield=True):  # a cancelled request is recorded all the same
+                await self.ended(status=status, text="", error=err)
         except Exception:
             _log.exception("could not record a failed request %s", self.request_id)
 
@@ -175,6 +191,7 @@ class RequestRecord:
             "status": status,
             "http_status": http_status,
             "error_code": error.code if error else None,
+            "param": error.param if error else None,
             "prompt_tokens": last.prompt_tokens,
             "completion_tokens": last.completion_tokens,
             "cached_tokens": last.cached_tokens,

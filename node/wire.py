@@ -26,9 +26,14 @@ __all__ = [
     "decode_request",
 ]
 
+# Every integer a request carries is bounded to signed 64 bits: what the audit record's
+# encoder (msgpack) stores, what torch takes as a seed, and vLLM's own seed range. An
+# unbounded one would reach the record encoder and fail there, after the request was admitted.
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 _Temperature = Annotated[float, msgspec.Meta(ge=0.0, le=2.0)]
 _TopP = Annotated[float, msgspec.Meta(gt=0.0, le=1.0)]
-_Tokens = Annotated[int, msgspec.Meta(ge=1)]
+_Tokens = Annotated[int, msgspec.Meta(ge=1, le=_INT64_MAX)]
+_Seed = Annotated[int, msgspec.Meta(ge=_INT64_MIN, le=_INT64_MAX)]
 
 
 class TextPart(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -68,7 +73,7 @@ class _Common(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
     temperature: _Temperature | None = None
     top_p: _TopP | None = None
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: _Seed | None = None
     n: Annotated[int, msgspec.Meta(ge=1, le=1)] = 1
     stream: bool = False
     stream_options: StreamOptions | None = None
@@ -77,7 +82,7 @@ class _Common(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
     presence_penalty: float = 0.0
     #: benchmark helpers (vLLM extensions): exact output length on local engines
     ignore_eos: bool = False
-    min_tokens: Annotated[int, msgspec.Meta(ge=0)] = 0
+    min_tokens: Annotated[int, msgspec.Meta(ge=0, le=_INT64_MAX)] = 0
 
     def __post_init__(self) -> None:
         if self.frequency_penalty != 0.0 or self.presence_penalty != 0.0:

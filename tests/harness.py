@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import uvicorn
 
-from audit import generate_kek_file, generate_signing_key
+from audit import AuditLog, generate_kek_file, generate_signing_key
 from node.app import create_app
 from node.config import NodeConfig, decode_config
 from node.state import NodeState
@@ -93,10 +93,19 @@ class RunningNode:
 
 @asynccontextmanager
 async def running_node(
-    setup: NodeSetup, engines: Mapping[str, Provider], *, providers: Mapping[str, Provider] | None = None
+    setup: NodeSetup,
+    engines: Mapping[str, Provider],
+    *,
+    providers: Mapping[str, Provider] | None = None,
+    audit: AuditLog | None = None,
 ) -> AsyncIterator[RunningNode]:
-    """The node under uvicorn on 127.0.0.1 (a free port), on this event loop."""
-    app = create_app(setup.config, config_dir=setup.config_dir, engines=engines, providers=providers)
+    """The node under uvicorn on 127.0.0.1 (a free port), on this event loop.
+
+    ``audit``: an opened log to use instead of the one the config names (the caller closes it).
+    """
+    app = create_app(
+        setup.config, config_dir=setup.config_dir, engines=engines, providers=providers, audit=audit
+    )
     server = uvicorn.Server(
         uvicorn.Config(app, host="127.0.0.1", port=0, lifespan="on", log_level="warning", access_log=False)
     )
