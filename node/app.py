@@ -8,12 +8,13 @@ opened audit log) through the same keyword parameters.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import hmac
 import logging
 import os
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,7 @@ from serving.protocol import Provider
 from .budgets import persisted_budgets
 from .canaries import canary_job
 from .completions import handle_generation
-from .config import NodeConfig, resolve
+from .config import ConfigError, NodeConfig, resolve
 from .errors import AuditFailedError, exception_handlers
 from .feedback import FeedbackStore
 from .metrics import AuditStats, GpuTimeMeter, Metrics
@@ -69,17 +70,56 @@ def _request_id_middleware(app: ASGIApp) -> ASGIApp:
 
 
 def served_models(config: NodeConfig, models: ModelsFile) -> list[str]:
-    """The local models this node starts: ``serve``, else every one a tenant or route names."""
-    known = {m.name for m in models.models}
+    """The local models this node starts: ``serve``, else every one a tenant or route names.
+
+    Every name must lead somewhere: a ``serve`` entry or a route's ``local`` to a
+    model of the models file, a tenant's model to a route alias or a served model.
+    A misspelt name would otherwise leave a node that starts, reports ready and
+    answers every request with 404; it is a ``ConfigError`` naming the tenant (or
+    route), the name and the closest known name.
+    """
+    known = list(models.names)
+    aliases = [r.alias for r in config.routes]
+    for name in config.serve or ():
+        if name not in known:
+            raise ConfigError(
+                f"`serve` names model {name!r}, which is not in the models file{_closest(name, known)}"
+            )
+    for route in config.routes:
+        if route.local and route.local not in known:
+            raise ConfigError(
+                f"route {route.alias!r} names local model {route.local!r}, which is not in the models file"
+                + _closest(route.local, known)
+            )
+    tenant_models = {m for t in config.tenants for m in t.models}
     if config.serve is not None:
         wanted = list(config.serve)
     else:
-        named = {m for t in config.tenants for m in t.models} | {r.local for r in config.routes if r.local}
-        wanted = sorted(n for n in named if n in known)
-    missing = [n for n in wanted if n not in known]
-    if missing:
-        raise ValueError(f"models not in the models file: {missing}")
+        wanted = sorted((tenant_models & set(known)) | {r.local for r in config.routes if r.local})
+    for route in config.routes:
+        if route.local and route.local not in wanted:
+            raise ConfigError(
+                f"route {route.alias!r} names local model {route.local!r}, which `serve` leaves out"
+            )
+    reachable = set(wanted) | set(aliases)
+    for tenant in config.tenants:
+        for name in tenant.models:
+            if name in reachable:
+                continue
+            if name in known:
+                raise ConfigError(f"tenant {tenant.name!r} names model {name!r}, which `serve` leaves out")
+            raise ConfigError(
+                f"tenant {tenant.name!r} names model {name!r}, which is neither a model in the models file "
+                f"nor a route alias{_closest(name, [*known, *aliases])}"
+            )
     return wanted
+
+
+def _closest(name: str, candidates: Sequence[str]) -> str:
+    """``; did you mean 'x'?`` for the nearest candidate, else the known names."""
+    if match := difflib.get_close_matches(name, candidates, n=1, cutoff=0.5):
+        return f"; did you mean {match[0]!r}?"
+    return f" (known: {', '.join(sorted(set(candidates))) or 'none'})"
 
 
 def router_config(config: NodeConfig, local: Mapping[str, Provider]) -> RouterConfig:

@@ -338,7 +338,7 @@ async def run_canaries_command(
 
         try:
             local_names = served_models(config, models)
-        except ValueError as exc:
+        except ConfigError as exc:
             return _fail(str(exc), 2)
     else:
         local_names = [m.name for m in models.models]

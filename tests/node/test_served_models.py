@@ -1,0 +1,84 @@
+"""Every model name a tenant, route or ``serve`` gives must lead to a model or an alias."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from node.app import served_models
+from node.config import ConfigError, decode_config
+from serving.models import ModelsFile, load_models_file
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def models() -> ModelsFile:
+    return load_models_file(ROOT / "models.toml")
+
+
+def _config(tenants: dict[str, str], extra: str = "") -> str:
+    return (
+        "".join(
+            f'[[tenants]]\nname = "{t}"\nmodels = {m}\nresidency = "local-only"\n' for t, m in tenants.items()
+        )
+        + extra
+    )
+
+
+def test_the_named_models_are_served(models: ModelsFile) -> None:
+    config = decode_config(_config({"acme": '["bastion-tiny"]'}))
+    assert served_models(config, models) == ["bastion-tiny"]
+
+
+@pytest.mark.parametrize(
+    ("tenants", "message"),
+    [
+        # every name misspelt: the node used to start, serve nothing and report ready
+        (
+            {"acme": '["bastion-tiyn"]'},
+            "tenant 'acme' names model 'bastion-tiyn', which is neither a model in the models file nor a "
+            "route alias; did you mean 'bastion-tiny'?",
+        ),
+        # one good name does not excuse a bad one
+        (
+            {"acme": '["bastion-tiny"]', "globex": '["bastoin-tiny", "bastion-tiny"]'},
+            "tenant 'globex' names model 'bastoin-tiny'",
+        ),
+        ({"acme": '["chta"]'}, "did you mean 'chat'?"),
+        ({"acme": '["zzz-unrelated"]'}, "(known: bastion-tiny, chat)"),
+    ],
+)
+def test_a_name_no_model_or_alias_has_fails_naming_tenant_name_and_closest(
+    models: ModelsFile, tenants: dict[str, str], message: str
+) -> None:
+    config = decode_config(_config(tenants, '[[routes]]\nalias = "chat"\nlocal = "bastion-tiny"\n'))
+    with pytest.raises(ConfigError) as err:
+        served_models(config, models)
+    assert message in str(err.value)
+
+
+def test_a_route_alias_is_a_valid_tenant_model(models: ModelsFile) -> None:
+    config = decode_config(
+        _config({"acme": '["chat"]'}, '[[routes]]\nalias = "chat"\nlocal = "bastion-tiny"\n')
+    )
+    assert served_models(config, models) == ["bastion-tiny"]
+
+
+def test_a_misspelt_route_local_model_fails(models: ModelsFile) -> None:
+    config = decode_config(
+        _config({"acme": '["chat"]'}, '[[routes]]\nalias = "chat"\nlocal = "bastion-tini"\n')
+    )
+    with pytest.raises(ConfigError, match=r"route 'chat' names local model 'bastion-tini'.*'bastion-tiny'"):
+        served_models(config, models)
+
+
+def test_a_model_serve_leaves_out_is_named(models: ModelsFile) -> None:
+    config = decode_config("serve = []\n" + _config({"acme": '["bastion-tiny"]'}))
+    with pytest.raises(
+        ConfigError, match="tenant 'acme' names model 'bastion-tiny', which `serve` leaves out"
+    ):
+        served_models(config, models)
+    with pytest.raises(ConfigError, match=r"`serve` names model 'bastion-tinny'.*mean 'bastion-tiny'"):
+        served_models(decode_config('serve = ["bastion-tinny"]\n'), models)
