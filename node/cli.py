@@ -298,6 +298,12 @@ def _cmd_canary(args: argparse.Namespace) -> int:
     return _run_async(run_canaries_command(_find_config(args.config), args.names or None))
 
 
+def _add_models_location(parser: argparse.ArgumentParser) -> None:
+    # SUPPRESS: an option given before the subcommand is not reset by the subcommand's default
+    parser.add_argument("--config", default=argparse.SUPPRESS, help="node.toml (its models_file, data_dir)")
+    parser.add_argument("--data-dir", default=argparse.SUPPRESS, help="without a config: the data folder")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from audit.cli import add_audit_commands
 
@@ -312,16 +318,21 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(func=_cmd_serve)
 
     models = sub.add_parser("models", help="pinned models")
-    models.add_argument("--config")
-    models.add_argument("--data-dir")
+    _add_models_location(models)
     msub = models.add_subparsers(dest="models_cmd", required=True)
-    msub.add_parser("build-dev", help="build the tiny dev model deterministically")
-    verify = msub.add_parser("verify", help="check every model on disk against its pins")
+    where = argparse.ArgumentParser(add_help=False)  # the same options after the subcommand
+    _add_models_location(where)
+    msub.add_parser("build-dev", parents=[where], help="build the tiny dev model deterministically")
+    verify = msub.add_parser("verify", parents=[where], help="check every model on disk against its pins")
     verify.add_argument("names", nargs="*")
-    msub.add_parser("list", help="show the pinned models")
-    pull = msub.add_parser("pull", help="download a model at its pinned revision and verify it")
+    msub.add_parser("list", parents=[where], help="show the pinned models")
+    pull = msub.add_parser(
+        "pull", parents=[where], help="download a model at its pinned revision and verify it"
+    )
     pull.add_argument("name")
-    rec = msub.add_parser("record-canaries", help="record a model's drift canaries into the models file")
+    rec = msub.add_parser(
+        "record-canaries", parents=[where], help="record a model's drift canaries into the models file"
+    )
     rec.add_argument("name")
     models.set_defaults(func=_cmd_models)
 

@@ -15,7 +15,7 @@ import msgspec
 from serving.errors import PinMismatchError
 from serving.hub import HubUnavailableError, download_pinned
 from serving.models import ModelsConfigError, ModelsFile, ModelSpec, load_models_file, resolve_model_dir
-from serving.pins import verify_model
+from serving.pins import how_to_get, verify_model
 from serving.tiny import build_tiny
 
 __all__ = [
@@ -104,13 +104,9 @@ def verify_all(models_file: Path, data_dir: Path) -> list[VerifyResult]:
     for spec in _load(models_file).models:
         model_dir = model_dir_for(spec, models_file, data_dir)
         if not model_dir.is_dir():
-            hint = "bastion models build-dev" if spec.builder else f"bastion models pull {spec.name}"
             results.append(
                 VerifyResult(
-                    name=spec.name,
-                    model_dir=str(model_dir),
-                    status="missing",
-                    detail=f"not on disk (run `{hint}`)" if spec.path is None else "folder not found",
+                    name=spec.name, model_dir=str(model_dir), status="missing", detail=how_to_get(spec)
                 )
             )
             continue

@@ -15,7 +15,7 @@ from typing import Final
 from serving.errors import PinMismatchError
 from serving.models import ModelSpec
 
-__all__ = ["sha256_file", "unpinned_files", "verify_model"]
+__all__ = ["how_to_get", "sha256_file", "unpinned_files", "verify_model"]
 
 _CHUNK: Final = 1 << 20
 # What may sit unpinned in a model folder: documents by extension, and the
@@ -48,6 +48,17 @@ def _ignored(rel: PurePosixPath) -> bool:
     return name in _DOC_NAMES or rel.suffix.lower() in _DOC_SUFFIXES
 
 
+def how_to_get(spec: ModelSpec) -> str:
+    """What an operator runs to put ``spec``'s files in place."""
+    if spec.builder is not None:
+        return "run `bastion models build-dev`"
+    if spec.repo is not None:
+        return (
+            f"run `bastion models pull {spec.name}` (on a connected staging host, then copy the folder over)"
+        )
+    return "point the model's `path` in the models file at its folder"
+
+
 def unpinned_files(spec: ModelSpec, model_dir: Path) -> list[str]:
     """Files in ``model_dir`` an engine could read that no pin covers (sorted)."""
     found: list[str] = []
@@ -67,14 +78,14 @@ def verify_model(spec: ModelSpec, model_dir: Path) -> None:
     file and, for a content mismatch, both hashes (expected and actual).
     """
     if not model_dir.is_dir():
-        raise PinMismatchError(f"model {spec.name!r}: folder {model_dir} does not exist")
+        raise PinMismatchError(f"model {spec.name!r}: folder {model_dir} does not exist; {how_to_get(spec)}")
     for rel in sorted(spec.files):
         expected = spec.files[rel]
         path = model_dir / rel
         if not path.is_file():
             raise PinMismatchError(
                 f"model {spec.name!r}: pinned file {rel!r} is missing from {model_dir} "
-                f"(expected sha256 {expected})"
+                f"(expected sha256 {expected}); {how_to_get(spec)}"
             )
         actual = sha256_file(path)
         if actual != expected:

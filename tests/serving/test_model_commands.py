@@ -231,3 +231,36 @@ def test_pull_of_a_tampered_file_is_refused_and_keeps_the_model_in_place(
     assert "fail their pins" in proc.stderr and "model.safetensors" in proc.stderr
     assert (dest / "config.json").read_text() == "what an operator already had"
     assert sorted(p.name for p in dest.parent.iterdir()) == ["hub-model"]
+
+
+@pytest.mark.parametrize("after", [True, False])
+def test_models_options_go_before_or_after_the_subcommand(
+    tmp_path: Path, models_file: Path, after: bool, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from node.cli import main
+
+    data = tmp_path / "data"
+    argv = (
+        ["models", "build-dev", "--data-dir", str(data)]
+        if after
+        else ["models", "--data-dir", str(data), "build-dev"]
+    )
+    assert main(argv) == 0
+    assert (data / "models" / "bastion-tiny" / "model.safetensors").is_file()
+    assert main(["models", "verify", "--data-dir", str(data)]) == 0
+    assert "ok       bastion-tiny" in capsys.readouterr().out
+
+
+def test_a_missing_model_says_how_to_get_it(tmp_path: Path, models_file: Path, tiny_spec: ModelSpec) -> None:
+    from serving.errors import PinMismatchError
+    from serving.models import load_models_file
+    from serving.pins import verify_model
+
+    hub = load_models_file(_models_with_repo(tmp_path, models_file)).get("hub-model")
+    with pytest.raises(PinMismatchError, match="does not exist; run `bastion models pull hub-model`"):
+        verify_model(hub, tmp_path / "nowhere")
+    with pytest.raises(PinMismatchError, match="does not exist; run `bastion models build-dev`"):
+        verify_model(tiny_spec, tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(PinMismatchError, match=r"'config.json' is missing.*run `bastion models build-dev`"):
+        verify_model(tiny_spec, tmp_path / "empty")
