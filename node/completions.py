@@ -24,7 +24,7 @@ from litestar.response.base import ASGIResponse
 from litestar.response.streaming import ASGIStreamingResponse
 from litestar.types import Receive, Send
 
-from router import RoutedStream, RouteRequest
+from router import RESIDENCY_HEADER, RoutedStream, RouteRequest
 from serving.errors import BadRequestError, BastionError, ModelNotFoundError
 from serving.protocol import Delta, GenerationRequest, ToolCall
 
@@ -44,8 +44,6 @@ from .wire import (
 __all__ = ["handle_generation"]
 
 _log = logging.getLogger("bastion.request")
-
-RESIDENCY_HEADER = "x-bastion-residency"
 
 
 def cache_salt(tenant: str) -> str:
@@ -77,7 +75,8 @@ async def handle_generation(
             policy=principal.tenant,
             alias=wire.model,
             generation=generation,
-            residency_header=request.headers.get(RESIDENCY_HEADER),
+            # every line: a proxy may append its own value as a second line (RFC 9110 5.3)
+            residency_headers=tuple(request.headers.getall(RESIDENCY_HEADER, [])),
         )
         routed = await state.router.open(route_request, before_forward=record.started_forwarding)
     except BaseException as exc:

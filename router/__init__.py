@@ -23,7 +23,7 @@ from router.config import (
     RoutingOptions,
     TenantPolicy,
 )
-from router.errors import UpstreamRateLimitedError, UpstreamTimeoutError
+from router.errors import BadResidencyHeaderError, UpstreamRateLimitedError, UpstreamTimeoutError
 from router.openai_provider import OpenAIProvider
 from router.policy import RESIDENCY_HEADER
 from router.redaction import Redactor
@@ -34,6 +34,7 @@ __all__ = [
     "RESIDENCY_HEADER",
     "AnthropicProvider",
     "Attempt",
+    "BadResidencyHeaderError",
     "BeforeForward",
     "BreakerConfig",
     "FallbackTarget",

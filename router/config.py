@@ -97,6 +97,8 @@ class ProviderConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     api_key: str | None = None
 
     def __post_init__(self) -> None:
+        if self.region == LOCAL_ONLY:
+            raise ValueError(f"provider {self.name!r}: {LOCAL_ONLY!r} is not a region name")
         if self.api_key is not None:
             raise ValueError(
                 f"provider {self.name!r}: a literal api_key is refused; name an environment "
@@ -191,5 +193,10 @@ class TenantPolicy(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     spend_per_month: Annotated[float, Meta(ge=0)] | None = None
 
     def __post_init__(self) -> None:
+        if isinstance(self.residency, tuple) and LOCAL_ONLY in self.residency:
+            raise ValueError(
+                f"residency: {LOCAL_ONLY!r} is not a region name; a local-only tenant has "
+                f'residency = "{LOCAL_ONLY}", not a list'
+            )
         if self.restore_pii and not self.redact:
             raise ValueError("restore_pii needs redact = true")

@@ -7,9 +7,9 @@ status and code without knowing them; the lead may move them into
 
 from __future__ import annotations
 
-from serving.errors import UpstreamError
+from serving.errors import BadRequestError, UpstreamError
 
-__all__ = ["UpstreamRateLimitedError", "UpstreamTimeoutError"]
+__all__ = ["BadResidencyHeaderError", "UpstreamRateLimitedError", "UpstreamTimeoutError"]
 
 
 class UpstreamTimeoutError(UpstreamError):
@@ -27,3 +27,9 @@ class UpstreamRateLimitedError(UpstreamError):
     """
 
     code = "upstream_rate_limited"
+
+
+class BadResidencyHeaderError(BadRequestError):
+    """``x-bastion-residency`` could not be read: refused, since a misread header could loosen residency."""
+
+    code = "bad_residency_header"

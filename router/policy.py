@@ -9,12 +9,13 @@ an external provider, so a ``local-only`` request cannot be planned outward.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping, Sequence
+from typing import Final
 
 import msgspec
 
 from router.config import LOCAL_ONLY, ProviderConfig, RouteConfig, TenantPolicy
-from serving.errors import BadRequestError
+from router.errors import BadResidencyHeaderError
 
 __all__ = [
     "RESIDENCY_HEADER",
@@ -28,7 +29,9 @@ __all__ = [
     "plan_with_fallbacks",
 ]
 
-RESIDENCY_HEADER = "x-bastion-residency"
+RESIDENCY_HEADER: Final = "x-bastion-residency"
+#: optional whitespace around a header list element (RFC 9110 5.6.3)
+_OWS: Final = " \t"
 
 
 class Residency(msgspec.Struct, frozen=True, kw_only=True):
@@ -37,31 +40,53 @@ class Residency(msgspec.Struct, frozen=True, kw_only=True):
     regions: frozenset[str] | None = None
 
 
-def effective_residency(policy: TenantPolicy, header: str | None) -> Residency:
+def effective_residency(
+    policy: TenantPolicy, header_values: Sequence[str], *, regions: Collection[str]
+) -> Residency:
     """The tenant's residency, tightened (never loosened) by ``x-bastion-residency``.
 
-    The header is ``local-only`` or a comma-separated list of regions, which is
-    intersected with the tenant's. Anything else is refused rather than guessed.
+    ``header_values`` are every value the header arrived with, one per header
+    line: HTTP lets a proxy join repeated lines with commas (RFC 9110 5.3), so
+    lines and comma-separated elements are read alike, as one list. ``local-only``
+    (any case) anywhere in it makes the request local-only; every other element
+    must name a configured region (``regions``: the providers' regions, plus the
+    tenant's own), and those named are intersected with the tenant's. A header
+    that cannot be read (an empty element, an unknown name) is refused with
+    ``BadResidencyHeaderError`` naming the element, never read loosely.
     """
-    if policy.residency == LOCAL_ONLY:
-        base = Residency(local_only=True)
-    else:
-        base = Residency(local_only=False, regions=frozenset(policy.residency))
-    if header is None:
-        return base
-    value = header.strip().lower()
-    if value == LOCAL_ONLY:
+    tenant = frozenset(policy.residency) if isinstance(policy.residency, tuple) else None
+    local_only, named = _parse_header(header_values, frozenset(regions) | (tenant or frozenset()))
+    if tenant is None or local_only:
         return Residency(local_only=True)
-    regions = frozenset(r.strip() for r in value.split(",") if r.strip())
-    if not regions or any(not r.replace("-", "").isalnum() for r in regions):
-        raise BadRequestError(
-            f"{RESIDENCY_HEADER} must be 'local-only' or a list of regions",
-            param=RESIDENCY_HEADER,
-            reason="bad-residency-header",
-        )
-    if base.local_only or base.regions is None:
-        return base
-    return Residency(local_only=False, regions=base.regions & regions)
+    return Residency(local_only=False, regions=tenant if named is None else tenant & named)
+
+
+def _parse_header(values: Sequence[str], known: frozenset[str]) -> tuple[bool, frozenset[str] | None]:
+    """(``local-only`` named anywhere, the regions named or ``None`` when none were)."""
+    local_only = False
+    named: set[str] = set()
+    for value in values:
+        for element in value.split(","):
+            token = element.strip(_OWS).lower()
+            if token == LOCAL_ONLY:
+                local_only = True
+            elif token in known:
+                named.add(token)
+            else:
+                raise BadResidencyHeaderError(
+                    f"{RESIDENCY_HEADER}: {_describe(element)}; expected 'local-only' or configured "
+                    "region names, separated by commas",
+                    param=RESIDENCY_HEADER,
+                    reason="bad-residency-header",
+                )
+    return local_only, (frozenset(named) if named else None)
+
+
+def _describe(element: str) -> str:
+    if not element.strip(_OWS):
+        return "empty element"
+    shown = element.strip(_OWS)
+    return f"unknown token {shown[:64]!r}" + ("..." if len(shown) > 64 else "")
 
 
 class Candidate(msgspec.Struct, frozen=True, kw_only=True):

@@ -65,8 +65,8 @@ class RouteRequest(msgspec.Struct, frozen=True, kw_only=True):
     alias: str
     #: the request; its ``model`` is replaced by each candidate's own model name
     generation: GenerationRequest
-    #: ``x-bastion-residency``: may only tighten the tenant's residency
-    residency_header: str | None = None
+    #: every value of ``x-bastion-residency``, one per header line: may only tighten the tenant's residency
+    residency_headers: tuple[str, ...] = ()
 
 
 class ForwardDecision(msgspec.Struct, frozen=True, kw_only=True):
@@ -105,6 +105,8 @@ class Router:
         self._options = config.routing
         self._routes = {r.alias: r for r in config.routes}
         self._providers = {p.name: p for p in config.providers}
+        #: the region names a residency header may use (besides the tenant's own)
+        self._regions = frozenset(p.region for p in config.providers)
         self._local = dict(local)
         self._owned: list[OpenAIProvider | AnthropicProvider] = []
         if external is None:
@@ -159,7 +161,7 @@ class Router:
         route = self._routes.get(request.alias)
         if route is None:
             raise ModelNotFoundError(f"model {request.alias!r} is not routed here", param="model")
-        residency = effective_residency(request.policy, request.residency_header)
+        residency = effective_residency(request.policy, request.residency_headers, regions=self._regions)
         self._limiter.admit(request.tenant, request.policy)
         plan = await self._plan(route, residency, request)
         if not plan.candidates and plan.reason == "overflow":

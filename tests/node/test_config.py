@@ -91,3 +91,8 @@ def test_dev_mode_on_loopback_builds_a_local_only_tenant(tmp_path: Path) -> None
     assert tenant.residency == "local-only"
     assert setup.config.audit is not None
     assert (tmp_path / "dev" / "audit-kek.key").stat().st_mode & 0o077 == 0
+
+
+def test_local_only_in_a_region_list_is_rejected_with_its_location() -> None:
+    with pytest.raises(ConfigError, match=r"not a region name.*\$\.tenants\[0\]"):
+        decode_config(MINIMAL.replace('residency = "local-only"', 'residency = ["eu-west", "local-only"]'))

@@ -189,7 +189,11 @@ def chat(
         messages=messages or (ChatMessage(role="user", content=text),),
     )
     return RouteRequest(
-        tenant=tenant, policy=tenant_policy, alias=alias, generation=generation, residency_header=header
+        tenant=tenant,
+        policy=tenant_policy,
+        alias=alias,
+        generation=generation,
+        residency_headers=() if header is None else (header,),
     )
 
 

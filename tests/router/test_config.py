@@ -94,3 +94,16 @@ def test_tenant_policy_defaults_fail_closed() -> None:
 def test_provider_config_is_a_strict_struct() -> None:
     assert ProviderConfig.__struct_config__.forbid_unknown_fields
     assert ProviderConfig.__struct_config__.frozen
+
+
+def test_local_only_is_not_a_region_name() -> None:
+    # a region called local-only would let a header or tenant list read "local-only" as a place to go
+    with pytest.raises(msgspec.ValidationError, match="'local-only' is not a region name"):
+        decode_config(
+            PROVIDER.format(
+                extra="", models='"gpt-4o-2024-08-06" = { input_per_mtok = 1, output_per_mtok = 1 }'
+            ).replace('"us-east"', '"local-only"')
+        )
+    for residency in (b'["local-only"]', b'["eu-west", "local-only"]'):
+        with pytest.raises(msgspec.ValidationError, match="'local-only' is not a region name"):
+            msgspec.json.decode(b'{"residency": ' + residency + b"}", type=TenantPolicy)
