@@ -69,6 +69,8 @@ models = ["{MODEL}"]
 residency = ["bench"]
 redact = {"true" if args.redact else "false"}
 keys = [{{ id = "k_{ident}", sha256 = "{hashlib.sha256(key.encode()).hexdigest()}" }}]
+[audit]
+enabled = false
 """
     )
     cmd = [sys.executable, "-m", "node.cli", "serve", "--config", str(work / "node.toml")]

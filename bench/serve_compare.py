@@ -187,7 +187,7 @@ def _run_engine(server: Server, seed: int) -> dict[str, float]:
 
 
 def _no_audit_config(work: Path, args: argparse.Namespace, port: int) -> tuple[Path, str]:
-    """A node.toml like dev mode's but without ``[audit]``, and its tenant key.
+    """A node.toml like dev mode's but with the audit log off (``[audit] enabled = false``), and its key.
 
     Keys read ``bst_<id>_<secret>`` and are stored as their SHA-256 (see the README).
     """
@@ -200,6 +200,7 @@ def _no_audit_config(work: Path, args: argparse.Namespace, port: int) -> tuple[P
         f'[server]\nhost = "127.0.0.1"\nport = {port}\n'
         f'[[tenants]]\nname = "bench"\nmodels = ["{args.model}"]\nresidency = "local-only"\n'
         f'keys = [{{ id = "k_{ident}", sha256 = "{hashlib.sha256(key.encode()).hexdigest()}" }}]\n'
+        "[audit]\nenabled = false\n"
     )
     return config, key
 

@@ -14,7 +14,7 @@ import hmac
 import logging
 import os
 import uuid
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -67,6 +67,22 @@ def _request_id_middleware(app: ASGIApp) -> ASGIApp:
         await app(scope, receive, send_with_id)
 
     return middleware
+
+
+#: on every response: ``enabled``, or ``disabled`` on a node configured with ``[audit] enabled = false``
+AUDIT_HEADER = "x-bastion-audit"
+
+
+def _audit_header(*, enabled: bool) -> Callable[[Message, Scope], Awaitable[None]]:
+    """A ``before_send`` hook: it sees every response, unknown paths included, so no
+    client can miss that a node does not record its requests."""
+    header = (AUDIT_HEADER.encode(), b"enabled" if enabled else b"disabled")
+
+    async def before_send(message: Message, scope: Scope) -> None:
+        if message["type"] == "http.response.start":
+            message["headers"] = [*message.get("headers", []), header]
+
+    return before_send
 
 
 def served_models(config: NodeConfig, models: ModelsFile) -> list[str]:
@@ -167,6 +183,8 @@ def create_app(
 ) -> Litestar:
     """Build the node. ``engines``/``providers``/``audit`` replace what config would start."""
     base = config_dir or Path.cwd()
+    # without a log only when the config says so (``[audit] enabled = false``)
+    audit_enabled = audit is not None or config.audit is not None
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -189,6 +207,7 @@ def create_app(
                 providers=[p.name for p in routing.providers] + [f"local:{name}" for name in local],
                 currency=config.metrics.currency,
                 gpu_hour_cost=config.metrics.gpu_hour_cost,
+                audit_enabled=audit_enabled,
             )
             gpu = await stack.enter_async_context(
                 GpuSampler(nvml=load_nvml(), interval_s=config.metrics.gpu_interval_s)
@@ -216,7 +235,11 @@ def create_app(
                     AuditEvent(type="config.loaded", tenant="", meta=_config_summary(config, local))
                 )
             else:
-                _log.warning("audit log is OFF: requests are not recorded (configure [audit])")
+                _log.warning(
+                    "AUDIT LOG DISABLED ([audit] enabled = false): requests are NOT recorded; "
+                    "responses carry %s: disabled and /readyz and /metrics say so",
+                    AUDIT_HEADER,
+                )
             if config.metrics.canary_interval_s is not None:
                 await stack.enter_async_context(
                     canary_job(state, config.metrics.canary_interval_s, providers=providers)
@@ -272,12 +295,17 @@ def create_app(
             err = EngineUnavailableError("A local engine is not ready.")
             body = err.to_body() | {"engines": engines}
             return Response(body, status_code=503, headers={"retry-after": "5"})
-        if state.audit is not None and not state.audit.accepting:
+        if state.audit is None:
+            # an operator's explicit choice, so still ready, but never silently
+            return Response({"status": "ready", "engines": engines, "audit": {"enabled": False}})
+        if not state.audit.accepting:
             # Every request would be refused (fail closed): take this node out of rotation.
             failed = AuditFailedError("The audit log is not accepting records; requests are refused.")
-            refused: dict[str, Any] = failed.to_body() | {"engines": engines, "audit": {"accepting": False}}
+            audit_state = {"enabled": True, "accepting": False}
+            refused: dict[str, Any] = failed.to_body() | {"engines": engines, "audit": audit_state}
             return Response(refused, status_code=503, headers={"retry-after": "5"})
-        return Response({"status": "ready", "engines": engines})
+        ready_audit = {"enabled": True, "accepting": True}
+        return Response({"status": "ready", "engines": engines, "audit": ready_audit})
 
     @get("/metrics", media_type="text/plain; version=0.0.4; charset=utf-8")
     async def metrics_endpoint(request: Request[Any, Any, Any]) -> Response[bytes]:
@@ -299,6 +327,7 @@ def create_app(
         lifespan=[lifespan],
         exception_handlers=exception_handlers,  # type: ignore[arg-type]
         middleware=[_request_id_middleware],
+        before_send=[_audit_header(enabled=audit_enabled)],
         request_max_body_size=config.server.max_body_bytes,
         openapi_config=None,
         debug=False,

@@ -278,7 +278,7 @@ def _cmd_audit(args: argparse.Namespace) -> int:
     except (ConfigError, ValueError) as exc:
         return _fail(str(exc))
     if audit_config is None:
-        return _fail("this node has no [audit] section")
+        return _fail("this node's audit log is disabled ([audit] enabled = false)")
     return run_audit_command(args, audit_config)
 
 

@@ -98,7 +98,8 @@ class NodeConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     #: serve only these models from models.toml (default: every model that a tenant or route names)
     serve: tuple[str, ...] | None = None
     tenants: tuple[TenantConfig, ...] = ()
-    audit: AuditConfig | None = None
+    #: required: ``None`` only when the file says ``[audit] enabled = false`` (see ``decode_config``)
+    audit: AuditConfig | None
     providers: tuple[ProviderConfig, ...] = ()
     routes: tuple[RouteConfig, ...] = ()
     routing: RoutingOptions = RoutingOptions()
@@ -126,13 +127,45 @@ def _is_loopback(host: str) -> bool:
 
 
 def decode_config(text: str | bytes, *, source: str = "node.toml") -> NodeConfig:
-    """Decode ``node.toml`` text strictly; errors name the file and the location."""
+    """Decode ``node.toml`` text strictly; errors name the file and the location.
+
+    A node keeps an audit log: a file without ``[audit]`` is an error, and running
+    without one takes ``[audit] enabled = false`` (with no other audit setting).
+    """
     try:
-        return msgspec.toml.decode(text, type=NodeConfig)
+        raw = msgspec.toml.decode(text)
+        missing = "audit" not in raw
+        raw["audit"] = None if missing else _audit_section(raw["audit"])
+        config = msgspec.convert(raw, type=NodeConfig)  # every other error first, with its location
     except msgspec.ValidationError as exc:
         raise ConfigError(f"{source}: {exc}") from None
     except msgspec.DecodeError as exc:
         raise ConfigError(f"{source}: not valid TOML: {exc}") from None
+    if missing:
+        raise ConfigError(
+            f"{source}: no [audit] section: a node keeps an audit log. Configure [audit] (path, "
+            "kek_file or kek_env, signing_key_file, checkpoint_path), or set `[audit] enabled = false` "
+            "to run without one"
+        )
+    return config
+
+
+def _audit_section(section: object) -> object:
+    """The ``[audit]`` table as ``AuditConfig`` decodes it, or ``None`` when explicitly disabled."""
+    if not isinstance(section, dict) or "enabled" not in section:
+        return section  # AuditConfig's decoding names whatever is wrong
+    section = dict(section)
+    enabled = section.pop("enabled")
+    if not isinstance(enabled, bool):
+        got = type(enabled).__name__
+        raise msgspec.ValidationError(f"Expected `bool`, got `{got}` - at `$.audit.enabled`")
+    if enabled:
+        return section
+    if section:
+        raise msgspec.ValidationError(
+            f"`enabled = false` takes no other audit setting, got {sorted(section)} - at `$.audit`"
+        )
+    return None
 
 
 _SECRETISH = re.compile(r"^\s*(api_key|password|secret|token)\s*=", re.MULTILINE)

@@ -262,6 +262,7 @@ class Metrics:
         routes: Iterable[str] = (),
         currency: str = "EUR",
         gpu_hour_cost: float = 0.0,
+        audit_enabled: bool = True,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.registry = CollectorRegistry()
@@ -318,6 +319,8 @@ class Metrics:
             "bastion_metrics_source_errors", "Stats providers that failed at scrape", ["source"], registry=r
         )
         Gauge("bastion_gpu_hour_cost", "Configured price of a GPU-hour", registry=r).set(gpu_hour_cost)
+        audit_doc = "1 when requests are recorded; 0 with [audit] enabled = false"
+        Gauge("bastion_audit_enabled", audit_doc, registry=r).set(1 if audit_enabled else 0)
         Gauge("bastion_cost_currency", "Currency of every cost metric", ["currency"], registry=r).labels(
             currency
         ).set(1)

@@ -46,12 +46,13 @@ def node_setup(
     """A node.toml for the tiny model with one key per tenant (decoded like any config).
 
     ``tenants`` maps each tenant to its extra TOML lines (models, residency, limits);
-    a plain tuple gives each a ``local-only`` tenant on the tiny model.
+    a plain tuple gives each a ``local-only`` tenant on the tiny model. ``audit=False``
+    writes ``[audit] enabled = false`` (a config without ``[audit]`` is refused).
     """
     default = f'models = ["{TINY}"]\nresidency = "local-only"'
     policies = dict(tenants) if isinstance(tenants, Mapping) else {t: default for t in tenants}
     keys = {t: create_key() for t in policies}
-    audit_toml = ""
+    audit_toml = "\n[audit]\nenabled = false\n"
     if audit:
         generate_kek_file(tmp_path / "kek.key")
         generate_signing_key(tmp_path / "signing.key")

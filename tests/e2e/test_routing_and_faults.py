@@ -217,7 +217,7 @@ async def test_audit_unavailable_fails_closed(tmp_path: Path, local_engine: Loca
         ready = await http.get("/readyz")
         assert ready.status_code == 503
         assert ready.json()["error"]["code"] == "audit_unavailable"
-        assert ready.json()["audit"] == {"accepting": False}
+        assert ready.json()["audit"] == {"enabled": True, "accepting": False}
 
 
 def _read(path: Path) -> bytes:

@@ -58,6 +58,8 @@ models_file = "{models_file}"
 data_dir = "{tmp_path / "data"}"
 serve = ["{TINY}"]
 {external}
+[audit]
+enabled = false
 """
     decode_config(text)  # fail here, not in the command, when the test's config is wrong
     path = tmp_path / "node.toml"

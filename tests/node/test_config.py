@@ -19,6 +19,9 @@ name = "acme"
 models = ["bastion-tiny"]
 residency = "local-only"
 keys = [{ id = "k_0123456789ab", sha256 = "%s" }]
+
+[audit]
+enabled = false
 """ % ("ab" * 32)
 
 
@@ -96,3 +99,36 @@ def test_dev_mode_on_loopback_builds_a_local_only_tenant(tmp_path: Path) -> None
 def test_local_only_in_a_region_list_is_rejected_with_its_location() -> None:
     with pytest.raises(ConfigError, match=r"not a region name.*\$\.tenants\[0\]"):
         decode_config(MINIMAL.replace('residency = "local-only"', 'residency = ["eu-west", "local-only"]'))
+
+
+def test_a_config_without_an_audit_section_is_refused() -> None:
+    without = MINIMAL.replace("[audit]\nenabled = false\n", "")
+    with pytest.raises(ConfigError, match=r"no \[audit\] section") as err:
+        decode_config(without)
+    assert "[audit] enabled = false" in str(err.value)  # says how to run without one, on purpose
+
+
+def test_audit_enabled_false_is_the_explicit_way_to_run_without_a_log() -> None:
+    assert decode_config(MINIMAL).audit is None
+
+
+@pytest.mark.parametrize(
+    ("section", "where"),
+    [
+        ('enabled = false\npath = "/var/audit.db"', "takes no other audit setting"),
+        ('enabled = "no"', r"\$\.audit\.enabled"),
+        ("enabled = true", r"missing required field `path` - at `\$\.audit`"),
+    ],
+)
+def test_a_wrong_audit_switch_is_an_error(section: str, where: str) -> None:
+    with pytest.raises(ConfigError, match=where):
+        decode_config(MINIMAL.replace("[audit]\nenabled = false\n", f"[audit]\n{section}\n"))
+
+
+def test_audit_enabled_true_with_its_settings_decodes() -> None:
+    section = (
+        '[audit]\nenabled = true\npath = "a.db"\nkek_env = "KEK"\n'
+        'signing_key_file = "s.key"\ncheckpoint_path = "cp"\n'
+    )
+    config = decode_config(MINIMAL.replace("[audit]\nenabled = false\n", section))
+    assert config.audit is not None and config.audit.path == "a.db"

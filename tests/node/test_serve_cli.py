@@ -62,6 +62,8 @@ serve = ["bastion-tiny"]
 [server]
 host = "127.0.0.1"
 port = {port}
+[audit]
+enabled = false
 """
     )
     return config
@@ -138,6 +140,21 @@ def test_dev_mode_refuses_a_public_bind(tmp_path: Path) -> None:
     assert run.returncode == 2
     assert "loopback" in run.stderr
     assert not (tmp_path / "data" / "models").exists()  # refused before building anything
+
+
+def test_a_config_without_an_audit_log_refuses_to_serve(tmp_path: Path) -> None:
+    config = _node_toml(tmp_path, tmp_path / "models.toml")
+    config.write_text(config.read_text().replace("[audit]\nenabled = false\n", ""))
+    run = subprocess.run(
+        [*BASTION, "serve", "--config", str(config)],
+        env=_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 2
+    assert "no [audit] section" in run.stderr and "[audit] enabled = false" in run.stderr
+    assert "serving on" not in run.stdout
 
 
 def test_an_unknown_config_key_is_reported_with_its_location(tmp_path: Path) -> None:

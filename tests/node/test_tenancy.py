@@ -22,6 +22,9 @@ keys = [{a.config_line()}]
 name = "beta"
 models = ["m-beta"]
 keys = [{b.config_line()}]
+
+[audit]
+enabled = false
 """
     )
     return TenantRegistry(config.tenants), a.key, b.key

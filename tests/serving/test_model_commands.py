@@ -186,7 +186,9 @@ def _pull_cli(tmp_path: Path, models: Path, hub_url: str) -> subprocess.Complete
     env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
     env.update(HF_ENDPOINT=hub_url, HF_HOME=str(tmp_path / "hf"))
     config = tmp_path / "node.toml"
-    config.write_text(f'models_file = "{models}"\ndata_dir = "{tmp_path / "data"}"\n')
+    config.write_text(
+        f'models_file = "{models}"\ndata_dir = "{tmp_path / "data"}"\n[audit]\nenabled = false\n'
+    )
     return subprocess.run(
         [sys.executable, "-m", "node.cli", "models", "--config", str(config), "pull", "hub-model"],
         capture_output=True,
