@@ -20,7 +20,8 @@ def models() -> ModelsFile:
 
 def _config(tenants: dict[str, str], extra: str = "") -> str:
     return (
-        "".join(
+        "[audit]\nenabled = false\n"
+        + "".join(
             f'[[tenants]]\nname = "{t}"\nmodels = {m}\nresidency = "local-only"\n' for t, m in tenants.items()
         )
         + extra
@@ -81,4 +82,4 @@ def test_a_model_serve_leaves_out_is_named(models: ModelsFile) -> None:
     ):
         served_models(config, models)
     with pytest.raises(ConfigError, match=r"`serve` names model 'bastion-tinny'.*mean 'bastion-tiny'"):
-        served_models(decode_config('serve = ["bastion-tinny"]\n'), models)
+        served_models(decode_config('serve = ["bastion-tinny"]\n[audit]\nenabled = false\n'), models)
