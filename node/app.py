@@ -307,11 +307,13 @@ def create_app(
         ready_audit = {"enabled": True, "accepting": True}
         return Response({"status": "ready", "engines": engines, "audit": ready_audit})
 
-    @get("/metrics", media_type="text/plain; version=0.0.4; charset=utf-8")
+    @get("/metrics")
     async def metrics_endpoint(request: Request[Any, Any, Any]) -> Response[bytes]:
         state = _state(request)
         _check_metrics_token(state, request.headers.get("authorization"))
-        return Response(state.metrics.render(), media_type=state.metrics.content_type)
+        # The exposition format's own content type, charset included, as the header itself:
+        # given as a text/* media type, Litestar appends a second "; charset=utf-8".
+        return Response(state.metrics.render(), headers={"content-type": state.metrics.content_type})
 
     extra = _extra_routes()
     return Litestar(

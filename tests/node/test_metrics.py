@@ -10,7 +10,9 @@ import sys
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
+import httpx
 import pytest
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
@@ -29,6 +31,7 @@ from node.tracing import SPAN_AUTH, SPAN_GENERATION, SPAN_ROUTING, NoopTracer, c
 from serving.engine_stats import EngineStats
 from serving.errors import UpstreamError
 from serving.gpu import GpuReading, GpuSnapshot
+from tests.harness import node_setup, running_node
 
 
 class FakeClock:
@@ -198,6 +201,16 @@ def test_each_app_has_its_own_registry() -> None:
     )
     assert not any(name.startswith("bastion_") for name in REGISTRY._names_to_collectors)
     assert a.content_type.startswith("text/plain")
+
+
+async def test_the_scrape_sends_the_exposition_content_type_once(tmp_path: Path) -> None:
+    setup = node_setup(tmp_path, audit=False)
+    async with running_node(setup, {}) as node, httpx.AsyncClient(base_url=node.url) as http:
+        r = await http.get("/metrics")
+    assert r.status_code == 200
+    raw = [v for k, v in r.headers.raw if k.lower() == b"content-type"]
+    assert raw == [Metrics.content_type.encode()]  # one header, one charset (it said charset=utf-8 twice)
+    assert raw[0].count(b"charset") == 1
 
 
 # --- cost ---
