@@ -67,7 +67,7 @@ async def handle_generation(
         endpoint="chat" if chat else "completions",
         started=started,
     )
-    try:
+    async with record.refusals_recorded():
         wire, generation = await _decode(state, request, principal, request_id, chat=chat)
         record.admitted(alias=wire.model, subject=wire.user, generation=generation)
         route_request = RouteRequest(
@@ -79,9 +79,6 @@ async def handle_generation(
             residency_headers=tuple(request.headers.getall(RESIDENCY_HEADER, [])),
         )
         routed = await state.router.open(route_request, before_forward=record.started_forwarding)
-    except BaseException as exc:
-        await record.failed_before_stream(exc)
-        raise
     headers = record.route_headers(routed)
     record.stream = wire.stream
     if wire.stream:

@@ -15,6 +15,8 @@ a request it does not know (recorded before the index existed) counts as
 
 Scale: ``-1`` (bad), ``0`` (neutral), ``1`` (good), as thumbs in a chat UI.
 One rating per request: a second one is 409, so counts cannot be inflated.
+A refused rating (400, 404, 409) leaves a ``request.rejected`` record, as
+a refused generation request does.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from audit import AuditEvent, AuditLog
 from serving.errors import BadRequestError, ModelNotFoundError, ServiceUnavailableError
 
 from .metrics import OTHER
+from .recorder import RequestRecord
 from .state import NodeState
 from .wire import decode_request
 
@@ -222,8 +225,17 @@ async def _record_feedback(
 async def _post_feedback(request: Request[Any, Any, Any]) -> dict[str, Any]:
     state: NodeState = request.app.state.node
     principal = state.tenants.authenticate(request.headers.get("authorization"))
-    body = decode_request(await request.body(), FeedbackRequest)
-    return await submit_feedback(state, principal.tenant.name, body)
+    # a refused rating (bad body, another tenant's id, a second rating) leaves request.rejected
+    record = RequestRecord(
+        state=state,
+        principal=principal,
+        request_id=str(request.scope["state"]["request_id"]),
+        endpoint="feedback",
+        started=time.monotonic(),
+    )
+    async with record.refusals_recorded():
+        body = decode_request(await request.body(), FeedbackRequest)
+        return await submit_feedback(state, principal.tenant.name, body)
 
 
 def feedback_routes() -> list[Any]:

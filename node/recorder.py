@@ -15,8 +15,10 @@ end record is durable before the response's last byte is sent.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,6 +69,16 @@ class RequestRecord:
     @property
     def tenant(self) -> str:
         return self.principal.tenant.name
+
+    @contextlib.asynccontextmanager
+    async def refusals_recorded(self) -> AsyncIterator[None]:
+        """Around everything between authentication and the response (or the stream): whatever
+        raises there ends the request through this record, so it is never left unrecorded."""
+        try:
+            yield
+        except BaseException as exc:
+            await self.failed_before_stream(exc)
+            raise
 
     def admitted(self, *, alias: str, subject: str | None, generation: GenerationRequest) -> None:
         """The body decoded into a generation request for ``alias``."""

@@ -178,3 +178,37 @@ async def test_a_refused_start_record_forwards_nothing_and_leaves_no_end(
     for request_id, rows in records.items():
         assert [r["type"] for r in rows] == ["request.rejected"], (request_id, rows)
         assert rows[0]["meta"]["error_code"] == "audit_unavailable"
+
+
+async def test_every_refused_rating_leaves_a_rejected_record(tmp_path: Path, fake: FakeUpstream) -> None:
+    setup = _setup(tmp_path, fake)
+    headers = bearer(setup.keys["acme"]) | {"content-type": "application/json"}
+    async with (
+        running_node(setup, {}) as node,
+        httpx.AsyncClient(base_url=node.url, timeout=30) as http,
+    ):
+        chat = await http.post("/v1/chat/completions", headers=headers, content=_chat(max_tokens=4))
+        assert chat.status_code == 200, chat.text
+        rated = chat.json()["id"]
+        refused: dict[str, tuple[int, str | None]] = {}
+        for body, status, param in [
+            (json.dumps({"request_id": rated, "rating": 2**64}).encode(), 400, "rating"),
+            (b'{"request_id": ', 400, None),
+            (json.dumps({"request_id": rated, "rating": 1, "stars": 5}).encode(), 400, "stars"),
+            (json.dumps({"request_id": "chatcmpl-unknown", "rating": 1}).encode(), 404, "request_id"),
+        ]:
+            r = await http.post("/v1/feedback", headers=headers, content=body)
+            assert r.status_code == status, (body, r.text)
+            refused[r.headers["x-request-id"]] = (status, param)
+        first = await http.post("/v1/feedback", headers=headers, json={"request_id": rated, "rating": 1})
+        assert first.status_code == 201, first.text
+        again = await http.post("/v1/feedback", headers=headers, json={"request_id": rated, "rating": -1})
+        assert again.status_code == 409
+        refused[again.headers["x-request-id"]] = (409, "request_id")
+    records = await _records(setup)
+    assert [r["type"] for r in records[rated]] == ["request.start", "request.end", "feedback"]
+    for request_id, (status, param) in refused.items():
+        rows = records.get(request_id, [])
+        assert [r["type"] for r in rows] == ["request.rejected"], (request_id, status, rows)
+        meta = rows[0]["meta"]
+        assert (meta["endpoint"], meta["http_status"], meta["param"]) == ("feedback", status, param)
