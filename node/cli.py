@@ -19,16 +19,9 @@ from collections.abc import Iterator
 from contextlib import AsyncExitStack
 from pathlib import Path
 
-__all__ = ["main"]
+from serving.egress import apply_no_egress_env
 
-_NO_EGRESS_ENV = {
-    # vLLM and Hugging Face send usage statistics or reach hubs unless told not to.
-    "VLLM_NO_USAGE_STATS": "1",
-    "DO_NOT_TRACK": "1",
-    "HF_HUB_OFFLINE": "1",
-    "TRANSFORMERS_OFFLINE": "1",
-    "HF_HUB_DISABLE_TELEMETRY": "1",
-}
+__all__ = ["main"]
 
 
 def _find_config(explicit: str | None) -> Path | None:
@@ -58,7 +51,7 @@ def _fail(message: str, code: int = 2) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    os.environ.update(_NO_EGRESS_ENV)
+    apply_no_egress_env()
     from .config import ConfigError, load_config
     from .devmode import banner, default_data_dir, dev_config
 
@@ -236,7 +229,7 @@ def _cmd_models(args: argparse.Namespace) -> int:
         print(f"pulled and verified {args.name} into {out}")
         return 0
     if args.models_cmd == "record-canaries":
-        os.environ.update(_NO_EGRESS_ENV)
+        apply_no_egress_env()
         from .canaries import record_canaries_command
 
         return _run_async(record_canaries_command(models_file, data_dir, args.name))
@@ -292,7 +285,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def _cmd_canary(args: argparse.Namespace) -> int:
-    os.environ.update(_NO_EGRESS_ENV)
+    apply_no_egress_env()
     from .canaries import run_canaries_command
 
     return _run_async(run_canaries_command(_find_config(args.config), args.names or None))

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import os
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -22,6 +21,7 @@ from types import TracebackType
 from typing import Any, Final, Literal
 
 from serving.chat_template import PromptRenderer, budget_max_tokens
+from serving.egress import apply_no_egress_env
 from serving.engine_stats import EngineStats, StatsSink
 from serving.errors import BadRequestError, EngineUnavailableError, InternalError
 from serving.health import HealthState
@@ -29,33 +29,13 @@ from serving.models import ModelSpec
 from serving.pins import verify_model
 from serving.protocol import Delta, GenerationRequest, Health, ProviderInfo
 
-__all__ = ["NO_EGRESS_ENV", "EngineStats", "LocalEngine"]
-
-#: set in the process before vLLM is imported: no usage stats, no hub look-ups
-NO_EGRESS_ENV: Final = {
-    "VLLM_NO_USAGE_STATS": "1",
-    "VLLM_DO_NOT_TRACK": "1",
-    "DO_NOT_TRACK": "1",
-    "HF_HUB_OFFLINE": "1",
-    "TRANSFORMERS_OFFLINE": "1",
-    "HF_HUB_DISABLE_TELEMETRY": "1",
-}
+__all__ = ["EngineStats", "LocalEngine"]
 
 _FINISH: Final[dict[str, Literal["stop", "length", "abort"]]] = {
     "stop": "stop",
     "length": "length",
     "abort": "abort",
 }
-
-
-def _apply_no_egress_env() -> None:
-    os.environ.update(NO_EGRESS_ENV)
-    # The hub library reads its offline flag once, at import; if something
-    # imported it earlier, set the flag it actually consults.
-    with contextlib.suppress(ImportError):
-        from huggingface_hub import constants
-
-        constants.HF_HUB_OFFLINE = True
 
 
 class LocalEngine:
@@ -111,7 +91,7 @@ class LocalEngine:
         t0 = time.monotonic()
         # hashing multi-GB weights must not stall other engines' event loop work
         await asyncio.to_thread(verify_model, self.spec, self.model_dir)
-        _apply_no_egress_env()
+        apply_no_egress_env()
         try:
             await asyncio.to_thread(self._create_llm)
         except Exception as exc:

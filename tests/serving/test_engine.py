@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from serving.engine import NO_EGRESS_ENV, LocalEngine
+from serving.egress import NO_EGRESS_ENV
+from serving.engine import LocalEngine
 from serving.errors import BadRequestError, ContextLengthExceededError
 from serving.protocol import ChatMessage, Delta, GenerationRequest, Provider, SamplingOptions
 
