@@ -314,5 +314,6 @@ class StreamEncoder:
 
     @staticmethod
     def error(body: dict[str, Any]) -> bytes:
-        """A mid-stream failure: an error event, then the end of the stream (never a silent cut)."""
-        return b"event: error\ndata: " + msgspec.json.encode(body) + b"\n\ndata: [DONE]\n\n"
+        """A mid-stream failure: the stream's last event is the error object, with no ``[DONE]``
+        after it, so a client that ignores ``event:`` lines still never sees a clean end."""
+        return b"event: error\ndata: " + msgspec.json.encode(body) + b"\n\n"

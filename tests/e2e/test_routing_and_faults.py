@@ -181,6 +181,22 @@ async def test_failure_after_the_first_token_is_an_error_event(tmp_path: Path, f
         assert "first" in "".join(got)
         assert err.value.body is not None
         assert err.value.body["code"] == "engine_unavailable"  # type: ignore[index]
+        # What a parser that ignores `event:` lines sees: the error object last, no clean `[DONE]` end.
+        async with (
+            httpx.AsyncClient(base_url=node.url, timeout=30) as http,
+            http.stream(
+                "POST",
+                "/v1/chat/completions",
+                headers=bearer(setup.keys["hospital"]),
+                json={"model": "chat", "messages": [{"role": "user", "content": "x"}], "stream": True},
+            ) as response,
+        ):
+            raw = b"".join([part async for part in response.aiter_bytes()])
+        events = [e for e in raw.split(b"\n\n") if e]
+        data = [line[6:] for e in events for line in e.split(b"\n") if line.startswith(b"data: ")]
+        assert b"[DONE]" not in data
+        assert json.loads(data[-1])["error"]["code"] == "engine_unavailable"
+        assert events[-1].startswith(b"event: error\n")
     assert fake.requests == []  # the stream had started: no failover to external after a token
 
 
