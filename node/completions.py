@@ -144,6 +144,7 @@ async def _collect(
             last = delta
     except BaseException as exc:
         await _close_quietly(routed)
+        record.charged(routed)
         err = to_bastion_error(exc) if isinstance(exc, Exception) else None
         with anyio.CancelScope(shield=True):
             await record.ended(
@@ -155,7 +156,7 @@ async def _collect(
         resp.headers.update(headers)
         return resp
     text = "".join(parts)
-    record.external_cost = routed.cost or 0.0
+    record.charged(routed)
     with anyio.CancelScope(shield=True):
         await record.ended(status="ok", text=text, error=None, last=last)
     body = (
@@ -199,7 +200,7 @@ async def _sse(record: RequestRecord, routed: RoutedStream, encoder: StreamEncod
         raise
     finally:
         await _close_quietly(routed)
-        record.external_cost = routed.cost or 0.0
+        record.charged(routed)
         with anyio.CancelScope(shield=True):
             # Durable before the response finishes; a failing audit turns into an error event.
             try:

@@ -149,9 +149,18 @@ class RequestTimer:
 
     Create it with ``Metrics.track_request`` when the request is admitted; call
     ``dequeued()`` when it leaves the queue (sent to the engine or upstream),
-    ``tokens(total)`` on every delta with the running completion-token total, and
-    ``finish(...)`` once. The histogram children are resolved up front, so each
-    call costs a clock read and a bucket increment.
+    ``tokens(total, output=...)`` on every delta with the running completion-token
+    total, and ``finish(...)`` once. The histogram children are resolved up front,
+    so each call costs a clock read and a bucket increment.
+
+    Latency is timed on the deltas that carry output (text or tool calls): the
+    first marks the time to first token, each later one a gap, spread over the
+    tokens it carries (at least one: an external API reports no counts until its
+    usage arrives at the end). With ``exact_counts`` (a local engine, which
+    reports every token as it is generated) a delta whose count rose without
+    text (end of sequence, a partial character) is timed too; otherwise a delta
+    without output only adds to the count, so an external API's final usage
+    never reads as a burst of tokens at the end.
     """
 
     def __init__(
@@ -162,8 +171,10 @@ class RequestTimer:
         model: str,
         route: str,
         gpu_meter: GpuTimeMeter | None,
+        exact_counts: bool = True,
     ) -> None:
         self._metrics = metrics
+        self._exact_counts = exact_counts
         self.tenant, self.model, self.route = metrics.bound_labels(tenant=tenant, model=model, route=route)
         self._clock = metrics.clock
         self._ttft = metrics.ttft.labels(self.model, self.route)
@@ -188,11 +199,13 @@ class RequestTimer:
         if self._gpu_meter is not None:
             self._gpu_mark = self._gpu_meter.start()
 
-    def tokens(self, completion_tokens: int) -> None:
-        """A delta arrived; ``completion_tokens`` is the running total so far."""
+    def tokens(self, completion_tokens: int, *, output: bool = True) -> None:
+        """A delta arrived; ``completion_tokens`` is the running total so far (0: not reported),
+        ``output`` whether it carried text or tool calls."""
         new = completion_tokens - self._tokens
-        if new <= 0:
-            return
+        if not output and (new <= 0 or not self._exact_counts):
+            return  # counted at finish
+        new = max(1, new)
         now = self._clock()
         if self._first_token_s is None:
             self._first_token_s = now
@@ -206,7 +219,7 @@ class RequestTimer:
             self._gaps += new
             self._gap_sum += gap * new
         self._last_token_s = now
-        self._tokens = completion_tokens
+        self._tokens = max(completion_tokens, self._tokens + 1)
 
     def finish(
         self,
@@ -219,8 +232,8 @@ class RequestTimer:
         """Count the request; idempotent (a second call returns the first result)."""
         if self._timings is not None:
             return self._timings
-        if completion_tokens is not None and completion_tokens > self._tokens:
-            self.tokens(completion_tokens)
+        if completion_tokens:
+            self._tokens = completion_tokens  # the provider's final usage is the count
         end = self._clock()
         gpu_seconds = 0.0
         if self._gpu_meter is not None and self._gpu_mark is not None:
@@ -331,10 +344,19 @@ class Metrics:
         return self._tenant(tenant), self._model(model), self._route(route)
 
     def track_request(
-        self, *, tenant: str, model: str, route: str, gpu_meter: GpuTimeMeter | None = None
+        self,
+        *,
+        tenant: str,
+        model: str,
+        route: str,
+        gpu_meter: GpuTimeMeter | None = None,
+        exact_counts: bool = True,
     ) -> RequestTimer:
-        """Start timing a request at admission. Pass the engine's ``GpuTimeMeter`` on the local path."""
-        return RequestTimer(self, tenant=tenant, model=model, route=route, gpu_meter=gpu_meter)
+        """Start timing a request at admission. Pass the engine's ``GpuTimeMeter`` on the local path,
+        and ``exact_counts=False`` where token counts are only known at the end (external APIs)."""
+        return RequestTimer(
+            self, tenant=tenant, model=model, route=route, gpu_meter=gpu_meter, exact_counts=exact_counts
+        )
 
     def observe_queue_wait(self, *, model: str, route: str, seconds: float) -> None:
         self.queue_wait.labels(self._model(model), self._route(route)).observe(seconds)

@@ -58,6 +58,9 @@ class RequestRecord:
     revision: str = ""
     redactions: dict[str, int] = field(default_factory=dict)
     external_cost: float = 0.0
+    #: (prompt, completion) tokens the tenant was charged once the stream ended (``None``: the last
+    #: delta's counts)
+    charged_tokens: tuple[int, int] | None = None
     forwarded: bool = False
     first_token_at: float | None = None
     last_token_at: float | None = None
@@ -98,7 +101,11 @@ class RequestRecord:
         if self.timer is None:
             meter = self.state.gpu_meters.get(self.model) if self.route == "local" else None
             self.timer = self.state.metrics.track_request(
-                tenant=self.tenant, model=self.alias, route=self.route, gpu_meter=meter
+                tenant=self.tenant,
+                model=self.alias,
+                route=self.route,
+                gpu_meter=meter,
+                exact_counts=self.route == "local",
             )
             self.timer.started_s = self.started
             self.timer.dequeued()
@@ -156,7 +163,13 @@ class RequestRecord:
             self.last_token_at = now
             self.chunks += 1
         if self.timer is not None:
-            self.timer.tokens(delta.completion_tokens)
+            self.timer.tokens(delta.completion_tokens, output=bool(delta.text or delta.tool_calls))
+
+    def charged(self, routed: RoutedStream) -> None:
+        """Take the usage and spend the router charged for the ended stream, so the end record,
+        the metrics and the budgets agree (a cut or abandoned stream included)."""
+        self.charged_tokens = (routed.prompt_tokens, routed.completion_tokens)
+        self.external_cost = routed.cost or 0.0
 
     def apply_route(self, routed: RoutedStream) -> None:
         self.route, self.reason = routed.route, routed.reason
@@ -196,6 +209,7 @@ class RequestRecord:
         self._ended = True
         now = time.monotonic()
         last = last or Delta()
+        prompt_tokens, completion_tokens = self.charged_tokens or (last.prompt_tokens, last.completion_tokens)
         ttft = (self.first_token_at - self.started) if self.first_token_at is not None else None
         e2e = now - self.started
         http_status = 200 if error is None and status == "ok" else (error.status_code if error else 499)
@@ -204,14 +218,14 @@ class RequestRecord:
             "http_status": http_status,
             "error_code": error.code if error else None,
             "param": error.param if error else None,
-            "prompt_tokens": last.prompt_tokens,
-            "completion_tokens": last.completion_tokens,
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
             "cached_tokens": last.cached_tokens,
             "finish_reason": last.finish_reason,
             "ttft_ms": round(ttft * 1000, 3) if ttft is not None else None,
             "e2e_ms": round(e2e * 1000, 3),
         }
-        timings = self._observe(http_status, last, error)
+        timings = self._observe(http_status, prompt_tokens, completion_tokens)
         log_request(
             _log,
             request_id=self.request_id,
@@ -223,8 +237,8 @@ class RequestRecord:
             endpoint=self.endpoint,
             code=error.code if error else (None if status == "ok" else status),
             stream=self.stream,
-            prompt_tokens=last.prompt_tokens,
-            completion_tokens=last.completion_tokens,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
             cached_tokens=last.cached_tokens,
             route_reason=self.reason,
         )
@@ -237,12 +251,12 @@ class RequestRecord:
             AuditEvent(type=event_type, tenant=self.tenant, subject=self.subject, meta=meta, content=content)
         )
 
-    def _observe(self, http_status: int, last: Delta, error: BastionError | None) -> RequestTimings:
+    def _observe(self, http_status: int, prompt_tokens: int, completion_tokens: int) -> RequestTimings:
         if self.timer is not None:
             return self.timer.finish(
                 status=http_status,
-                prompt_tokens=last.prompt_tokens,
-                completion_tokens=last.completion_tokens,
+                prompt_tokens=prompt_tokens,
+                completion_tokens=completion_tokens,
                 external_cost=self.external_cost,
             )
         # refused before any provider was contacted: counted, no latency observed

@@ -177,7 +177,9 @@ class AnthropicProvider(ExternalProvider):
             # The text of every event that arrived in one read goes out as one delta.
             text, failure = fold_batch(batch, partial(self._absorb, state=state))
             if text:
-                yield Delta(text=text)
+                yield Delta(
+                    text=text, prompt_tokens=state.prompt_tokens, completion_tokens=state.completion_tokens
+                )
             if failure is not None:
                 raise failure
             if state.stopped:
@@ -210,14 +212,17 @@ class AnthropicProvider(ExternalProvider):
         if kind == "content_block_delta" and event.delta is not None:
             if event.delta.text:
                 parts.append(event.delta.text)
+                state.count_output()
             elif event.delta.partial_json is not None and event.index in state.tools:
                 state.tools[event.index][2] += event.delta.partial_json
+                state.count_output()
         elif kind == "content_block_start" and event.content_block is not None:
             block = event.content_block
             if block.type == "tool_use":
                 state.tools[event.index] = [block.id or "", block.name or "", ""]
             elif block.text:
                 parts.append(block.text)
+                state.count_output()
         elif kind == "message_start" and event.message is not None and event.message.usage is not None:
             u = event.message.usage
             state.cached = u.cache_read_input_tokens or 0
@@ -227,7 +232,8 @@ class AnthropicProvider(ExternalProvider):
             if event.delta is not None and event.delta.stop_reason is not None:
                 state.stop_reason = event.delta.stop_reason
             if event.usage is not None and event.usage.output_tokens is not None:
-                state.completion_tokens = event.usage.output_tokens
+                # the final usage: it replaces the events counted
+                state.completion_tokens, state.usage_final = event.usage.output_tokens, True
         elif kind == "message_stop":
             state.stopped = True
         elif kind == "error":
@@ -238,13 +244,33 @@ class AnthropicProvider(ExternalProvider):
 class _StreamState:
     """What one Messages stream has told so far."""
 
-    __slots__ = ("cached", "completion_tokens", "prompt_tokens", "stop_reason", "stopped", "tools")
+    __slots__ = (
+        "cached",
+        "completion_tokens",
+        "counted",
+        "prompt_tokens",
+        "stop_reason",
+        "stopped",
+        "tools",
+        "usage_final",
+    )
 
     def __init__(self) -> None:
         self.prompt_tokens = self.completion_tokens = self.cached = 0
+        #: events that carried output (text or tool input): about one token each
+        self.counted = 0
+        #: ``message_delta`` reported the output tokens
+        self.usage_final = False
         self.stop_reason: str | None = None
         self.tools: dict[int, list[str]] = {}  # block index -> [id, name, partial json]
         self.stopped = False
+
+    def count_output(self) -> None:
+        """One event of output arrived: until the final usage, the running total is what was counted
+        (``message_start`` reports only a placeholder for the output)."""
+        self.counted += 1
+        if not self.usage_final:
+            self.completion_tokens = max(self.completion_tokens, self.counted)
 
 
 def _is_stop(event: SseEvent) -> bool:

@@ -9,9 +9,9 @@
 
 A token or spend limit refuses a request once what has been *consumed* reaches
 it; the request that crosses the line completes, as its size is unknown until
-the provider reports usage. Counting is in memory; ``restore`` and ``take_changes``
-let the node keep the day and month counters in a ``router.ledger.BudgetLedger``
-across restarts.
+it ends. Every stream is charged when it ends, finished or not. Counting is in
+memory; ``restore`` and ``take_changes`` let the node keep the day and month
+counters in a ``router.ledger.BudgetLedger`` across restarts.
 """
 
 from __future__ import annotations
@@ -105,7 +105,7 @@ class Limiter:
         return (first - now).total_seconds()
 
     def record(self, tenant: str, *, tokens: int, spend: float = 0.0) -> None:
-        """Charge tokens (and external spend) once the provider reported usage."""
+        """Charge tokens (and external spend) once a stream ended, whatever its outcome."""
         usage = self.usage(tenant)
         if tokens > 0:
             usage.tokens.append((self._clock(), tokens))

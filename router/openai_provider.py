@@ -76,13 +76,22 @@ class _Chunk(msgspec.Struct):
 class _StreamState:
     """What one stream has told so far."""
 
-    __slots__ = ("done", "finish", "tools", "usage")
+    __slots__ = ("counted", "done", "finish", "tools", "usage", "usage_seen")
 
     def __init__(self) -> None:
         self.finish: _FinishReason | None = None
         self.usage = _Usage()
+        #: the provider reported usage (its counts replace ours)
+        self.usage_seen = False
+        #: chunks that carried output (text or a tool-call fragment): about one token each
+        self.counted = 0
         self.tools: dict[int, list[str]] = {}  # index -> [id, name, arguments]
         self.done = False  # [DONE] seen
+
+    @property
+    def completion_tokens(self) -> int:
+        """The running total: the provider's usage once it arrived, until then the chunks counted."""
+        return self.usage.completion_tokens if self.usage_seen else self.counted
 
 
 _decode_chunk = msgspec.json.Decoder(_Chunk).decode
@@ -153,7 +162,11 @@ class OpenAIProvider(ExternalProvider):
             # The text of every chunk that arrived in one read goes out as one delta.
             text, failure = fold_batch(batch, partial(self._absorb, state=state))
             if text:
-                yield Delta(text=text)
+                yield Delta(
+                    text=text,
+                    prompt_tokens=state.usage.prompt_tokens,
+                    completion_tokens=state.completion_tokens,
+                )
             if failure is not None:
                 raise failure
             if state.done and state.finish is not None:
@@ -181,11 +194,14 @@ class OpenAIProvider(ExternalProvider):
         if chunk.error is not None:
             return UpstreamError(f"provider {name!r}: error event in stream", reason="upstream-stream-error")
         if chunk.usage is not None:
-            state.usage = chunk.usage
+            state.usage, state.usage_seen = chunk.usage, True
         for choice in chunk.choices:
             text = choice.text if choice.delta is None else choice.delta.content
             if choice.delta is not None and choice.delta.tool_calls:
                 _merge_tools(state.tools, choice.delta.tool_calls)
+                state.counted += 1
+            elif text:
+                state.counted += 1
             if choice.finish_reason is not None:
                 state.finish = _FINISH.get(choice.finish_reason, "stop")
             if text:
@@ -201,7 +217,7 @@ class OpenAIProvider(ExternalProvider):
         return Delta(
             finish_reason=state.finish,
             prompt_tokens=state.usage.prompt_tokens,
-            completion_tokens=state.usage.completion_tokens,
+            completion_tokens=state.completion_tokens,
             tool_calls=calls or None,
         )
 

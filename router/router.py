@@ -11,7 +11,8 @@
    backoff; a 429's ``Retry-After`` cools that provider down and is waited out
    when it fits the failover budget), redacting before the first egress;
 5. a ``RoutedStream`` that restores placeholders and settles breakers, budgets
-   and spend when it ends.
+   and spend when it ends: however it ends (finished, failed mid-way, or the
+   client gone), the tenant is charged the prompt and the tokens produced.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from router.policy import (
     plan_with_fallbacks,
 )
 from router.redaction import Redaction, Redactor
-from router.stream import Attempt, Outcome, RoutedStream
+from router.stream import Attempt, Charge, Outcome, RoutedStream
 from serving.errors import (
     BastionError,
     BudgetExceededError,
@@ -56,6 +57,8 @@ __all__ = ["BeforeForward", "ForwardDecision", "RouteRequest", "RoutedStream", "
 
 _EWMA = 0.2
 _REDACT_INLINE_CHARS = 16_384
+#: a prompt's size per token when estimated (no provider usage): about right for English BPE vocabularies
+_BYTES_PER_TOKEN = 4
 
 
 class RouteRequest(msgspec.Struct, frozen=True, kw_only=True):
@@ -429,22 +432,22 @@ class Router:
         price = None if candidate.local else self._providers[candidate.provider].models.get(candidate.model)
         tenant = request.tenant
 
-        def settle(outcome: Outcome) -> float:
+        def settle(outcome: Outcome) -> Charge:
             if outcome.cancelled:
                 breaker.release()
-                return 0.0
-            if not outcome.ok:
+            elif outcome.ok:
+                breaker.record_success()
+            else:
                 breaker.record_failure()
-                return 0.0
-            breaker.record_success()
+            # Every outcome is charged: the engine did the work, an external provider bills for it.
+            # A stream cut before the provider's usage arrived is charged the prompt as estimated.
+            prompt = outcome.prompt_tokens or estimate_prompt_tokens(request.generation)
+            completion = outcome.completion_tokens
             cost = 0.0
             if price is not None:
-                cost = (
-                    outcome.prompt_tokens * price.input_per_mtok
-                    + outcome.completion_tokens * price.output_per_mtok
-                ) / 1_000_000
-            self._limiter.record(tenant, tokens=outcome.prompt_tokens + outcome.completion_tokens, spend=cost)
-            return cost
+                cost = (prompt * price.input_per_mtok + completion * price.output_per_mtok) / 1_000_000
+            self._limiter.record(tenant, tokens=prompt + completion, spend=cost)
+            return Charge(prompt_tokens=prompt, completion_tokens=completion, cost=cost)
 
         used = redaction if redaction is not None and not candidate.local else None
         restorer = used.restorer() if used is not None and request.policy.restore_pii else None
@@ -493,6 +496,16 @@ class Router:
     def _observe_ttft(self, model: str, ms: float) -> None:
         old = self._ttft_ms.get(model)
         self._ttft_ms[model] = ms if old is None else old + _EWMA * (ms - old)
+
+
+def estimate_prompt_tokens(generation: GenerationRequest) -> int:
+    """A prompt's tokens when no provider reported them: one per 4 bytes of text (at least 1)."""
+    size = len((generation.prompt or "").encode())
+    for m in generation.messages or ():
+        size += len((m.content or "").encode()) + sum(
+            len(c.function.name) + len(c.function.arguments) for c in m.tool_calls or ()
+        )
+    return max(1, -(-size // _BYTES_PER_TOKEN))
 
 
 async def _aclose(stream: AsyncIterator[Delta]) -> None:

@@ -2,10 +2,11 @@
 
 Wraps a provider's iterator after its first delta arrived (failover is over by
 then). It restores redacted values when the tenant asks (placeholders may
-straddle delta boundaries), reports the outcome once (success with usage,
-failure, or cancellation) so breakers, budgets and spend stay right, and turns
-any failure after the first token into a ``BastionError`` raised from the
-iterator: a cut stream never ends as a clean answer.
+straddle delta boundaries), reports the outcome once (success, failure, or
+cancellation, each with the tokens known so far) so breakers, budgets and
+spend stay right, and turns any failure after the first token into a
+``BastionError`` raised from the iterator: a cut stream never ends as a clean
+answer.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from router.redaction import Restorer
 from serving.errors import BastionError, UpstreamError
 from serving.protocol import Delta, FunctionCall, ToolCall
 
-__all__ = ["Attempt", "Outcome", "RoutedStream"]
+__all__ = ["Attempt", "Charge", "Outcome", "RoutedStream"]
 
 
 class _Empty:
@@ -44,12 +45,23 @@ class Attempt(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Outcome(msgspec.Struct, frozen=True, kw_only=True):
+    """How a stream ended, with the tokens its deltas reported by then (0: none reported)."""
+
     ok: bool
     #: ``None``: the client went away; neither success nor failure
     error: BastionError | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cancelled: bool = False
+
+
+class Charge(msgspec.Struct, frozen=True, kw_only=True):
+    """What the tenant was charged for a stream, whatever its outcome."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    #: external spend in the configured currency (0 for local)
+    cost: float = 0.0
 
 
 class RoutedStream:
@@ -68,7 +80,7 @@ class RoutedStream:
         redactions: dict[str, int],
         attempts: list[Attempt],
         restorer: Restorer | None,
-        settle: Callable[[Outcome], float],
+        settle: Callable[[Outcome], Charge],
     ) -> None:
         self.route = route
         self.reason = reason
@@ -77,7 +89,7 @@ class RoutedStream:
         self.revision = revision
         self.redactions = redactions
         self.attempts = attempts
-        #: final usage and external spend, set once the stream finished
+        #: usage so far; once the stream ended (any outcome), what the tenant was charged
         self.prompt_tokens = 0
         self.completion_tokens = 0
         self.cost = 0.0
@@ -122,7 +134,7 @@ class RoutedStream:
         """Stop early: aborts the upstream or local generation."""
         if not self._done:
             self._done = True
-            self._settle(Outcome(ok=False, cancelled=True))
+            self._charge(Outcome(ok=False, cancelled=True))
         await self._close_rest()
 
     async def _close_rest(self) -> None:
@@ -134,12 +146,24 @@ class RoutedStream:
     def _fail(self, error: BastionError) -> BastionError:
         if not self._done:
             self._done = True
-            self._settle(Outcome(ok=False, error=error))
+            self._charge(Outcome(ok=False, error=error))
         return error
 
+    def _charge(self, outcome: Outcome) -> None:
+        """Settle once, with the tokens known so far, and keep what was charged."""
+        outcome = msgspec.structs.replace(
+            outcome, prompt_tokens=self.prompt_tokens, completion_tokens=self.completion_tokens
+        )
+        charge = self._settle(outcome)
+        self.prompt_tokens, self.completion_tokens = charge.prompt_tokens, charge.completion_tokens
+        self.cost = charge.cost
+
     def _post(self, delta: Delta) -> Delta:
-        self.prompt_tokens = max(self.prompt_tokens, delta.prompt_tokens)
-        self.completion_tokens = max(self.completion_tokens, delta.completion_tokens)
+        # running totals; the final usage may correct the chunks an external provider counted
+        if delta.prompt_tokens:
+            self.prompt_tokens = delta.prompt_tokens
+        if delta.completion_tokens:
+            self.completion_tokens = delta.completion_tokens
         restorer = self._restorer
         if delta.finish_reason is None:
             if restorer is not None and delta.text:
@@ -163,7 +187,5 @@ class RoutedStream:
             )
         if not self._done:
             self._done = True
-            self.cost = self._settle(
-                Outcome(ok=True, prompt_tokens=self.prompt_tokens, completion_tokens=self.completion_tokens)
-            )
+            self._charge(Outcome(ok=True))
         return delta

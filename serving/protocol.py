@@ -83,9 +83,11 @@ class Delta(msgspec.Struct, frozen=True, kw_only=True):
     """One step of a stream.
 
     ``text`` is the new text (may be empty). ``prompt_tokens`` and
-    ``completion_tokens`` are running totals as the provider knows them (the
-    last delta carries the final usage). ``finish_reason`` is set on the last
-    delta only.
+    ``completion_tokens`` are running totals as the provider knows them (0:
+    not known yet); the last delta carries the final usage. An external API
+    reports usage only at the end, so until then its provider counts the chunks
+    that carried output, about one token each. ``finish_reason`` is set on the
+    last delta only.
     """
 
     text: str = ""

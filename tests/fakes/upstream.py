@@ -68,6 +68,11 @@ class Reply:
     finish: str | None = None  # None: "stop"/"end_turn", or tool calls'
     #: pause between stream events (each then arrives in its own read)
     gap_s: float = 0.0
+    #: pause before the first event that carries output (text or a tool call): an injected TTFT
+    ttft_s: float = 0.0
+    #: pause before each later event that carries output: injected inter-token latencies, one per
+    #: event (the last repeats; empty: none)
+    itl_s: tuple[float, ...] = ()
     #: send the whole stream in one write (its events then arrive in one read)
     one_write: bool = False
 
@@ -286,10 +291,22 @@ class FakeUpstream:
         )
         faulty = reply.fault in ("stall-mid", "cut", "truncate", "malformed")
         if reply.one_write and not faulty:
-            await send({"type": "http.response.body", "body": b"".join(events), "more_body": False})
+            await send(
+                {"type": "http.response.body", "body": b"".join(e for e, _ in events), "more_body": False}
+            )
             return
         last = len(events) - 1
-        for i, event in enumerate(events):
+        outputs = 0
+        # output events are due on one schedule from the request's arrival, so a late wake-up on a
+        # busy host delays one event without lengthening every later gap
+        clock = asyncio.get_running_loop().time
+        due_at = clock()
+        for i, (event, output) in enumerate(events):
+            if output:
+                due_at += _pause_before_output(reply, outputs)
+                outputs += 1
+                if due_at > clock():
+                    await asyncio.sleep(due_at - clock())
             if faulty and i == reply.after_chunks:
                 if reply.fault == "stall-mid":
                     await self._stall(receive, reply.stall_s)
@@ -316,6 +333,13 @@ async def _json(
     await send({"type": "http.response.body", "body": body})
 
 
+def _pause_before_output(reply: Reply, n: int) -> float:
+    """The scripted pause before the stream's output event number ``n`` (0: the first)."""
+    if n == 0:
+        return reply.ttft_s
+    return reply.itl_s[min(n, len(reply.itl_s)) - 1] if reply.itl_s else 0.0
+
+
 def _sse(data: Any, event: str | None = None) -> bytes:
     head = f"event: {event}\n" if event else ""
     return f"{head}data: {json.dumps(data)}\n\n".encode()
@@ -325,7 +349,10 @@ def _usage(reply: Reply, n: int) -> tuple[int, int]:
     return reply.prompt_tokens, n if reply.completion_tokens is None else reply.completion_tokens
 
 
-def _openai_events(request: dict[str, Any], reply: Reply, pieces: list[str], path: str) -> list[bytes]:
+def _openai_events(
+    request: dict[str, Any], reply: Reply, pieces: list[str], path: str
+) -> list[tuple[bytes, bool]]:
+    """The stream's events, each with whether it carries output."""
     model = request.get("model", "")
     chat = path.endswith("/chat/completions")
     base = {
@@ -334,14 +361,14 @@ def _openai_events(request: dict[str, Any], reply: Reply, pieces: list[str], pat
         "created": 0,
         "model": model,
     }
-    out: list[bytes] = []
+    out: list[tuple[bytes, bool]] = []
     for piece in pieces:
         choice = (
             {"index": 0, "delta": {"content": piece}, "finish_reason": None}
             if chat
             else {"index": 0, "text": piece, "finish_reason": None}
         )
-        out.append(_sse({**base, "choices": [choice]}))
+        out.append((_sse({**base, "choices": [choice]}), bool(piece)))
     finish = reply.finish or "stop"
     if reply.tool_call is not None:
         call_id, name, arguments = reply.tool_call
@@ -352,11 +379,14 @@ def _openai_events(request: dict[str, Any], reply: Reply, pieces: list[str], pat
                 call.update(id=call_id, type="function")
                 call["function"]["name"] = name
             out.append(
-                _sse(
-                    {
-                        **base,
-                        "choices": [{"index": 0, "delta": {"tool_calls": [call]}, "finish_reason": None}],
-                    }
+                (
+                    _sse(
+                        {
+                            **base,
+                            "choices": [{"index": 0, "delta": {"tool_calls": [call]}, "finish_reason": None}],
+                        }
+                    ),
+                    True,
                 )
             )
         finish = reply.finish or "tool_calls"
@@ -365,24 +395,21 @@ def _openai_events(request: dict[str, Any], reply: Reply, pieces: list[str], pat
         if chat
         else {"index": 0, "text": "", "finish_reason": finish}
     )
-    out.append(_sse({**base, "choices": [final]}))
+    out.append((_sse({**base, "choices": [final]}), False))
     if (request.get("stream_options") or {}).get("include_usage"):
         p, c = _usage(reply, len(pieces))
-        out.append(
-            _sse(
-                {
-                    **base,
-                    "choices": [],
-                    "usage": {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c},
-                }
-            )
-        )
-    out.append(b"data: [DONE]\n\n")
+        usage = {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
+        out.append((_sse({**base, "choices": [], "usage": usage}), False))
+    out.append((b"data: [DONE]\n\n", False))
     return out
 
 
-def _anthropic_events(request: dict[str, Any], reply: Reply, pieces: list[str], path: str) -> list[bytes]:
+def _anthropic_events(
+    request: dict[str, Any], reply: Reply, pieces: list[str], path: str
+) -> list[tuple[bytes, bool]]:
+    """The stream's events, each with whether it carries output."""
     p, c = _usage(reply, len(pieces))
+    output: set[int] = set()
     out = [
         _sse(
             {
@@ -408,6 +435,8 @@ def _anthropic_events(request: dict[str, Any], reply: Reply, pieces: list[str], 
     )
     out.append(_sse({"type": "ping"}, "ping"))
     for piece in pieces:
+        if piece:
+            output.add(len(out))
         out.append(
             _sse(
                 {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": piece}},
@@ -430,6 +459,7 @@ def _anthropic_events(request: dict[str, Any], reply: Reply, pieces: list[str], 
         )
         half = len(arguments) // 2
         for frag in (arguments[:half], arguments[half:]):
+            output.add(len(out))
             out.append(
                 _sse(
                     {
@@ -453,7 +483,7 @@ def _anthropic_events(request: dict[str, Any], reply: Reply, pieces: list[str], 
         )
     )
     out.append(_sse({"type": "message_stop"}, "message_stop"))
-    return out
+    return [(event, i in output) for i, event in enumerate(out)]
 
 
 def _openai_json(request: dict[str, Any], reply: Reply, text: str, n: int) -> dict[str, Any]:

@@ -181,6 +181,8 @@ async def test_events_arriving_together_go_out_as_one_delta(
         assert deltas[-1].finish_reason == "stop" and deltas[-1].completion_tokens == 4
     assert [d.text for d in together if d.text] == ["one two three four"]
     assert [d.text for d in paced if d.text] == ["one ", "two ", "three ", "four"]
+    # running counts before the usage arrives: one token per chunk of output
+    assert [d.completion_tokens for d in paced if d.text] == [1, 2, 3, 4]
 
 
 async def test_anthropic_translation_round_trip_with_streaming(
