@@ -99,13 +99,15 @@ async def _serve(config: object, config_dir: Path, key_banner: str | None) -> in
     from serving.models import ModelsConfigError, load_models_file
 
     from .app import create_app, start_engines
-    from .config import NodeConfig, resolve
-    from .logs import configure_logging
+    from .config import ConfigError, NodeConfig, resolve
+    from .logs import configure_node_logging
 
     assert isinstance(config, NodeConfig)
-    # our records as JSON lines on their own handler; vLLM and uvicorn keep theirs
-    configure_logging(logger="bastion")
-    logging.getLogger("bastion").propagate = False
+    # our records as JSON lines on their own handlers ([logging]); vLLM and uvicorn keep theirs
+    try:
+        configure_node_logging(config.logging, config_dir)
+    except ConfigError as exc:
+        return _fail(str(exc))
     async with AsyncExitStack() as stack:
         try:
             models = load_models_file(resolve(config_dir, config.models_file))

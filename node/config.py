@@ -11,7 +11,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import msgspec
 
@@ -22,6 +22,7 @@ __all__ = [
     "ApiKeyConfig",
     "ConfigError",
     "LimitsConfig",
+    "LoggingConfig",
     "MetricsConfig",
     "NodeConfig",
     "ServerConfig",
@@ -73,6 +74,17 @@ class MetricsConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     canary_interval_s: Annotated[float, msgspec.Meta(ge=10)] | None = None
 
 
+class LoggingConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """``[logging]``: the node's JSON lines go to stdout; ``file`` adds a size-rotated copy."""
+
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    #: also write the lines here (relative to the config file's folder), mode 0600, for hosts without
+    #: journald; when it reaches ``max_bytes`` it becomes ``<file>.1`` and the oldest of ``backup_count`` goes
+    file: str | None = None
+    max_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 64 * 1024 * 1024
+    backup_count: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 5
+
+
 class ApiKeyConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """A tenant API key, stored only as the SHA-256 of the key (keys are 256-bit random)."""
 
@@ -92,6 +104,7 @@ class NodeConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     server: ServerConfig = ServerConfig()
     limits: LimitsConfig = LimitsConfig()
     metrics: MetricsConfig = MetricsConfig()
+    logging: LoggingConfig = LoggingConfig()
     #: relative paths resolve against the config file's folder
     models_file: str = "models.toml"
     data_dir: str = "data"

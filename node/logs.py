@@ -7,20 +7,31 @@ a prompt or a completion cannot reach the log through it; fields that could
 carry text (``prompt``, ``messages``, ``content``, ...) are dropped by the
 formatter even if some caller passes them in ``extra``. Other ``extra`` keys,
 flat or under ``extra={"fields": {...}}``, become fields of the line.
+
+The node writes the lines to stdout and, with ``[logging] file`` set, to a file
+that it rotates by size itself (``RotatingFileHandler``): a host without
+journald or logrotate still gets bounded disk use, at most
+``max_bytes * (backup_count + 1)``. Every log file is created 0600: the lines
+name tenants and request ids.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import logging
+import os
 import sys
 from collections.abc import Mapping
 from datetime import UTC, datetime
+from logging.handlers import RotatingFileHandler
+from pathlib import Path
 from typing import Any, TextIO
 
+from node.config import ConfigError, LoggingConfig, resolve
 from node.metrics import RequestTimings
 
-__all__ = ["REQUEST_LOGGER", "JsonFormatter", "configure_logging", "log_request"]
+__all__ = ["REQUEST_LOGGER", "JsonFormatter", "configure_logging", "configure_node_logging", "log_request"]
 
 #: the logger that carries one line per finished request
 REQUEST_LOGGER = "bastion.requests"
@@ -64,16 +75,50 @@ class JsonFormatter(logging.Formatter):
 def configure_logging(
     level: int | str = logging.INFO, *, stream: TextIO | None = None, logger: str = ""
 ) -> logging.Handler:
-    """Send ``logger`` (the root by default) to ``stream`` as JSON lines; returns the handler.
+    """Send ``logger`` (the root by default) to ``stream`` (stdout) as JSON lines; returns the handler.
 
-    Called once by the CLI at start; the returned handler lets a caller remove it again.
+    The returned handler lets a caller remove it again.
     """
-    handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
+    handler = logging.StreamHandler(stream if stream is not None else sys.stdout)
     handler.setFormatter(JsonFormatter())
     target = logging.getLogger(logger)
     target.addHandler(handler)
     target.setLevel(level)
     return handler
+
+
+class _PrivateRotatingFileHandler(RotatingFileHandler):
+    """Size-rotated log file whose every generation is opened 0600, whatever the umask."""
+
+    def _open(self) -> io.TextIOWrapper:
+        fd = os.open(self.baseFilename, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        os.fchmod(fd, 0o600)  # a file that was already there, wider, is narrowed too
+        return open(fd, "a", encoding=self.encoding, errors=self.errors)
+
+
+def configure_node_logging(
+    settings: LoggingConfig, config_dir: Path, *, logger: str = "bastion", stream: TextIO | None = None
+) -> list[logging.Handler]:
+    """The node's logging from ``[logging]``: JSON lines on stdout (or ``stream``) at ``level``, and in
+    ``file`` rotated by size when set. ``logger`` stops propagating, so each line is written once.
+    Raises ``ConfigError`` when the file cannot be opened; returns the handlers it added."""
+    handlers = [configure_logging(settings.level, stream=stream, logger=logger)]
+    target = logging.getLogger(logger)
+    target.propagate = False
+    if settings.file is not None:
+        path = resolve(config_dir, settings.file)
+        try:
+            file_handler = _PrivateRotatingFileHandler(
+                path, maxBytes=settings.max_bytes, backupCount=settings.backup_count, encoding="utf-8"
+            )
+        except OSError as exc:
+            for handler in handlers:
+                target.removeHandler(handler)
+            raise ConfigError(f"[logging] file {path}: cannot open: {exc.strerror}") from None
+        file_handler.setFormatter(JsonFormatter())
+        target.addHandler(file_handler)
+        handlers.append(file_handler)
+    return handlers
 
 
 def _ms(seconds: float | None) -> float | None:
