@@ -1,0 +1,133 @@
+"""deploy/helm/bastion: ``helm lint --strict`` and ``helm template`` (helm from deploy/get-helm.sh,
+which .ci/run runs), the rendered objects validated against the Kubernetes 1.30 schemas
+(kubernetes-validate, strict), and the properties the chart promises."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from .conftest import DEPLOY, ROOT, require_tool
+
+CHART = DEPLOY / "helm" / "bastion"
+K8S_VERSION = "1.30.0"
+
+
+def _helm() -> str:
+    return require_tool("helm", ROOT / ".tools" / "helm")
+
+
+def _render(*sets: str) -> dict[str, dict[str, Any]]:
+    """``helm template`` of the chart: {kind: object} (one object of each kind but PVCs, keyed by name)."""
+    args = [_helm(), "template", "t", str(CHART)]
+    for s in sets:
+        args += ["--set", s]
+    run = subprocess.run(args, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    out: dict[str, dict[str, Any]] = {}
+    for doc in yaml.safe_load_all(run.stdout):
+        if doc:
+            key = doc["metadata"]["name"] if doc["kind"] == "PersistentVolumeClaim" else doc["kind"]
+            assert key not in out
+            out[key] = doc
+    return out
+
+
+def test_chart_metadata_and_values_parse() -> None:
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    assert chart["apiVersion"] == "v2" and chart["name"] == "bastion" and chart["type"] == "application"
+    for key in ("version", "appVersion", "description", "kubeVersion"):
+        assert chart[key]
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    assert set(schema["required"]) <= set(values)
+
+
+def test_helm_lint_strict_passes() -> None:
+    run = subprocess.run([_helm(), "lint", "--strict", str(CHART)], capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout + run.stderr
+
+
+def test_the_values_schema_rejects_a_bad_value() -> None:
+    run = subprocess.run(
+        [_helm(), "template", "t", str(CHART), "--set", "image.digest=latest"], capture_output=True, text=True
+    )
+    assert run.returncode != 0 and "digest" in run.stderr
+
+
+def test_rendered_objects_match_the_kubernetes_schemas() -> None:
+    objects = _render("serviceMonitor.enabled=true", "secrets.files.audit-kek=c2VjcmV0")
+    assert {"Deployment", "Service", "ConfigMap", "Secret", "t-bastion-data", "t-bastion-models"} <= set(
+        objects
+    )
+    for _key, obj in objects.items():
+        if obj["apiVersion"].startswith("monitoring.coreos.com/"):
+            continue  # a CRD: checked in the ServiceMonitor test
+        kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+
+
+def test_the_validator_does_reject_a_wrong_field() -> None:
+    deployment = _render()["Deployment"]
+    deployment["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["httpGet"]["paht"] = "/x"
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(deployment, K8S_VERSION, strict=True)
+
+
+def test_the_deployment_requests_a_gpu_probes_readyz_and_drains_on_stop() -> None:
+    objects = _render()
+    spec = objects["Deployment"]["spec"]
+    assert spec["replicas"] == 1 and spec["strategy"]["type"] == "Recreate"  # one audit log writer
+    pod = spec["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    assert container["startupProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert container["lifecycle"]["preStop"]["exec"]["command"] == ["sleep", "10"]
+    assert pod["terminationGracePeriodSeconds"] >= 10 + 30  # preStop, then the node's own stop
+    assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] == 10001
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert container["args"] == ["serve", "--config", "/etc/bastion/node.toml"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["data"]["persistentVolumeClaim"]["claimName"] == "t-bastion-data"
+    assert volumes["models"]["persistentVolumeClaim"] == {"claimName": "t-bastion-models", "readOnly": True}
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    assert mounts["/etc/bastion/secrets"]["readOnly"] is True
+    assert mounts["/etc/bastion/node.toml"]["readOnly"] is True
+    assert "node.toml" in objects["ConfigMap"]["data"]
+
+
+def test_secrets_come_from_an_existing_secret_when_named() -> None:
+    objects = _render("secrets.existingSecret=bastion-keys")
+    assert "Secret" not in objects
+    volumes = {v["name"]: v for v in objects["Deployment"]["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["secrets"]["secret"]["secretName"] == "bastion-keys"
+    assert volumes["secrets"]["secret"]["optional"] is False
+
+
+def test_the_service_monitor_scrapes_metrics_from_the_service() -> None:
+    objects = _render(
+        "serviceMonitor.enabled=true",
+        "serviceMonitor.bearerTokenSecret.name=bastion-metrics",
+        "serviceMonitor.bearerTokenSecret.key=token",
+    )
+    monitor, service = objects["ServiceMonitor"], objects["Service"]
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    (endpoint,) = monitor["spec"]["endpoints"]
+    assert endpoint["port"] == service["spec"]["ports"][0]["name"] and endpoint["path"] == "/metrics"
+    assert endpoint["authorization"]["credentials"] == {"name": "bastion-metrics", "key": "token"}
+    assert "ServiceMonitor" not in _render()  # off by default: it needs the operator's CRDs
+
+
+def test_pvcs_outlive_an_uninstall_and_can_be_existing_claims() -> None:
+    objects = _render("persistence.models.existingClaim=weights")
+    assert "t-bastion-models" not in objects
+    assert objects["t-bastion-data"]["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    volumes = {v["name"]: v for v in objects["Deployment"]["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["models"]["persistentVolumeClaim"]["claimName"] == "weights"
