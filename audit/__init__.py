@@ -23,15 +23,18 @@ from .errors import (
     AuditConfigError,
     AuditError,
     AuditKeyError,
+    AuditPermissionError,
     AuditRollbackError,
     AuditTamperedError,
     AuditUnavailableError,
 )
 from .events import AuditEvent, AuditHit, AuditStats
 from .kek import KeyEncryptionKey, LocalKek, generate_kek_file
-from .log import AuditLog
+from .log import AuditLog, check_files, check_keys
+from .private import SQLITE_SIDECARS, check_private, private_dir, private_sqlite
 
 __all__ = [
+    "SQLITE_SIDECARS",
     "AuditConfig",
     "AuditConfigError",
     "AuditError",
@@ -39,12 +42,18 @@ __all__ = [
     "AuditHit",
     "AuditKeyError",
     "AuditLog",
+    "AuditPermissionError",
     "AuditRollbackError",
     "AuditStats",
     "AuditTamperedError",
     "AuditUnavailableError",
     "KeyEncryptionKey",
     "LocalKek",
+    "check_files",
+    "check_keys",
+    "check_private",
     "generate_kek_file",
     "generate_signing_key",
+    "private_dir",
+    "private_sqlite",
 ]

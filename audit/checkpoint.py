@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from .errors import AuditConfigError, AuditTamperedError
-from .kek import check_private, write_private_file
+from .private import check_key_file, check_private, private_dir, write_private_file
 
 __all__ = [
     "Checkpoint",
@@ -125,7 +125,7 @@ def generate_signing_key(path: str | Path) -> None:
 
 def load_signing_key(path: str | Path) -> Ed25519PrivateKey:
     p = Path(path)
-    check_private(p)
+    check_key_file(p)
     try:
         key = serialization.load_pem_private_key(p.read_bytes(), password=None)
     except (ValueError, TypeError) as exc:
@@ -178,17 +178,22 @@ class CheckpointStore:
             pass
         return notes
 
+    def check(self) -> None:
+        """Refuse a checkpoint folder or file that group or others may access."""
+        for path in (self.directory, self.latest, self.history):
+            check_private(path)
+
     def write(self, note: str) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
+        private_dir(self.directory)
         data = note.encode()
-        fd = os.open(self.history, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        fd = os.open(self.history, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         try:
             os.write(fd, data)
             os.fsync(fd)
         finally:
             os.close(fd)
         tmp = self.directory / f".checkpoint.{os.getpid()}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             os.write(fd, data)
             os.fsync(fd)

@@ -12,6 +12,7 @@ __all__ = [
     "AuditConfigError",
     "AuditError",
     "AuditKeyError",
+    "AuditPermissionError",
     "AuditRollbackError",
     "AuditTamperedError",
     "AuditUnavailableError",
@@ -28,6 +29,10 @@ class AuditUnavailableError(AuditError):
 
 class AuditConfigError(AuditError):
     """The audit configuration or a file it names is unusable (permissions, format)."""
+
+
+class AuditPermissionError(AuditConfigError):
+    """A file or folder of the log (or a key file) is open to group or others; the message names it."""
 
 
 class AuditKeyError(AuditError):

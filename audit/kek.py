@@ -10,12 +10,12 @@ import base64
 import binascii
 import hashlib
 import os
-import stat
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from .crypto import KEY_LEN, DecryptError, new_key, unwrap_key, wrap_key
-from .errors import AuditConfigError, AuditKeyError
+from .errors import AuditKeyError
+from .private import check_key_file, write_private_file
 
 __all__ = [
     "KeyEncryptionKey",
@@ -23,7 +23,6 @@ __all__ = [
     "generate_kek_file",
     "kek_from_env",
     "kek_from_file",
-    "write_private_file",
 ]
 
 
@@ -74,19 +73,9 @@ def _decode_material(text: str, where: str) -> bytes:
     return material
 
 
-def check_private(path: Path) -> None:
-    """Refuse key files readable or writable by group or others."""
-    try:
-        mode = path.stat().st_mode
-    except OSError as exc:
-        raise AuditConfigError(f"{path}: {exc.strerror}") from exc
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise AuditConfigError(f"{path}: key file mode {stat.S_IMODE(mode):o}, must be 0600 (chmod 600)")
-
-
 def kek_from_file(path: str | Path) -> LocalKek:
     p = Path(path)
-    check_private(p)
+    check_key_file(p)
     return LocalKek(_decode_material(p.read_text(encoding="ascii"), str(p)))
 
 
@@ -95,18 +84,6 @@ def kek_from_env(name: str) -> LocalKek:
     if not value:
         raise AuditKeyError(f"environment variable {name} is not set")
     return LocalKek(_decode_material(value, f"${name}"))
-
-
-def write_private_file(path: str | Path, data: bytes) -> None:
-    """Create a 0600 file (never overwriting one) and fsync it."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def generate_kek_file(path: str | Path) -> None:

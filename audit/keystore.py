@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from .crypto import KeyedIds, new_key, new_kid
 from .errors import AuditKeyError
 from .kek import KeyEncryptionKey
+from .private import private_sqlite
 from .schema import KEYS_MIGRATIONS, migrate_sync
 
 __all__ = ["KeyState", "Keyring", "month_of"]
@@ -87,6 +88,7 @@ class Keyring:
     def open(
         cls, path: str, kek: KeyEncryptionKey, log_id: bytes, *, allow_create: bool, max_uses: int = 2**30
     ) -> Keyring:
+        private_sqlite(path)
         conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         try:
             conn.execute("PRAGMA journal_mode=WAL")

@@ -32,12 +32,13 @@ from .events import AuditEvent, AuditHit, AuditStats
 from .kek import KeyEncryptionKey, kek_from_env, kek_from_file
 from .keystore import Keyring, month_of
 from .merkle import CompactRange
+from .private import SQLITE_SIDECARS, check_private, private_dir
 from .record import encode_parts
 from .store import connect_rw, ensure_log_id, read_checkpoints
 from .wal import WalCheckpointer
 from .writer import ChainState, Command, PendingAppend, Writer
 
-__all__ = ["AuditLog", "load_kek"]
+__all__ = ["AuditLog", "check_files", "check_keys", "load_kek"]
 
 
 def load_kek(config: AuditConfig) -> KeyEncryptionKey:
@@ -45,6 +46,22 @@ def load_kek(config: AuditConfig) -> KeyEncryptionKey:
         return kek_from_file(config.kek_file)
     assert config.kek_env is not None  # __post_init__ guarantees exactly one
     return kek_from_env(config.kek_env)
+
+
+def check_keys(config: AuditConfig) -> None:
+    """The KEK and the signing key load (files present, private, well-formed): before a slow start-up."""
+    load_kek(config)
+    load_signing_key(config.signing_key_file)
+
+
+def check_files(config: AuditConfig) -> None:
+    """Refuse an existing file or folder of the log open to group or others (AuditPermissionError)."""
+    paths = [os.path.dirname(os.path.abspath(config.path)), config.path + ".lock"]
+    for db in (config.path, config.resolved_keys_path):
+        paths += [os.path.dirname(os.path.abspath(db)), db, *(db + s for s in SQLITE_SIDECARS)]
+    for path in paths:
+        check_private(path)
+    CheckpointStore(config.checkpoint_path).check()
 
 
 class _Lock:
@@ -56,7 +73,8 @@ class _Lock:
     """
 
     def __init__(self, path: str, wait_s: float = 5.0) -> None:
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        private_dir(os.path.dirname(os.path.abspath(path)))
+        check_private(path + ".lock")
         self.fd = os.open(path + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
         deadline = time.monotonic() + wait_s
         while True:
@@ -134,7 +152,9 @@ class AuditLog:
 
     @classmethod
     async def open(cls, config: AuditConfig, *, clock: Callable[[], int] = time.time_ns) -> AuditLog:
-        """Open (creating if new) the log; raises AuditKeyError, AuditRollbackError, AuditTamperedError."""
+        """Open (creating if new) the log; raises AuditKeyError, AuditRollbackError, AuditTamperedError,
+        AuditPermissionError (a file or folder of the log open to group or others)."""
+        check_files(config)
         lock = await asyncio.to_thread(_Lock, config.path)  # may wait for a dying node's write process
         try:
             return await cls._open_locked(config, lock, clock)

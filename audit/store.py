@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 import sqlite3
 from collections.abc import Iterator
-from pathlib import Path
 
 from .errors import AuditConfigError, AuditTamperedError
+from .private import private_sqlite
 from .record import COLUMNS, Row
 from .schema import LOG_MIGRATIONS, migrate_sync
 
@@ -22,7 +22,7 @@ def _pragmas(conn: sqlite3.Connection) -> None:
 
 def connect_rw(path: str) -> sqlite3.Connection:
     """Open (creating and migrating) the log database in WAL mode with synchronous=FULL."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    private_sqlite(path)
     conn = sqlite3.connect(path, isolation_level=None)
     try:
         _pragmas(conn)

@@ -45,6 +45,10 @@ __all__ = ["create_app"]
 
 _log = logging.getLogger("bastion.node")
 
+#: the node's own databases in ``data_dir``
+BUDGETS_DB = "budgets.db"
+FEEDBACK_DB = "feedback.db"
+
 
 def _request_id_middleware(app: ASGIApp) -> ASGIApp:
     """Every response carries ``x-request-id`` (handlers may set their own id first)."""
@@ -198,7 +202,7 @@ def create_app(
             router = Router(routing, local=local, external=providers)
             stack.push_async_callback(router.aclose)
             await stack.enter_async_context(
-                persisted_budgets(router.limiter, resolve(base, config.data_dir) / "budgets.db")
+                persisted_budgets(router.limiter, resolve(base, config.data_dir) / BUDGETS_DB)
             )
             metrics = Metrics(
                 tenants=[t.name for t in config.tenants],
@@ -226,7 +230,7 @@ def create_app(
             )
             if log is not None:
                 state.feedback = await stack.enter_async_context(
-                    await FeedbackStore.open(resolve(base, config.data_dir) / "feedback.db")
+                    await FeedbackStore.open(resolve(base, config.data_dir) / FEEDBACK_DB)
                 )
             _wire_metric_sources(state)
             app.state.node = state

@@ -35,7 +35,7 @@ from typing import TextIO
 
 import msgspec
 
-from audit import AuditEvent
+from audit import AuditEvent, check_private, private_dir
 from router.anthropic_provider import AnthropicProvider
 from router.config import ProviderConfig, RouteConfig
 from router.openai_provider import OpenAIProvider
@@ -77,6 +77,7 @@ class ExternalBaselines:
 
     @classmethod
     def load(cls, path: Path) -> ExternalBaselines:
+        check_private(path)
         try:
             raw = path.read_bytes()
         except FileNotFoundError:
@@ -98,7 +99,7 @@ class ExternalBaselines:
             entry[_case_key(case)] = output
 
     def save(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(self.path.parent)
         fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent)
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as f:

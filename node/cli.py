@@ -2,9 +2,9 @@
 
 ``serve`` (dev mode without a config), ``models`` (build-dev, verify, list,
 pull, record-canaries), ``keys create``, ``audit`` (verify, export, prove,
-shred, ...), ``canary run`` and ``status``. Exit codes: 0 ok, 2 bad usage or
-config, 3 a model fails its pins, 4 the audit log refuses to open, other
-codes as each subcommand documents.
+shred, ...), ``canary run`` and ``status``. Exit codes: ``serve``'s are
+``node.startup.ExitCode`` (0 ok, 2 bad usage or config, 3 a model fails its
+pins, ...); other subcommands use 2 and 3 alike and document the rest.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import socket
 import sys
 from collections.abc import Iterator
 from contextlib import AsyncExitStack
@@ -52,8 +53,11 @@ def _fail(message: str, code: int = 2) -> int:
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     apply_no_egress_env()
+    from audit import AuditError
+
     from .config import ConfigError, load_config
     from .devmode import banner, default_data_dir, dev_config
+    from .startup import ExitCode
 
     path = _find_config(args.config)
     key_banner: str | None = None
@@ -86,6 +90,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
                 config = msgspec.structs.replace(config, server=server)
     except (ConfigError, ValueError) as exc:
         return _fail(str(exc))
+    except AuditError as exc:  # dev mode's key folder
+        return _fail(f"refusing to serve: {exc}", ExitCode.FILE_MODE)
     return _run_async(_serve(config, config_dir, key_banner))
 
 
@@ -95,12 +101,12 @@ async def _serve(config: object, config_dir: Path, key_banner: str | None) -> in
     from audit import AuditError, AuditLog
 
     _NodeServer = _node_server_class()
-    from serving.errors import PinMismatchError
-    from serving.models import ModelsConfigError, load_models_file
+    from serving.errors import EngineUnavailableError, PinMismatchError
 
     from .app import create_app, start_engines
-    from .config import ConfigError, NodeConfig, resolve
+    from .config import ConfigError, NodeConfig
     from .logs import configure_node_logging
+    from .startup import ExitCode, StartupError, listen_socket, preflight
 
     assert isinstance(config, NodeConfig)
     # our records as JSON lines on their own handlers ([logging]); vLLM and uvicorn keep theirs
@@ -110,36 +116,46 @@ async def _serve(config: object, config_dir: Path, key_banner: str | None) -> in
         return _fail(str(exc))
     async with AsyncExitStack() as stack:
         try:
-            models = load_models_file(resolve(config_dir, config.models_file))
+            models = preflight(config, config_dir)  # all that needs no engine, in seconds
+        except StartupError as exc:
+            return _fail(f"refusing to serve: {exc.message}", exc.code)
+        try:
             engines = await start_engines(config, config_dir, models, stack)
         except PinMismatchError as exc:
-            return _fail(f"refusing to serve: {exc}", 3)
-        except ModelsConfigError as exc:
-            return _fail(str(exc), 2)
+            return _fail(f"refusing to serve: {exc}", ExitCode.PIN_MISMATCH)
+        except EngineUnavailableError as exc:
+            return _fail(str(exc), ExitCode.ENGINE)
         audit = None
         if config.audit is not None:
             try:
                 audit = await stack.enter_async_context(await AuditLog.open(config.audit))
             except AuditError as exc:
-                return _fail(f"refusing to serve: audit log: {exc}", 4)
+                return _fail(f"refusing to serve: audit log: {exc}", ExitCode.AUDIT)
+        try:
+            # bound only now: a socket open while vLLM forks its engine process would outlive
+            # this one in it (preflight checked that the port was free)
+            sock = stack.enter_context(listen_socket(config.server.host, config.server.port))
+        except StartupError as exc:
+            return _fail(exc.message, exc.code)
         app = create_app(config, config_dir=config_dir, engines=engines, audit=audit)
+        host, port = sock.getsockname()[:2]
         server = _NodeServer(
             uvicorn.Config(
                 app,
-                host=config.server.host,
-                port=config.server.port,
+                host=host,
+                port=port,
                 log_level="warning",
                 access_log=False,
                 lifespan="on",
                 timeout_graceful_shutdown=10,
             )
         )
-        if key_banner:
-            print(key_banner, flush=True)
-        else:
-            print(f"bastion: serving on http://{config.server.host}:{config.server.port}", flush=True)
-        await server.serve()
-        return 0 if server.started else 1
+        server.announcement = key_banner or f"bastion: serving on http://{host}:{port}"
+        try:
+            await server.serve(sockets=[sock])
+        except SystemExit:  # uvicorn's own start-up failure (3, our pin-mismatch code): logged above
+            return _fail("the node failed to start (see the error above)", ExitCode.ERROR)
+        return ExitCode.OK if server.started else ExitCode.ERROR
 
 
 def _node_server_class() -> type:
@@ -148,7 +164,15 @@ def _node_server_class() -> type:
     class NodeServer(uvicorn.Server):
         """Uvicorn re-raises a caught SIGTERM/SIGINT once HTTP has drained, which would kill
         the process before the engines and the audit log are closed. The node takes the
-        signal as its cue to shut down in order instead, and exits 0."""
+        signal as its cue to shut down in order instead, and exits 0. ``announcement`` is
+        printed once the sockets listen."""
+
+        announcement = ""
+
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets)
+            if self.started and self.announcement:
+                print(self.announcement, flush=True)
 
         @contextlib.contextmanager
         def capture_signals(self) -> Iterator[None]:

@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from audit import generate_kek_file, generate_signing_key
+from audit import generate_kek_file, generate_signing_key, private_dir
 
 from .config import NodeConfig, decode_config
 from .tenancy import NewKey, create_key
@@ -36,8 +36,7 @@ def _toml_str(value: str) -> str:
 
 def dev_config(*, data_dir: Path, models_file: Path, host: str, port: int) -> DevSetup:
     """Generate the dev-mode config (refusing a non-loopback host) and its keys."""
-    dev_dir = data_dir / "dev"
-    dev_dir.mkdir(parents=True, exist_ok=True)
+    dev_dir = private_dir(data_dir / "dev")
     kek = dev_dir / "audit-kek.key"
     signing = dev_dir / "audit-signing.key"
     if not kek.exists():

@@ -38,7 +38,7 @@ import aiosqlite
 import msgspec
 from litestar import Request, post
 
-from audit import AuditEvent, AuditLog
+from audit import AuditEvent, AuditLog, check_private, private_sqlite
 from serving.errors import BadRequestError, ModelNotFoundError, ServiceUnavailableError
 
 from .metrics import OTHER
@@ -120,8 +120,8 @@ class FeedbackStore:
 
     @classmethod
     async def open(cls, path: Path) -> FeedbackStore:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        secret = _load_or_create_secret(path.with_name(path.name + ".key"))
+        private_sqlite(path)  # 0600 in a 0700 folder; an existing one open to others is refused
+        secret = _load_or_create_secret(secret_path(path))
         conn = await aiosqlite.connect(path, isolation_level=None)
         try:
             await conn.execute("PRAGMA journal_mode=WAL")
@@ -173,7 +173,13 @@ class FeedbackStore:
         await self.aclose()
 
 
+def secret_path(db: Path) -> Path:
+    """The HMAC secret beside the feedback database."""
+    return db.with_name(db.name + ".key")
+
+
 def _load_or_create_secret(path: Path) -> bytes:
+    check_private(path)
     try:
         secret = path.read_bytes()
     except FileNotFoundError:

@@ -15,6 +15,8 @@ import threading
 from pathlib import Path
 from typing import Literal, NamedTuple
 
+from audit import private_sqlite
+
 __all__ = ["BudgetLedger", "LedgerRow"]
 
 Kind = Literal["day_tokens", "month_spend"]
@@ -46,7 +48,7 @@ class BudgetLedger:
     """One SQLite file; ``load`` at start-up, ``save`` from a background task (any thread)."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        private_sqlite(path)  # 0600 in a 0700 folder; an existing one open to others is refused
         self._lock = threading.Lock()
         self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._conn.execute("PRAGMA journal_mode=WAL")

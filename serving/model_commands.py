@@ -62,6 +62,12 @@ def model_dir_for(spec: ModelSpec, models_file: Path, data_dir: Path) -> Path:
     return resolve_model_dir(spec, data_dir=data_dir, models_file_dir=models_file.resolve().parent)
 
 
+def _make_data_dir(data_dir: Path) -> None:
+    # The node keeps its databases here and refuses a data folder open to others; the model
+    # folders inside keep their own modes (the serving user reads them).
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+
 def _tiny_spec(models: ModelsFile, models_file: Path) -> ModelSpec:
     for spec in models.models:
         if spec.builder == "tiny":
@@ -76,6 +82,7 @@ def build_dev(data_dir: Path, models_file: Path) -> Path:
     (different package versions can change the bytes; see ``serving.tiny``).
     """
     spec = _tiny_spec(_load(models_file), models_file)
+    _make_data_dir(data_dir)
     dest = build_tiny(model_dir_for(spec, models_file, data_dir))
     verify_model(spec, dest)
     return dest
@@ -93,6 +100,7 @@ def ensure_model(spec: ModelSpec, models_file: Path, data_dir: Path) -> Path:
     except PinMismatchError:
         if spec.builder != "tiny":
             raise
+        _make_data_dir(data_dir)
         build_tiny(model_dir)
         verify_model(spec, model_dir)
     return model_dir
@@ -159,6 +167,7 @@ def pull(
     when the download fails its pins.
     """
     spec = _load(models_file).get(name)
+    _make_data_dir(data_dir)
     return download_pinned(
         spec, model_dir_for(spec, models_file, data_dir), endpoint=endpoint, timeout_s=timeout_s
     )

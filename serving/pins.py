@@ -15,7 +15,7 @@ from typing import Final
 from serving.errors import PinMismatchError
 from serving.models import ModelSpec
 
-__all__ = ["how_to_get", "sha256_file", "unpinned_files", "verify_model"]
+__all__ = ["check_layout", "how_to_get", "sha256_file", "unpinned_files", "verify_model"]
 
 _CHUNK: Final = 1 << 20
 # What may sit unpinned in a model folder: documents by extension, and the
@@ -71,27 +71,16 @@ def unpinned_files(spec: ModelSpec, model_dir: Path) -> list[str]:
     return sorted(found)
 
 
-def verify_model(spec: ModelSpec, model_dir: Path) -> None:
-    """Check every pin of ``spec`` against ``model_dir``.
-
-    Raises ``PinMismatchError`` for the first problem, naming the model, the
-    file and, for a content mismatch, both hashes (expected and actual).
-    """
+def check_layout(spec: ModelSpec, model_dir: Path) -> None:
+    """The cheap part of ``verify_model``: the folder holds every pinned file and nothing
+    unpinned an engine could read. Reads no file; raises ``PinMismatchError``."""
     if not model_dir.is_dir():
         raise PinMismatchError(f"model {spec.name!r}: folder {model_dir} does not exist; {how_to_get(spec)}")
     for rel in sorted(spec.files):
-        expected = spec.files[rel]
-        path = model_dir / rel
-        if not path.is_file():
+        if not (model_dir / rel).is_file():
             raise PinMismatchError(
                 f"model {spec.name!r}: pinned file {rel!r} is missing from {model_dir} "
-                f"(expected sha256 {expected}); {how_to_get(spec)}"
-            )
-        actual = sha256_file(path)
-        if actual != expected:
-            raise PinMismatchError(
-                f"model {spec.name!r}: file {rel!r} in {model_dir} fails its pin: "
-                f"expected sha256 {expected}, actual sha256 {actual}"
+                f"(expected sha256 {spec.files[rel]}); {how_to_get(spec)}"
             )
     extra = unpinned_files(spec, model_dir)
     if extra:
@@ -99,3 +88,20 @@ def verify_model(spec: ModelSpec, model_dir: Path) -> None:
             f"model {spec.name!r}: {model_dir} holds files with no pin, which the engine could load "
             f"unverified: {', '.join(extra)}"
         )
+
+
+def verify_model(spec: ModelSpec, model_dir: Path) -> None:
+    """Check every pin of ``spec`` against ``model_dir``.
+
+    Raises ``PinMismatchError`` for the first problem, naming the model, the
+    file and, for a content mismatch, both hashes (expected and actual).
+    """
+    check_layout(spec, model_dir)
+    for rel in sorted(spec.files):
+        expected = spec.files[rel]
+        actual = sha256_file(model_dir / rel)
+        if actual != expected:
+            raise PinMismatchError(
+                f"model {spec.name!r}: file {rel!r} in {model_dir} fails its pin: "
+                f"expected sha256 {expected}, actual sha256 {actual}"
+            )

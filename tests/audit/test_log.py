@@ -143,7 +143,7 @@ async def test_rollback_to_an_older_copy_is_refused_at_open(
     await populate(config, 10)
     for suffix in ("-wal", "-shm"):
         Path(config.path + suffix).unlink(missing_ok=True)
-    shutil.copy(backup, config.path)
+    shutil.copyfile(backup, config.path)  # keeps the log file and its 0600 mode
     with pytest.raises(AuditRollbackError):
         await AuditLog.open(config)
 

@@ -151,7 +151,7 @@ async def test_scheduled_job_exports_ratio_and_audits_drift(tmp_path: Path, loca
     with FakeUpstream(text="Stable external answer.") as fake:
         config = _node_toml(tmp_path, models_file, fake)
         assert await run_canaries_command(config, None, engines={TINY: local_engine}) == 0  # baseline
-        (tmp_path / "node").mkdir()
+        (tmp_path / "node").mkdir(mode=0o700)  # the audit log refuses a folder open to others
         setup = node_setup(
             tmp_path / "node", models_file=models_file, data_dir=tmp_path / "data", extra=_external(fake)
         )

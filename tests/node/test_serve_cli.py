@@ -181,24 +181,23 @@ def test_sigterm_stops_the_node_and_its_engine_processes(
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     config = _node_toml(tmp_path, _path_model(tmp_path, tiny_spec, tiny_model_dir), port)
-    proc = subprocess.Popen(
-        [*BASTION, "serve", "--config", str(config)],
-        env=_env(tmp_path),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    out = tmp_path / "stdout"
+    with out.open("wb") as stdout:
+        proc = subprocess.Popen(
+            [*BASTION, "serve", "--config", str(config)],
+            env=_env(tmp_path),
+            stdout=stdout,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
     try:
         deadline = time.monotonic() + 240
-        while True:
+        while f"serving on http://127.0.0.1:{port}" not in out.read_text(errors="replace"):
             assert proc.poll() is None, "the node exited before it was ready"
-            assert time.monotonic() < deadline, "the node did not become ready"
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
+            assert time.monotonic() < deadline, "the node did not say it was serving"
+            time.sleep(0.05)
+        # it says so only once it listens: the first connection is answered
+        assert httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=10).status_code == 200
         children = psutil.Process(proc.pid).children(recursive=True)
         assert children, "the engine runs in child processes"
         proc.send_signal(signal.SIGTERM)
