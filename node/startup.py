@@ -106,11 +106,15 @@ def listen_socket(host: str, port: int) -> socket.socket:
     """A socket bound to ``host:port`` (not yet listening); ``StartupError`` (PORT) when it cannot be.
 
     SO_REUSEADDR as uvicorn sets it: a port left in TIME_WAIT is free, one a
-    process listens on is not.
+    process listens on is not. The config allows an IP address or ``localhost``,
+    bound as 127.0.0.1 (the name may resolve to ::1 first, out of IPv4 clients' reach).
     """
     try:
         family, kind, proto, _, address = socket.getaddrinfo(
-            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+            "127.0.0.1" if host == "localhost" else host,
+            port,
+            type=socket.SOCK_STREAM,
+            flags=socket.AI_PASSIVE,
         )[0]
     except socket.gaierror as exc:
         raise StartupError(ExitCode.PORT, f"cannot resolve {host}: {exc.strerror}") from None

@@ -196,3 +196,13 @@ async def test_every_file_and_folder_the_node_writes_is_private(
         assert _open_to_others(root) == []
     assert {"checkpoint", "checkpoints.log"} <= {p.name for p in (root / "checkpoints").iterdir()}
     assert _open_to_others(root) == []
+
+
+def test_listen_socket_binds_localhost_as_ipv4_loopback_and_refuses_a_busy_port(busy_port: int) -> None:
+    from node.startup import StartupError, listen_socket
+
+    with listen_socket("localhost", 0) as sock:
+        assert sock.getsockname()[0] == "127.0.0.1"
+    with pytest.raises(StartupError) as err:
+        listen_socket("127.0.0.1", busy_port)
+    assert err.value.code == ExitCode.PORT and f"127.0.0.1:{busy_port}" in err.value.message

@@ -249,6 +249,7 @@ def test_models_options_go_before_or_after_the_subcommand(
     )
     assert main(argv) == 0
     assert (data / "models" / "bastion-tiny" / "model.safetensors").is_file()
+    assert data.stat().st_mode & 0o777 == 0o700  # the node refuses a data folder open to others
     assert main(["models", "verify", "--data-dir", str(data)]) == 0
     assert "ok       bastion-tiny" in capsys.readouterr().out
 
