@@ -14,7 +14,7 @@ def _service() -> dict[str, Any]:
     compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
     assert set(compose["services"]) == {"bastion"}
     service: dict[str, Any] = compose["services"]["bastion"]
-    assert set(compose["volumes"]) == {"data"}
+    assert set(compose["volumes"]) == {"data", "checkpoints"}
     for secret in service["secrets"]:
         assert compose["secrets"][secret]["file"].startswith("./secrets/")
     return service
@@ -30,6 +30,7 @@ def test_config_is_read_only_and_data_is_a_volume() -> None:
     assert mounts["/etc/bastion"]["read_only"] is True and mounts["/etc/bastion"]["type"] == "bind"
     assert mounts["/var/lib/bastion"] == {"type": "volume", "source": "data", "target": "/var/lib/bastion"}
     assert mounts["/var/lib/bastion/models"]["read_only"] is True
+    assert mounts["/var/lib/bastion-checkpoints"]["source"] == "checkpoints"
 
 
 def test_it_runs_as_the_images_user_on_a_read_only_root() -> None:

@@ -5,12 +5,21 @@ which .ci/run runs), the rendered objects validated against the Kubernetes 1.30 
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import stat
 import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import kubernetes_validate
 import pytest
 import yaml
+
+from audit.checkpoint import generate_signing_key, load_signing_key
+from audit.kek import generate_kek_file, kek_from_file
 
 from .conftest import DEPLOY, ROOT, require_tool
 
@@ -62,9 +71,8 @@ def test_the_values_schema_rejects_a_bad_value() -> None:
 
 def test_rendered_objects_match_the_kubernetes_schemas() -> None:
     objects = _render("serviceMonitor.enabled=true", "secrets.files.audit-kek=c2VjcmV0")
-    assert {"Deployment", "Service", "ConfigMap", "Secret", "t-bastion-data", "t-bastion-models"} <= set(
-        objects
-    )
+    pvcs = {"t-bastion-data", "t-bastion-models", "t-bastion-checkpoints"}
+    assert {"Deployment", "Service", "ConfigMap", "Secret"} | pvcs <= set(objects)
     for _key, obj in objects.items():
         if obj["apiVersion"].startswith("monitoring.coreos.com/"):
             continue  # a CRD: checked in the ServiceMonitor test
@@ -96,18 +104,22 @@ def test_the_deployment_requests_a_gpu_probes_readyz_and_drains_on_stop() -> Non
     volumes = {v["name"]: v for v in pod["volumes"]}
     assert volumes["data"]["persistentVolumeClaim"]["claimName"] == "t-bastion-data"
     assert volumes["models"]["persistentVolumeClaim"] == {"claimName": "t-bastion-models", "readOnly": True}
+    assert volumes["checkpoints"]["persistentVolumeClaim"]["claimName"] == "t-bastion-checkpoints"
     mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
     assert mounts["/etc/bastion/secrets"]["readOnly"] is True
     assert mounts["/etc/bastion/node.toml"]["readOnly"] is True
-    assert "node.toml" in objects["ConfigMap"]["data"]
+    assert mounts["/var/lib/bastion-checkpoints"]["name"] == "checkpoints"
+    node_toml = objects["ConfigMap"]["data"]["node.toml"]
+    assert 'checkpoint_path = "/var/lib/bastion-checkpoints"' in node_toml
+    assert 'kek_file = "/etc/bastion/secrets/audit-kek"' in node_toml
 
 
 def test_secrets_come_from_an_existing_secret_when_named() -> None:
     objects = _render("secrets.existingSecret=bastion-keys")
     assert "Secret" not in objects
     volumes = {v["name"]: v for v in objects["Deployment"]["spec"]["template"]["spec"]["volumes"]}
-    assert volumes["secrets"]["secret"]["secretName"] == "bastion-keys"
-    assert volumes["secrets"]["secret"]["optional"] is False
+    assert volumes["secret-files"]["secret"]["secretName"] == "bastion-keys"
+    assert volumes["secret-files"]["secret"]["optional"] is False
 
 
 def test_the_service_monitor_scrapes_metrics_from_the_service() -> None:
@@ -131,3 +143,61 @@ def test_pvcs_outlive_an_uninstall_and_can_be_existing_claims() -> None:
     assert objects["t-bastion-data"]["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
     volumes = {v["name"]: v for v in objects["Deployment"]["spec"]["template"]["spec"]["volumes"]}
     assert volumes["models"]["persistentVolumeClaim"]["claimName"] == "weights"
+
+
+@pytest.fixture
+def open_tmp() -> Iterator[Path]:
+    """A temporary folder that uid 10001 can reach (pytest's own tmp_path root is 0700)."""
+    path = Path(tempfile.mkdtemp(prefix="bastion-helm-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path)
+
+
+def test_the_init_container_hands_secret_files_to_the_node_user_as_0600(open_tmp: Path) -> None:
+    """Runs the chart's own init command, as uid 10001 with group 10001 (fsGroup), on a folder laid out
+    like a Secret volume (root-owned files, mode 0440, behind ..data links); the audit log must then
+    accept the copies as key files."""
+    setpriv = shutil.which("setpriv")
+    if os.geteuid() != 0 or setpriv is None:
+        pytest.skip("needs root and setpriv to act as uid 10001")
+    (init,) = _render()["Deployment"]["spec"]["template"]["spec"]["initContainers"]
+    source, target = open_tmp / "secret-volume", open_tmp / "secrets"
+    data = source / "..2026_01_01"
+    data.mkdir(parents=True)
+    generate_kek_file(data / "audit-kek")
+    generate_signing_key(data / "audit-signing-key")
+    (source / "..data").symlink_to(data.name)
+    for name in ("audit-kek", "audit-signing-key"):
+        (data / name).chmod(0o440)
+        os.chown(data / name, 0, 10001)
+        (source / name).symlink_to(f"..data/{name}")
+    target.mkdir()
+    target.chmod(0o1777)  # an emptyDir
+    for d in (source, data):
+        d.chmod(0o755)
+    command = [
+        part.replace("/run/bastion-secrets", str(source)).replace("/etc/bastion/secrets", str(target))
+        for part in init["command"]
+    ]
+    run = subprocess.run(
+        [setpriv, "--reuid=10001", "--regid=10001", "--groups=10001", *command],
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 0, run.stderr
+    assert sorted(p.name for p in target.iterdir()) == ["audit-kek", "audit-signing-key"]
+    for copy in target.iterdir():
+        info = copy.stat()
+        assert (info.st_uid, stat.S_IMODE(info.st_mode)) == (10001, 0o600)
+    kek_from_file(target / "audit-kek")  # both refuse a key file that others can read
+    load_signing_key(target / "audit-signing-key")
+    # a file it cannot read fails the init container, so the pod does not start without its keys
+    (data / "audit-kek").chmod(0o400)
+    (target / "audit-kek").unlink()
+    run = subprocess.run(
+        [setpriv, "--reuid=10001", "--regid=10001", "--groups=10001", *command],
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode != 0 and "audit-kek" in run.stderr
