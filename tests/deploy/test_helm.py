@@ -20,6 +20,7 @@ import yaml
 
 from audit.checkpoint import generate_signing_key, load_signing_key
 from audit.kek import generate_kek_file, kek_from_file
+from node.config import decode_config
 
 from .conftest import DEPLOY, ROOT, require_tool
 
@@ -55,6 +56,14 @@ def test_chart_metadata_and_values_parse() -> None:
     values = yaml.safe_load((CHART / "values.yaml").read_text())
     schema = json.loads((CHART / "values.schema.json").read_text())
     assert set(schema["required"]) <= set(values)
+
+
+def test_the_default_node_toml_is_one_the_node_accepts() -> None:
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    config = decode_config(values["config"], source="values.yaml config")
+    assert (config.server.host, config.server.port) == ("0.0.0.0", values["containerPort"])
+    assert config.audit is not None and config.audit.kek_file == "/etc/bastion/secrets/audit-kek"
+    assert config.audit.checkpoint_path == "/var/lib/bastion-checkpoints"
 
 
 def test_helm_lint_strict_passes() -> None:
