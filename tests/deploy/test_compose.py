@@ -1,17 +1,22 @@
-"""deploy/compose.yaml, checked structurally (no Docker engine or compose plugin here): one GPU
+"""deploy/compose.yaml (no Docker engine or compose plugin here): parsed by compose-spec (the Rust
+compose_spec parser, strict about unknown keys and types), then its promises checked: one GPU
 reserved, config read-only, data on a volume, the image's health check and stop grace period."""
 
 from __future__ import annotations
 
 from typing import Any
 
+import pytest
 import yaml
+from compose_spec import PyCompose
 
 from .conftest import DEPLOY, ROOT
 
+COMPOSE = DEPLOY / "compose.yaml"
+
 
 def _service() -> dict[str, Any]:
-    compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+    compose = yaml.safe_load(COMPOSE.read_text())
     assert set(compose["services"]) == {"bastion"}
     service: dict[str, Any] = compose["services"]["bastion"]
     assert set(compose["volumes"]) == {"data", "checkpoints"}
@@ -51,3 +56,24 @@ def test_health_check_and_stop_match_the_image() -> None:
     assert check["start_period"] == "600s"
     assert service["stop_signal"] == "SIGTERM" and service["stop_grace_period"] == "30s"
     assert "TimeoutStopSec=30\n" in (DEPLOY / "systemd" / "bastion.service").read_text()
+
+
+def test_the_compose_spec_parser_accepts_it() -> None:
+    parsed = PyCompose.from_yaml(COMPOSE.read_text())
+    parsed.validate()
+    assert parsed.service_names() == ["bastion"]
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "complaint"),
+    [
+        ("stop_grace_period:", "stop_grace_periods:", "stop_grace_periods"),
+        ("count: 1", "count: one", "count"),
+        ("read_only: true\n    tmpfs", "read_only: yes-please\n    tmpfs", "read_only"),
+    ],
+)
+def test_the_parser_would_catch_a_mistake(old: str, new: str, complaint: str) -> None:
+    text = COMPOSE.read_text()
+    assert old in text
+    with pytest.raises(ValueError, match=complaint):
+        PyCompose.from_yaml(text.replace(old, new, 1)).validate()
