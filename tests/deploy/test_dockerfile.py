@@ -50,7 +50,10 @@ def test_the_base_is_pinned_by_digest_and_the_image_runs_as_a_user() -> None:
 
 def test_config_and_data_are_volumes_and_readyz_is_the_health_check() -> None:
     (volumes,) = _all("VOLUME")
-    assert set(json.loads(volumes)) == {"/etc/bastion", "/var/lib/bastion"}
+    assert set(json.loads(volumes)) == {"/etc/bastion", "/var/lib/bastion", "/var/lib/bastion-checkpoints"}
+    # a named volume starts as a copy of the image's folder: these must be the node user's, 0700
+    private = "install -d -o bastion -g bastion -m 0700 /var/lib/bastion /var/lib/bastion-checkpoints"
+    assert private in " ".join(_all("RUN"))
     (health,) = _all("HEALTHCHECK")
     assert "--start-period=" in health
     env = " ".join(_all("ENV"))

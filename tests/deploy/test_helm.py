@@ -9,6 +9,7 @@ import os
 import shutil
 import stat
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -63,7 +64,46 @@ def test_the_default_node_toml_is_one_the_node_accepts() -> None:
     config = decode_config(values["config"], source="values.yaml config")
     assert (config.server.host, config.server.port) == ("0.0.0.0", values["containerPort"])
     assert config.audit is not None and config.audit.kek_file == "/etc/bastion/secrets/audit-kek"
-    assert config.audit.checkpoint_path == "/var/lib/bastion-checkpoints"
+    assert config.audit.checkpoint_path == "/var/lib/bastion-checkpoints/node"
+    assert config.data_dir == "/var/lib/bastion/node"
+
+
+def _as_node_user(setpriv: str, code: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(ROOT)}
+    return subprocess.run(
+        [setpriv, "--reuid=10001", "--regid=10001", "--groups=10001", sys.executable, "-c", code, *args],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+
+
+def test_the_nodes_private_folders_sit_inside_fsgroup_volumes(open_tmp: Path) -> None:
+    """Under fsGroup a volume's root is root:10001 with mode 2770, which the node refuses as its
+    data_dir or checkpoint_path (group access). The chart's config names folders one level in, which
+    the node creates 0700 itself: checked with the audit log's own private_dir, run as uid 10001."""
+    setpriv = shutil.which("setpriv")
+    if os.geteuid() != 0 or setpriv is None:
+        pytest.skip("needs root and setpriv to act as uid 10001")
+    objects = _render()
+    config = decode_config(objects["ConfigMap"]["data"]["node.toml"])
+    assert config.audit is not None
+    container = objects["Deployment"]["spec"]["template"]["spec"]["containers"][0]
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    code = "import sys; from audit import private_dir; private_dir(sys.argv[1])"
+    for volume, folder in (("data", config.data_dir), ("checkpoints", config.audit.checkpoint_path)):
+        root = open_tmp / volume
+        root.mkdir()
+        os.chown(root, 0, 10001)
+        root.chmod(0o2770)  # what the kubelet leaves under fsGroup
+        assert Path(folder).parent == Path(mounts[volume])  # one level into the volume
+        refused = _as_node_user(setpriv, code, str(root))
+        assert refused.returncode != 0 and "lets group or others in" in refused.stderr
+        inside = root / Path(folder).name
+        made = _as_node_user(setpriv, code, str(inside))
+        assert made.returncode == 0, made.stderr
+        # 02700: the folder inherits the root's setgid bit, which gives nobody access
+        assert stat.S_IMODE(inside.stat().st_mode) & 0o777 == 0o700 and inside.stat().st_uid == 10001
 
 
 def test_helm_lint_strict_passes() -> None:
@@ -113,13 +153,14 @@ def test_the_deployment_requests_a_gpu_probes_readyz_and_drains_on_stop() -> Non
     volumes = {v["name"]: v for v in pod["volumes"]}
     assert volumes["data"]["persistentVolumeClaim"]["claimName"] == "t-bastion-data"
     assert volumes["models"]["persistentVolumeClaim"] == {"claimName": "t-bastion-models", "readOnly": True}
+    assert {m["name"]: m["mountPath"] for m in container["volumeMounts"]}["models"] == "/models"
     assert volumes["checkpoints"]["persistentVolumeClaim"]["claimName"] == "t-bastion-checkpoints"
     mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
     assert mounts["/etc/bastion/secrets"]["readOnly"] is True
     assert mounts["/etc/bastion/node.toml"]["readOnly"] is True
     assert mounts["/var/lib/bastion-checkpoints"]["name"] == "checkpoints"
     node_toml = objects["ConfigMap"]["data"]["node.toml"]
-    assert 'checkpoint_path = "/var/lib/bastion-checkpoints"' in node_toml
+    assert 'checkpoint_path = "/var/lib/bastion-checkpoints/node"' in node_toml
     assert 'kek_file = "/etc/bastion/secrets/audit-kek"' in node_toml
 
 
