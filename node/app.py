@@ -112,10 +112,16 @@ def served_models(config: NodeConfig, models: ModelsFile) -> list[str]:
                 + _closest(route.local, known)
             )
     tenant_models = {m for t in config.tenants for m in t.models}
+    # free-text redaction models run here, never elsewhere: each must be a served local model
+    redacting = {t.redaction.ner_model for t in config.tenants if t.redaction.ner_model is not None}
     if config.serve is not None:
         wanted = list(config.serve)
     else:
-        wanted = sorted((tenant_models & set(known)) | {r.local for r in config.routes if r.local})
+        wanted = sorted(
+            (tenant_models & set(known))
+            | {r.local for r in config.routes if r.local}
+            | (redacting & set(known))
+        )
     for route in config.routes:
         if route.local and route.local not in wanted:
             raise ConfigError(
@@ -131,6 +137,13 @@ def served_models(config: NodeConfig, models: ModelsFile) -> list[str]:
             raise ConfigError(
                 f"tenant {tenant.name!r} names model {name!r}, which is neither a model in the models file "
                 f"nor a route alias{_closest(name, [*known, *aliases])}"
+            )
+    for tenant in config.tenants:
+        ner = tenant.redaction.ner_model
+        if ner is not None and ner not in wanted:
+            where = "which `serve` leaves out" if ner in known else "which is not in the models file"
+            raise ConfigError(
+                f"tenant {tenant.name!r} names redaction.ner_model {ner!r}, {where}{_closest(ner, known)}"
             )
     return wanted
 

@@ -13,6 +13,7 @@ import re
 from typing import Annotated, Final, Literal
 
 import msgspec
+import phonenumbers
 from msgspec import Meta
 
 __all__ = [
@@ -21,6 +22,7 @@ __all__ = [
     "ModelPrice",
     "ProviderConfig",
     "ProviderTimeouts",
+    "RedactionConfig",
     "RouteConfig",
     "RouterConfig",
     "RoutingOptions",
@@ -31,6 +33,7 @@ Name = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A
 Region = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9-]*$")]
 Seconds = Annotated[float, Meta(gt=0, le=3600)]
 Price = Annotated[float, Meta(ge=0, le=1_000_000)]
+CountryCode = Annotated[str, Meta(pattern=r"^[A-Z]{2}$")]
 
 # Dated snapshots: OpenAI ``gpt-4o-2024-08-06``, Anthropic ``claude-3-5-sonnet-20241022``.
 _DATED = re.compile(r"(?:^|[-_@.:])(?:\d{4}-\d{2}-\d{2}|20\d{6})$")
@@ -147,8 +150,6 @@ class RoutingOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     failover_budget_s: Seconds = 10.0
     backoff_base_s: Annotated[float, Meta(ge=0, le=10)] = 0.05
     backoff_max_s: Annotated[float, Meta(ge=0, le=60)] = 1.0
-    #: default region for phone numbers written without a country code
-    phone_region: Annotated[str, Meta(pattern=r"^[A-Z]{2}$")] = "US"
 
 
 class RouterConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -174,6 +175,31 @@ class RouterConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
                     )
 
 
+class RedactionConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """How a tenant's requests are redacted before egress (``[tenants.redaction]``)."""
+
+    #: regions whose local phone formats are detected (ISO 3166 alpha-2, ``GB`` for the UK). None by
+    #: default: no country is assumed, and then only numbers written with ``+`` or ``00`` are found
+    phone_regions: tuple[CountryCode, ...] = ()
+    #: the tenant's own identifiers (regular expressions) that are never redacted
+    keep_patterns: tuple[Annotated[str, Meta(min_length=1, max_length=500)], ...] = ()
+    #: a local model (served on this node) that finds names, birth dates, addresses and record
+    #: numbers in free text; without one, free text is not redacted
+    ner_model: Annotated[str, Meta(min_length=1, max_length=256)] | None = None
+    #: how long the local model may take per request; past it the request is refused, not sent
+    ner_timeout_s: Seconds = 10.0
+
+    def __post_init__(self) -> None:
+        unknown = [r for r in self.phone_regions if r not in phonenumbers.SUPPORTED_REGIONS]
+        if unknown:
+            raise ValueError(f"unknown phone_regions {unknown} (ISO 3166 alpha-2 codes; GB for the UK)")
+        for pattern in self.keep_patterns:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"keep_patterns: {pattern!r} is not a regular expression ({exc})") from None
+
+
 class TenantPolicy(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """What a tenant may do; the node's tenant config embeds or extends it.
 
@@ -187,6 +213,7 @@ class TenantPolicy(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     allowed_providers: tuple[Name, ...] | None = None
     redact: bool = True
     restore_pii: bool = False
+    redaction: RedactionConfig = RedactionConfig()
     rpm: Annotated[int, Meta(ge=1)] | None = None
     tpm: Annotated[int, Meta(ge=1)] | None = None
     tokens_per_day: Annotated[int, Meta(ge=1)] | None = None

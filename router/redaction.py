@@ -1,9 +1,13 @@
 """Personal-data redaction before egress, and restoration in the answer.
 
-Candidates are found with loose patterns and kept only when a library
-validates them: ``email-validator`` (emails), ``phonenumbers`` (phone numbers),
-``python-stdnum`` (IBANs, Luhn for payment cards, US SSN, Spanish DNI, Italian
-codice fiscale, German IdNr, French NIR, EU VAT numbers) and ``ipaddress``.
+Structured identifiers are found by ``router.identifiers`` (emails, IBANs,
+payment cards, national ids, VAT ids, IP addresses: a loose pattern, kept only
+when a validator agrees) and ``router.phones`` (phone numbers, for the tenant's
+regions). Free text (names, birth dates, addresses, record numbers) is found
+only when the tenant names a local model for it (``router.free_text``): its
+answer, a list of the text's own words per entity, is turned into spans here.
+A tenant's ``keep_patterns`` mark its own identifiers, which are never touched.
+
 Every message role is covered, with assistant tool-call arguments and tool
 results, and plain prompts. Values become typed placeholders (``[EMAIL_1]``),
 the same value the same placeholder within one request. Anything that goes
@@ -13,107 +17,33 @@ Only counts by type leave this module, never the values.
 
 from __future__ import annotations
 
-import ipaddress
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Sequence
 
 import msgspec
-import phonenumbers
-from email_validator import EmailNotValidError, validate_email
-from stdnum import iban, luhn
-from stdnum.de import idnr
-from stdnum.es import dni
-from stdnum.eu import vat
-from stdnum.fr import nir
-from stdnum.it import codicefiscale
-from stdnum.us import ssn
 
+from router.config import RedactionConfig
+from router.free_text import FreeTextEntity
+from router.identifiers import Span, find_identifiers, islands
+from router.phones import PhoneDetector
 from serving.errors import RedactionError
 from serving.protocol import ChatMessage, FunctionCall, GenerationRequest, ToolCall
 
-__all__ = ["Redaction", "Redactor", "Restorer"]
+__all__ = ["Redaction", "Redactor", "Restorer", "request_texts"]
 
-_Span = tuple[int, int, str]  # start, end, type
-# Fewer digits than this cannot be a phone number anywhere (a cheap gate for the slow matcher).
-_MIN_PHONE_DIGITS = 4
-_DIGIT = re.compile(r"\d")
-# A run of digits with the separators phone numbers are written with, optionally after + or (.
-_PHONE_RUN = re.compile(r"(?<![\w+])(?:\+|\(\+?)?\d[\d \t().\-/]{2,24}\d(?!\w)")
 _PLACEHOLDER = re.compile(r"\[([A-Z]+(?:_[A-Z]+)*)_(\d+)\]")
+# What may stand between two words of one free-text entity ("Anna Schmidt", "Hauptstr. 5, Berlin").
+_ENTITY_GAP = re.compile(r"[\s,.\-/]{1,3}")
+_MASK = "\x00"
 
 
-def _email(text: str) -> Iterator[_Span]:
-    for m in re.finditer(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}", text):
-        try:
-            validate_email(m.group(0), check_deliverability=False)
-        except EmailNotValidError:
-            continue
-        yield m.start(), m.end(), "EMAIL"
-
-
-def _shrinking(
-    pattern: re.Pattern[str], valid: Callable[[str], bool], kind: str
-) -> Callable[[str], Iterator[_Span]]:
-    """Matches of ``pattern`` that ``valid`` accepts, dropping trailing words until one does."""
-
-    def detect(text: str) -> Iterator[_Span]:
-        for m in pattern.finditer(text):
-            start, end = m.start(), m.end()
-            while end > start:
-                if valid(text[start:end]):
-                    yield start, end, kind
-                    break
-                cut = text.rfind(" ", start, end)
-                if cut <= start:
-                    break
-                end = cut
-
-    return detect
-
-
-def _card(value: str) -> bool:
-    digits = re.sub(r"[ -]", "", value)
-    return 13 <= len(digits) <= 19 and luhn.is_valid(digits)
-
-
-_DETECTORS: tuple[Callable[[str], Iterator[_Span]], ...] = (
-    _email,
-    _shrinking(re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{1,4}){3,8}\b"), iban.is_valid, "IBAN"),
-    _shrinking(re.compile(r"\b\d(?:[ -]?\d){12,18}\b"), _card, "CARD"),
-    _shrinking(re.compile(r"\b\d{3}-\d{2}-\d{4}\b"), ssn.is_valid, "NATIONAL_ID"),
-    _shrinking(re.compile(r"\b\d{8}-?[A-Z]\b"), dni.is_valid, "NATIONAL_ID"),
-    _shrinking(
-        re.compile(r"\b[A-Z]{6}\d{2}[A-Z]\d{2}[A-Z]\d{3}[A-Z]\b"), codicefiscale.is_valid, "NATIONAL_ID"
-    ),
-    _shrinking(re.compile(r"\b\d{2} ?\d{3} ?\d{3} ?\d{3}\b"), idnr.is_valid, "NATIONAL_ID"),
-    _shrinking(
-        re.compile(r"\b[12] ?\d{2} ?\d{2} ?(?:\d{2}|2[AB]) ?\d{3} ?\d{3} ?\d{2}\b"),
-        nir.is_valid,
-        "NATIONAL_ID",
-    ),
-    _shrinking(
-        re.compile(
-            r"\b(?:AT|BE|BG|CY|CZ|DE|DK|EE|EL|ES|FI|FR|HR|HU|IE|IT|LT|LU|LV|MT|NL|PL|PT|RO|SE|SI|SK)"
-            r" ?[0-9A-Z]{8,12}\b"
-        ),
-        vat.is_valid,
-        "VAT_ID",
-    ),
-    _shrinking(re.compile(r"(?<![\d.])(?:\d{1,3}\.){3}\d{1,3}(?!\.?\d)"), lambda v: _is_ip(v), "IP_ADDRESS"),
-    _shrinking(
-        re.compile(r"(?<![\w:])(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4}(?![\w:])"),
-        lambda v: _is_ip(v),
-        "IP_ADDRESS",
-    ),
-)
-
-
-def _is_ip(value: str) -> bool:
-    try:
-        ipaddress.ip_address(value)
-    except ValueError:
-        return False
-    return True
+def request_texts(request: GenerationRequest) -> list[str]:
+    """Every text of a request that redaction covers: prompt, contents, tool-call arguments."""
+    texts = [request.prompt or ""]
+    for m in request.messages or ():
+        texts.append(m.content or "")
+        texts.extend(c.function.arguments for c in m.tool_calls or ())
+    return [t for t in texts if t]
 
 
 class Restorer:
@@ -163,14 +93,21 @@ class Redaction(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Redactor:
-    """Stateless detector set; ``redact`` builds a fresh placeholder table per request."""
+    """The detectors of one tenant's configuration; ``redact`` builds a fresh placeholder table
+    per request."""
 
-    def __init__(self, *, phone_region: str = "US") -> None:
-        self._region = phone_region
+    def __init__(self, config: RedactionConfig | None = None) -> None:
+        config = config or RedactionConfig()
+        self.config = config
+        self._phones = PhoneDetector(config.phone_regions)
+        self._keep = (
+            re.compile("|".join(f"(?:{p})" for p in config.keep_patterns)) if config.keep_patterns else None
+        )
 
-    def redact(self, request: GenerationRequest) -> Redaction:
+    def redact(self, request: GenerationRequest, entities: Sequence[FreeTextEntity] = ()) -> Redaction:
+        """Redact ``request``; ``entities`` are what the free-text model found in its texts."""
         try:
-            return self._redact(request)
+            return self._redact(request, _FreeText(entities))
         except RedactionError:
             raise
         except Exception as exc:
@@ -179,47 +116,43 @@ class Redactor:
                 reason="redaction-failed",
             ) from None
 
-    def find(self, text: str) -> list[_Span]:
+    def find(
+        self, text: str, *, memo: dict[str, bool] | None = None, free_text: _FreeText | None = None
+    ) -> list[Span]:
         """Non-overlapping detected spans, earlier detectors winning overlaps."""
-        taken: list[_Span] = []
-        # Every detector but email needs digits: prose without any skips them all.
-        detectors = _DETECTORS if _DIGIT.search(text) else _DETECTORS[:1]
-        if "@" not in text:
-            detectors = detectors[1:]
-        for detect in detectors:
-            for span in detect(text):
-                if all(span[1] <= t[0] or span[0] >= t[1] for t in taken):
-                    taken.append(span)
-        if len(_DIGIT.findall(text)) >= _MIN_PHONE_DIGITS:
-            # The phone matcher is the slowest detector: it only sees text nothing else claimed.
-            masked = text
-            for start, end, _ in taken:
-                masked = masked[:start] + " " * (end - start) + masked[end:]
-            taken.extend(self._phones(masked))
+        masked = text
+        if self._keep is not None:
+            masked = _masked(
+                text, [(m.start(), m.end()) for m in self._keep.finditer(text) if m.end() > m.start()]
+            )
+        taken: list[Span] = []
+        ranges = islands(masked)
+        for span in find_identifiers(masked, ranges):
+            if all(span[1] <= t[0] or span[0] >= t[1] for t in taken):
+                taken.append(span)
+        # Phones, then free text, only see what nothing more specific claimed.
+        rest = _masked(masked, [(s, e) for s, e, _ in taken]) if taken else masked
+        taken.extend(self._phones.find(rest, ranges, memo))
+        if free_text is not None and free_text.pattern is not None:
+            rest = _masked(masked, [(s, e) for s, e, _ in taken]) if taken else masked
+            taken.extend(free_text.find(rest))
         taken.sort()
         return taken
 
-    def _phones(self, text: str) -> Iterator[_Span]:
-        # The matcher is slow on long texts with scattered digits: hand it only phone-shaped runs.
-        for run in _PHONE_RUN.finditer(text):
-            offset = run.start()
-            matcher = phonenumbers.PhoneNumberMatcher(
-                run.group(), self._region, leniency=phonenumbers.Leniency.VALID
-            )
-            for m in matcher:
-                yield offset + m.start, offset + m.end, "PHONE"
-
-    def _redact(self, request: GenerationRequest) -> Redaction:
+    def _redact(self, request: GenerationRequest, free_text: _FreeText) -> Redaction:
         table = _Table(request)
+        memo: dict[str, bool] = {}
         messages = None
         if request.messages is not None:
-            messages = tuple(self._message(m, table) for m in request.messages)
-        prompt = None if request.prompt is None else self._text(request.prompt, table)
+            messages = tuple(self._message(m, table, memo, free_text) for m in request.messages)
+        prompt = None if request.prompt is None else self._text(request.prompt, table, memo, free_text)
         redacted = msgspec.structs.replace(request, messages=messages, prompt=prompt)
         return Redaction(request=redacted, counts=dict(table.counts), mapping=table.mapping)
 
-    def _message(self, message: ChatMessage, table: _Table) -> ChatMessage:
-        content = None if message.content is None else self._text(message.content, table)
+    def _message(
+        self, message: ChatMessage, table: _Table, memo: dict[str, bool], free_text: _FreeText
+    ) -> ChatMessage:
+        content = None if message.content is None else self._text(message.content, table, memo, free_text)
         calls = message.tool_calls
         if calls:
             calls = tuple(
@@ -227,15 +160,16 @@ class Redactor:
                     id=c.id,
                     type=c.type,
                     function=FunctionCall(
-                        name=c.function.name, arguments=self._text(c.function.arguments, table)
+                        name=c.function.name,
+                        arguments=self._text(c.function.arguments, table, memo, free_text),
                     ),
                 )
                 for c in calls
             )
         return msgspec.structs.replace(message, content=content, tool_calls=calls)
 
-    def _text(self, text: str, table: _Table) -> str:
-        spans = self.find(text)
+    def _text(self, text: str, table: _Table, memo: dict[str, bool], free_text: _FreeText) -> str:
+        spans = self.find(text, memo=memo, free_text=free_text)
         if not spans:
             return text
         out: list[str] = []
@@ -256,11 +190,7 @@ class _Table:
         self.counts: dict[str, int] = {}
         self._by_value: dict[tuple[str, str], str] = {}
         self._next: dict[str, int] = {}
-        texts = [request.prompt or ""]
-        for m in request.messages or ():
-            texts.append(m.content or "")
-            texts.extend(c.function.arguments for c in m.tool_calls or ())
-        self._literal = {p.group(0) for t in texts for p in _PLACEHOLDER.finditer(t)}
+        self._literal = {p.group(0) for t in request_texts(request) for p in _PLACEHOLDER.finditer(t)}
 
     def placeholder(self, kind: str, value: str) -> str:
         self.counts[kind] = self.counts.get(kind, 0) + 1
@@ -278,3 +208,44 @@ class _Table:
         self._by_value[key] = token
         self.mapping[token] = value
         return token
+
+
+def _masked(text: str, spans: Sequence[tuple[int, int]]) -> str:
+    """``text`` with ``spans`` overwritten by a character no detector matches (offsets kept)."""
+    out: list[str] = []
+    last = 0
+    for start, end in sorted(spans):
+        if start < last:
+            start = last
+        out.append(text[last:start])
+        out.append(_MASK * max(0, end - start))
+        last = max(last, end)
+    out.append(text[last:])
+    return "".join(out)
+
+
+class _FreeText:
+    """Spans of the words a free-text model named, adjacent words of one type merged."""
+
+    def __init__(self, entities: Sequence[FreeTextEntity]) -> None:
+        self._kind: dict[str, str] = {}
+        for entity in entities:
+            for word in entity.words:
+                if word.strip() and not _PLACEHOLDER.fullmatch(word):
+                    self._kind.setdefault(word, entity.type)
+        words = sorted(self._kind, key=len, reverse=True)
+        self.pattern = (
+            re.compile(r"(?<!\w)(?:" + "|".join(re.escape(w) for w in words) + r")(?!\w)") if words else None
+        )
+
+    def find(self, text: str) -> list[Span]:
+        if self.pattern is None:
+            return []
+        spans: list[Span] = []
+        for m in self.pattern.finditer(text):
+            kind = self._kind[m.group(0)]
+            if spans and spans[-1][2] == kind and _ENTITY_GAP.fullmatch(text, spans[-1][1], m.start()):
+                spans[-1] = (spans[-1][0], m.end(), kind)
+            else:
+                spans.append((m.start(), m.end(), kind))
+        return spans

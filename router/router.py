@@ -26,8 +26,9 @@ import msgspec
 
 from router.anthropic_provider import AnthropicProvider
 from router.breaker import Breaker
-from router.config import RouteConfig, RouterConfig, TenantPolicy
+from router.config import RedactionConfig, RouteConfig, RouterConfig, TenantPolicy
 from router.errors import UpstreamRateLimitedError
+from router.free_text import FreeTextDetector, FreeTextEntity
 from router.limits import Limiter
 from router.openai_provider import OpenAIProvider
 from router.policy import (
@@ -40,13 +41,14 @@ from router.policy import (
     plan_local_only,
     plan_with_fallbacks,
 )
-from router.redaction import Redaction, Redactor
+from router.redaction import Redaction, Redactor, request_texts
 from router.stream import Attempt, Charge, Outcome, RoutedStream
 from serving.errors import (
     BastionError,
     BudgetExceededError,
     EngineUnavailableError,
     ModelNotFoundError,
+    RedactionError,
     ResidencyRejectedError,
     ServiceUnavailableError,
     UpstreamError,
@@ -92,7 +94,8 @@ BeforeForward = Callable[[ForwardDecision], Awaitable[None]]
 class Router:
     """Routes generations for the node. ``local`` maps local served model names to engines;
     ``external`` maps provider names to providers (built from ``config`` when ``None``, and
-    then owned and closed by the router)."""
+    then owned and closed by the router). ``redactor``, when given, redacts for every tenant
+    instead of one built from each tenant's ``redaction`` settings."""
 
     def __init__(
         self,
@@ -128,7 +131,8 @@ class Router:
         self._cooldown_until: dict[str, float] = {}
         self._ttft_ms: dict[str, float] = {}
         self._limiter = Limiter(clock=clock, wall_clock=wall_clock)
-        self._redactor = redactor or Redactor(phone_region=self._options.phone_region)
+        self._redactor = redactor
+        self._redactors: dict[RedactionConfig, Redactor] = {}
 
     async def aclose(self) -> None:
         for provider in self._owned:
@@ -325,7 +329,7 @@ class Router:
             generation = msgspec.structs.replace(request.generation, model=candidate.model)
             if not candidate.local and request.policy.redact:
                 # Raises RedactionError when it cannot run: nothing goes out (fail closed).
-                redaction = redaction or await self._redact(request.generation)
+                redaction = redaction or await self._redact(request)
                 generation = msgspec.structs.replace(redaction.request, model=candidate.model)
             if not breaker.acquire():
                 attempts.append(
@@ -482,12 +486,29 @@ class Router:
             "no candidate could serve the request", reason="all-candidates-failed", retry_after_s=1.0
         )
 
-    async def _redact(self, generation: GenerationRequest) -> Redaction:
+    async def _redact(self, request: RouteRequest) -> Redaction:
+        config = request.policy.redaction
+        redactor = self._redactor or self._redactors.get(config)
+        if redactor is None:
+            redactor = self._redactors[config] = Redactor(config)
+        generation = request.generation
+        entities: list[FreeTextEntity] = []
+        if config.ner_model is not None:
+            # Only the node's own engines are asked: free text never leaves to be redacted.
+            engine = self._local.get(config.ner_model)
+            if engine is None:
+                raise RedactionError(
+                    f"the free-text redaction model {config.ner_model!r} is not served on this node; "
+                    "the request was not sent out",
+                    reason="free-text-unavailable",
+                )
+            detector = FreeTextDetector(engine, config.ner_model, timeout_s=config.ner_timeout_s)
+            entities = await detector.detect(request_texts(generation))
         size = len(generation.prompt or "") + sum(len(m.content or "") for m in generation.messages or ())
         if size < _REDACT_INLINE_CHARS:
-            return self._redactor.redact(generation)
+            return redactor.redact(generation, entities)
         # Long prompts take milliseconds: let the event loop serve other streams meanwhile.
-        return await asyncio.to_thread(self._redactor.redact, generation)
+        return await asyncio.to_thread(redactor.redact, generation, entities)
 
     def _backoff(self, tries: int, remaining: float) -> float:
         base = min(self._options.backoff_max_s, self._options.backoff_base_s * 2.0 ** (tries - 1))

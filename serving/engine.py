@@ -113,6 +113,7 @@ class LocalEngine:
         # Sets self._llm rather than returning it: a returned engine would stay
         # referenced from the executor's finished futures after aclose().
         from vllm import envs as vllm_envs
+        from vllm.config import StructuredOutputsConfig
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
@@ -136,6 +137,11 @@ class LocalEngine:
             # every few seconds; ours only records (see serving.engine_stats)
             disable_log_stats=True,
             enable_log_requests=False,
+            # JSON-schema answers (free-text redaction) with no free whitespace: a model cannot
+            # pad an answer until its context runs out
+            structured_outputs_config=StructuredOutputsConfig(
+                backend="xgrammar", disable_any_whitespace=True
+            ),
         )
         self._llm = AsyncLLM.from_engine_args(args, stat_loggers=[self._stats.logger_factory()])
         # vLLM reads its environment variables through os.getenv on the per-token path (stats);
@@ -314,7 +320,7 @@ class LocalEngine:
 
     def _prepare(self, request: GenerationRequest) -> tuple[list[int], Any]:
         from vllm.exceptions import VLLMClientError
-        from vllm.sampling_params import RequestOutputKind, SamplingParams
+        from vllm.sampling_params import RequestOutputKind, SamplingParams, StructuredOutputsParams
 
         if self._renderer is None:
             raise self._unavailable()
@@ -334,6 +340,9 @@ class LocalEngine:
                 seed=s.seed,
                 ignore_eos=s.ignore_eos,
                 output_kind=RequestOutputKind.DELTA,
+                structured_outputs=None
+                if s.json_schema is None
+                else StructuredOutputsParams(json=s.json_schema),
             )
         except (ValueError, VLLMClientError) as exc:
             bad = getattr(exc, "parameter", None)

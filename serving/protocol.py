@@ -58,6 +58,9 @@ class SamplingOptions(msgspec.Struct, frozen=True, kw_only=True):
     #: generate exactly ``max_tokens`` (benchmarks); only local engines honour it
     ignore_eos: bool = False
     min_tokens: int = 0
+    #: constrain the output to this JSON schema (structured outputs); only local engines honour it,
+    #: and only the node itself sets it (free-text redaction)
+    json_schema: str | None = None
 
 
 class GenerationRequest(msgspec.Struct, frozen=True, kw_only=True):

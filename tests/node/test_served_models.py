@@ -83,3 +83,15 @@ def test_a_model_serve_leaves_out_is_named(models: ModelsFile) -> None:
         served_models(config, models)
     with pytest.raises(ConfigError, match=r"`serve` names model 'bastion-tinny'.*mean 'bastion-tiny'"):
         served_models(decode_config('serve = ["bastion-tinny"]\n[audit]\nenabled = false\n'), models)
+
+
+def test_a_free_text_redaction_model_is_served_or_refused(models: ModelsFile) -> None:
+    tenant = (
+        '[audit]\nenabled = false\n[[tenants]]\nname = "ward"\nresidency = ["eu-west"]\n'
+        '[tenants.redaction]\nphone_regions = ["DE", "AT"]\nner_model = "{model}"\n'
+    )
+    assert served_models(decode_config(tenant.format(model="bastion-tiny")), models) == ["bastion-tiny"]
+    with pytest.raises(ConfigError, match=r"redaction\.ner_model 'bastion-tiyn', which is not in the models"):
+        served_models(decode_config(tenant.format(model="bastion-tiyn")), models)
+    with pytest.raises(ConfigError, match=r"redaction\.ner_model 'bastion-tiny', which `serve` leaves out"):
+        served_models(decode_config("serve = []\n" + tenant.format(model="bastion-tiny")), models)

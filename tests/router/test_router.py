@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -463,7 +464,7 @@ async def test_local_route_is_not_redacted(env: Env) -> None:
 
 
 class _BrokenRedactor(Redactor):
-    def find(self, text: str) -> list[tuple[int, int, str]]:
+    def find(self, text: str, **_: Any) -> list[tuple[int, int, str]]:
         raise MemoryError("no memory for the detector")
 
 
