@@ -334,7 +334,7 @@ _ISLAND = re.compile(r"\d[\d .,:/()\-]*")
 # and after its last (an IBAN: up to 30 letters and digits; codice fiscale, NINO, DNI: 1).
 _BEFORE = 16
 _AFTER = 34
-_JOIN = 24
+_JOIN = 64
 
 
 def islands(text: str) -> Ranges:
@@ -349,17 +349,44 @@ def islands(text: str) -> Ranges:
     return ranges
 
 
-def scan(pattern: re.Pattern[str], text: str, ranges: Ranges) -> Iterator[re.Match[str]]:
-    # finditer(text, pos, endpos) keeps the text around the range visible to lookbehinds and \\b.
+def scan(pattern: re.Pattern[str], text: str, ranges: Ranges) -> list[re.Match[str]]:
+    """Matches of ``pattern`` within ``ranges``."""
+    # finditer(text, pos, endpos) keeps the text around a range visible to lookbehinds and \\b.
+    return [m for start, end in ranges for m in pattern.finditer(text, start, end)]
+
+
+def find_identifiers(text: str, ranges: Ranges) -> list[Span]:
+    """Non-overlapping spans of every structured type, the most specific detector first;
+    ``ranges`` are ``islands(text)``. What one detector claims, later ones do not look at."""
+    taken: list[Span] = list(_email(text)) if "@" in text else []
+    ranges = _without(ranges, taken)
+    for detect in _DETECTORS:
+        if not ranges:
+            break
+        found = [s for s in detect(text, ranges) if all(s[1] <= t[0] or s[0] >= t[1] for t in taken)]
+        kept: list[Span] = []
+        for span in found:  # a detector's own candidates may overlap too: the first wins
+            if all(span[1] <= k[0] or span[0] >= k[1] for k in kept):
+                kept.append(span)
+        if kept:
+            taken.extend(kept)
+            ranges = _without(ranges, kept)
+    return taken
+
+
+def _without(ranges: Ranges, spans: list[Span]) -> Ranges:
+    """``ranges`` with ``spans`` cut out."""
+    if not spans:
+        return ranges
+    out: Ranges = []
+    cuts = sorted((s, e) for s, e, _ in spans)
     for start, end in ranges:
-        yield from pattern.finditer(text, start, end)
-
-
-def find_identifiers(text: str, ranges: Ranges) -> Iterator[Span]:
-    """Candidate spans of every structured type, in detector order (most specific first);
-    ``ranges`` are ``islands(text)``."""
-    if "@" in text:
-        yield from _email(text)
-    if ranges:
-        for detect in _DETECTORS:
-            yield from detect(text, ranges)
+        for s, e in cuts:
+            if e <= start or s >= end:
+                continue
+            if s > start:
+                out.append((start, s))
+            start = max(start, e)
+        if start < end:
+            out.append((start, end))
+    return out

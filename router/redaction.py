@@ -125,11 +125,8 @@ class Redactor:
             masked = _masked(
                 text, [(m.start(), m.end()) for m in self._keep.finditer(text) if m.end() > m.start()]
             )
-        taken: list[Span] = []
         ranges = islands(masked)
-        for span in find_identifiers(masked, ranges):
-            if all(span[1] <= t[0] or span[0] >= t[1] for t in taken):
-                taken.append(span)
+        taken = find_identifiers(masked, ranges)
         # Phones, then free text, only see what nothing more specific claimed.
         rest = _masked(masked, [(s, e) for s, e, _ in taken]) if taken else masked
         taken.extend(self._phones.find(rest, ranges, memo))
