@@ -26,12 +26,13 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from audit import AuditEvent, AuditLog
 from router import Router
 from router.config import RouteConfig, RouterConfig
+from router.limits import LimitState
 from serving.errors import AuthenticationError, EngineUnavailableError
 from serving.gpu import GpuSampler, load_nvml
 from serving.models import ModelsFile, load_models_file, resolve_model_dir
 from serving.protocol import Provider
 
-from .budgets import persisted_budgets
+from .budgets import open_limits
 from .canaries import canary_job
 from .completions import handle_generation
 from .config import ConfigError, NodeConfig, resolve
@@ -45,8 +46,7 @@ __all__ = ["create_app"]
 
 _log = logging.getLogger("bastion.node")
 
-#: the node's own databases in ``data_dir``
-BUDGETS_DB = "budgets.db"
+#: the node's own databases in ``data_dir`` (and ``budgets.BUDGETS_DB``)
 FEEDBACK_DB = "feedback.db"
 
 
@@ -197,8 +197,9 @@ def create_app(
     engines: Mapping[str, Provider] | None = None,
     providers: Mapping[str, Provider] | None = None,
     audit: AuditLog | None = None,
+    limits: LimitState | None = None,
 ) -> Litestar:
-    """Build the node. ``engines``/``providers``/``audit`` replace what config would start."""
+    """Build the node. ``engines``/``providers``/``audit``/``limits`` replace what config would start."""
     base = config_dir or Path.cwd()
     # without a log only when the config says so (``[audit] enabled = false``)
     audit_enabled = audit is not None or config.audit is not None
@@ -211,12 +212,15 @@ def create_app(
             log = audit
             if log is None and config.audit is not None:
                 log = await stack.enter_async_context(await AuditLog.open(config.audit))
+            if limits is None:
+                counters = await stack.enter_async_context(
+                    open_limits(config.state, config_dir=base, data_dir=resolve(base, config.data_dir))
+                )
+            else:
+                counters = limits
             routing = router_config(config, local)
-            router = Router(routing, local=local, external=providers)
+            router = Router(routing, local=local, external=providers, limits=counters)
             stack.push_async_callback(router.aclose)
-            await stack.enter_async_context(
-                persisted_budgets(router.limiter, resolve(base, config.data_dir) / BUDGETS_DB)
-            )
             metrics = Metrics(
                 tenants=[t.name for t in config.tenants],
                 models=[r.alias for r in routing.routes] + list(local),

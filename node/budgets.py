@@ -1,19 +1,64 @@
-"""Keeps the router's day and month budget counters on disk (``data_dir/budgets.db``)."""
+"""Where the router's tenant counters live: this node's memory (day and month budgets kept in
+``data_dir/budgets.db``) or, for a fleet, the PostgreSQL database named by ``[state]``."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+import os
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 from router.ledger import BudgetLedger
-from router.limits import Limiter
+from router.limits import Limiter, LimitState
 
-__all__ = ["persisted_budgets"]
+from .config import ConfigError, StateConfig, resolve
+
+__all__ = ["BUDGETS_DB", "open_limits", "persisted_budgets", "postgres_url"]
+
+#: a single node's day and month counters, in ``data_dir``
+BUDGETS_DB = "budgets.db"
 
 _log = logging.getLogger("bastion.budgets")
+
+
+@contextlib.asynccontextmanager
+async def open_limits(state: StateConfig, *, config_dir: Path, data_dir: Path) -> AsyncIterator[LimitState]:
+    """The counters ``[state]`` names, open for the node's lifetime."""
+    if not state.shared:
+        limiter = Limiter(clock=time.monotonic, wall_clock=time.time)
+        async with persisted_budgets(limiter, data_dir / BUDGETS_DB):
+            yield limiter
+        return
+    from router.pg_limits import PgLimits  # psycopg: only for a fleet
+
+    url = postgres_url(state, config_dir=config_dir)
+    async with PgLimits.open(url, timeout_s=state.timeout_s, max_connections=state.max_connections) as pg:
+        yield pg
+
+
+def postgres_url(state: StateConfig, *, config_dir: Path) -> str:
+    """The URL from the config, its environment variable or its file (never logged)."""
+    if state.postgres_url is not None:
+        return state.postgres_url
+    if state.postgres_url_env is not None:
+        url = os.environ.get(state.postgres_url_env, "").strip()
+        if not url:
+            raise ConfigError(
+                f"[state] postgres_url_env: environment variable {state.postgres_url_env} is empty"
+            )
+        return url
+    assert state.postgres_url_file is not None
+    path = resolve(config_dir, state.postgres_url_file)
+    try:
+        url = path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigError(f"[state] postgres_url_file: cannot read {path} ({exc.strerror})") from None
+    if not url:
+        raise ConfigError(f"[state] postgres_url_file: {path} is empty")
+    return url
 
 
 @contextlib.asynccontextmanager

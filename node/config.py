@@ -12,6 +12,7 @@ import ipaddress
 import re
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import parse_qsl, urlsplit
 
 import msgspec
 
@@ -26,6 +27,7 @@ __all__ = [
     "MetricsConfig",
     "NodeConfig",
     "ServerConfig",
+    "StateConfig",
     "TenantConfig",
     "decode_config",
     "load_config",
@@ -85,6 +87,47 @@ class LoggingConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     backup_count: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 5
 
 
+class StateConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Where tenant limits and budgets are counted (``[state]``).
+
+    Left out: this node alone (memory, with day and month budgets in
+    ``data_dir/budgets.db``). With PostgreSQL, every node that names the same
+    database shares its tenants' rpm, tpm, tokens per day and spend per month.
+    The URL may hold a password, so it comes from an environment variable
+    (``postgres_url_env``) or a file (``postgres_url_file``); a ``postgres_url``
+    written in the file itself is accepted only without a password (peer, trust or
+    ``.pgpass`` authentication).
+    """
+
+    postgres_url: Annotated[str, msgspec.Meta(pattern=r"^postgres(ql)?://")] | None = None
+    postgres_url_env: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")] | None = None
+    postgres_url_file: str | None = None
+    #: a limit check waiting longer than this for the database refuses the request (fail closed)
+    timeout_s: Annotated[float, msgspec.Meta(gt=0, le=60)] = 2.0
+    max_connections: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 10
+
+    def __post_init__(self) -> None:
+        given = [n for n in ("postgres_url", "postgres_url_env", "postgres_url_file") if getattr(self, n)]
+        if len(given) > 1:
+            raise ValueError(f"set one of postgres_url, postgres_url_env, postgres_url_file, not {given}")
+        if self.postgres_url is not None and _has_password(self.postgres_url):
+            raise ValueError(
+                "[state] postgres_url holds a password: secrets never live in the config file; "
+                "put the URL in an environment variable (postgres_url_env) or a file (postgres_url_file)"
+            )
+
+    @property
+    def shared(self) -> bool:
+        return any((self.postgres_url, self.postgres_url_env, self.postgres_url_file))
+
+
+def _has_password(url: str) -> bool:
+    parts = urlsplit(url)
+    if parts.password:
+        return True
+    return "password" in {k.lower() for k, _ in parse_qsl(parts.query)}
+
+
 class ApiKeyConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """A tenant API key, stored only as the SHA-256 of the key (keys are 256-bit random)."""
 
@@ -105,6 +148,7 @@ class NodeConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     limits: LimitsConfig = LimitsConfig()
     metrics: MetricsConfig = MetricsConfig()
     logging: LoggingConfig = LoggingConfig()
+    state: StateConfig = StateConfig()
     #: relative paths resolve against the config file's folder
     models_file: str = "models.toml"
     data_dir: str = "data"

@@ -20,7 +20,8 @@ from serving.errors import PinMismatchError
 from serving.models import ModelsConfigError, ModelsFile, load_models_file, resolve_model_dir
 from serving.pins import check_layout
 
-from .app import BUDGETS_DB, FEEDBACK_DB, served_models
+from .app import FEEDBACK_DB, served_models
+from .budgets import BUDGETS_DB
 from .canaries import BASELINES_FILE
 from .config import ConfigError, NodeConfig, resolve
 from .feedback import secret_path

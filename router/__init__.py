@@ -24,7 +24,13 @@ from router.config import (
     RoutingOptions,
     TenantPolicy,
 )
-from router.errors import BadResidencyHeaderError, UpstreamRateLimitedError, UpstreamTimeoutError
+from router.errors import (
+    BadResidencyHeaderError,
+    StateUnavailableError,
+    UpstreamRateLimitedError,
+    UpstreamTimeoutError,
+)
+from router.limits import Limiter, LimitState
 from router.openai_provider import OpenAIProvider
 from router.policy import RESIDENCY_HEADER
 from router.redaction import Redactor
@@ -40,6 +46,8 @@ __all__ = [
     "BreakerConfig",
     "FallbackTarget",
     "ForwardDecision",
+    "LimitState",
+    "Limiter",
     "ModelPrice",
     "OpenAIProvider",
     "ProviderConfig",
@@ -52,6 +60,7 @@ __all__ = [
     "Router",
     "RouterConfig",
     "RoutingOptions",
+    "StateUnavailableError",
     "TenantPolicy",
     "UpstreamRateLimitedError",
     "UpstreamTimeoutError",

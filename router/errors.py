@@ -7,9 +7,14 @@ status and code without knowing them; the lead may move them into
 
 from __future__ import annotations
 
-from serving.errors import BadRequestError, UpstreamError
+from serving.errors import BadRequestError, ServiceUnavailableError, UpstreamError
 
-__all__ = ["BadResidencyHeaderError", "UpstreamRateLimitedError", "UpstreamTimeoutError"]
+__all__ = [
+    "BadResidencyHeaderError",
+    "StateUnavailableError",
+    "UpstreamRateLimitedError",
+    "UpstreamTimeoutError",
+]
 
 
 class UpstreamTimeoutError(UpstreamError):
@@ -33,3 +38,10 @@ class BadResidencyHeaderError(BadRequestError):
     """``x-bastion-residency`` could not be read: refused, since a misread header could loosen residency."""
 
     code = "bad_residency_header"
+
+
+class StateUnavailableError(ServiceUnavailableError):
+    """The fleet's shared limit state (PostgreSQL) cannot be reached: the request is refused
+    (fail closed), since admitting it could exceed a tenant's limits fleet-wide."""
+
+    code = "state_unavailable"

@@ -9,9 +9,12 @@
 
 A token or spend limit refuses a request once what has been *consumed* reaches
 it; the request that crosses the line completes, as its size is unknown until
-it ends. Every stream is charged when it ends, finished or not. Counting is in
-memory; ``restore`` and ``take_changes`` let the node keep the day and month
-counters in a ``router.ledger.BudgetLedger`` across restarts.
+it ends. Every stream is charged when it ends, finished or not.
+
+``LimitState`` is what the router needs from the counters. ``Limiter`` counts in
+this process (sliding windows; ``restore`` and ``take_changes`` let the node keep
+the day and month counters in a ``router.ledger.BudgetLedger`` across restarts);
+``router.pg_limits.PgLimits`` counts for a fleet of nodes in PostgreSQL.
 """
 
 from __future__ import annotations
@@ -19,14 +22,46 @@ from __future__ import annotations
 import datetime as dt
 from collections import deque
 from collections.abc import Callable, Iterable
+from typing import Protocol
 
 from router.config import TenantPolicy
 from router.ledger import LedgerRow
 from serving.errors import BudgetExceededError, RateLimitedError
 
-__all__ = ["Limiter", "TenantUsage"]
+__all__ = ["LimitState", "Limiter", "TenantUsage", "until_next_day", "until_next_month"]
 
 _MINUTE = 60.0
+
+
+class LimitState(Protocol):
+    """A tenant's rate windows and budgets, wherever they are kept.
+
+    ``admit`` checks and counts one request atomically (no two nodes can both take
+    the last slot) or raises ``RateLimitedError``/``BudgetExceededError``; a store
+    that cannot answer raises ``StateUnavailableError``: a limit never fails open.
+    ``record`` is called when a stream settles and must not block: a remote store
+    queues the charge and writes it in the background.
+    """
+
+    async def admit(self, tenant: str, policy: TenantPolicy) -> None: ...
+
+    async def spend_left(self, tenant: str, policy: TenantPolicy) -> float | None: ...
+
+    def record(self, tenant: str, *, tokens: int, spend: float = 0.0) -> None: ...
+
+    def until_next_month(self) -> float: ...
+
+
+def until_next_day(now_s: float) -> float:
+    now = dt.datetime.fromtimestamp(now_s, dt.UTC)
+    tomorrow = dt.datetime.combine(now.date() + dt.timedelta(days=1), dt.time(), tzinfo=dt.UTC)
+    return (tomorrow - now).total_seconds()
+
+
+def until_next_month(now_s: float) -> float:
+    now = dt.datetime.fromtimestamp(now_s, dt.UTC)
+    first = dt.datetime(now.year + now.month // 12, now.month % 12 + 1, 1, tzinfo=dt.UTC)
+    return (first - now).total_seconds()
 
 
 class TenantUsage:
@@ -44,6 +79,8 @@ class TenantUsage:
 
 
 class Limiter:
+    """``LimitState`` in this process's memory: right for a single node."""
+
     def __init__(self, *, clock: Callable[[], float], wall_clock: Callable[[], float]) -> None:
         self._clock = clock
         self._wall = wall_clock
@@ -62,7 +99,7 @@ class Limiter:
             usage.month, usage.month_spend = month, 0.0
         return usage
 
-    def admit(self, tenant: str, policy: TenantPolicy) -> None:
+    async def admit(self, tenant: str, policy: TenantPolicy) -> None:
         """Count one request against ``rpm``, or raise 429 with ``Retry-After``."""
         usage = self.usage(tenant)
         now = self._clock()
@@ -74,7 +111,7 @@ class Limiter:
         if policy.tokens_per_day is not None and usage.day_tokens >= policy.tokens_per_day:
             raise BudgetExceededError(
                 f"tenant {tenant!r} used its {policy.tokens_per_day} tokens for today",
-                retry_after_s=self._until_next_day(),
+                retry_after_s=until_next_day(self._wall()),
                 reason="budget-tokens-per-day",
             )
         if policy.rpm is not None and len(usage.requests) >= policy.rpm:
@@ -93,16 +130,14 @@ class Limiter:
                 )
         usage.requests.append(now)
 
-    def spend_left(self, tenant: str, policy: TenantPolicy) -> float | None:
+    async def spend_left(self, tenant: str, policy: TenantPolicy) -> float | None:
         """Currency left this month for external calls (``None``: unlimited)."""
         if policy.spend_per_month is None:
             return None
         return policy.spend_per_month - self.usage(tenant).month_spend
 
     def until_next_month(self) -> float:
-        now = dt.datetime.fromtimestamp(self._wall(), dt.UTC)
-        first = dt.datetime(now.year + now.month // 12, now.month % 12 + 1, 1, tzinfo=dt.UTC)
-        return (first - now).total_seconds()
+        return until_next_month(self._wall())
 
     def record(self, tenant: str, *, tokens: int, spend: float = 0.0) -> None:
         """Charge tokens (and external spend) once a stream ended, whatever its outcome."""
@@ -138,10 +173,6 @@ class Limiter:
         self._changed.clear()
         return rows
 
-    def _until_next_day(self) -> float:
-        now = dt.datetime.fromtimestamp(self._wall(), dt.UTC)
-        tomorrow = dt.datetime.combine(now.date() + dt.timedelta(days=1), dt.time(), tzinfo=dt.UTC)
-        return (tomorrow - now).total_seconds()
 
     @staticmethod
     def _tpm_retry_after(usage: TenantUsage, total: int, tpm: int, now: float) -> float:

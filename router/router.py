@@ -29,7 +29,7 @@ from router.breaker import Breaker
 from router.config import RedactionConfig, RouteConfig, RouterConfig, TenantPolicy
 from router.errors import UpstreamRateLimitedError
 from router.free_text import FreeTextDetector, FreeTextEntity
-from router.limits import Limiter
+from router.limits import Limiter, LimitState
 from router.openai_provider import OpenAIProvider
 from router.policy import (
     Candidate,
@@ -95,7 +95,9 @@ class Router:
     """Routes generations for the node. ``local`` maps local served model names to engines;
     ``external`` maps provider names to providers (built from ``config`` when ``None``, and
     then owned and closed by the router). ``redactor``, when given, redacts for every tenant
-    instead of one built from each tenant's ``redaction`` settings."""
+    instead of one built from each tenant's ``redaction`` settings.
+    ``limits`` holds the tenants' counters (this process's memory when ``None``; a fleet passes
+    ``PgLimits``)."""
 
     def __init__(
         self,
@@ -106,6 +108,7 @@ class Router:
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
         redactor: Redactor | None = None,
+        limits: LimitState | None = None,
     ) -> None:
         self._config = config
         self._options = config.routing
@@ -130,7 +133,7 @@ class Router:
         }
         self._cooldown_until: dict[str, float] = {}
         self._ttft_ms: dict[str, float] = {}
-        self._limiter = Limiter(clock=clock, wall_clock=wall_clock)
+        self._limits: LimitState = limits or Limiter(clock=clock, wall_clock=wall_clock)
         self._redactor = redactor
         self._redactors: dict[RedactionConfig, Redactor] = {}
 
@@ -146,10 +149,6 @@ class Router:
         states = {f"local:{k}": b.state.value for k, b in self._local_breakers.items()}
         states.update({k: b.state.value for k, b in self._breakers.items()})
         return states
-
-    @property
-    def limiter(self) -> Limiter:
-        return self._limiter
 
     async def open(
         self, request: RouteRequest, *, before_forward: BeforeForward | None = None
@@ -169,7 +168,7 @@ class Router:
         if route is None:
             raise ModelNotFoundError(f"model {request.alias!r} is not routed here", param="model")
         residency = effective_residency(request.policy, request.residency_headers, regions=self._regions)
-        self._limiter.admit(request.tenant, request.policy)
+        await self._limits.admit(request.tenant, request.policy)
         plan = await self._plan(route, residency, request)
         if not plan.candidates and plan.reason == "overflow":
             plan = await self._wait_for_local(route, residency, request)
@@ -211,7 +210,7 @@ class Router:
             local,
             self._providers,
             external,
-            spend_left=self._limiter.spend_left(request.tenant, request.policy),
+            spend_left=await self._limits.spend_left(request.tenant, request.policy),
         )
 
     async def _local_state(self, route: RouteConfig) -> LocalState | None:
@@ -262,7 +261,7 @@ class Router:
         if plan.budget_exhausted:
             return BudgetExceededError(
                 f"tenant {request.tenant!r} has spent its external budget for this month",
-                retry_after_s=self._limiter.until_next_month(),
+                retry_after_s=self._limits.until_next_month(),
                 reason="budget-spend-per-month",
             )
         external = {why for name, why in plan.skipped if name != "local"}
@@ -450,7 +449,7 @@ class Router:
             cost = 0.0
             if price is not None:
                 cost = (prompt * price.input_per_mtok + completion * price.output_per_mtok) / 1_000_000
-            self._limiter.record(tenant, tokens=prompt + completion, spend=cost)
+            self._limits.record(tenant, tokens=prompt + completion, spend=cost)
             return Charge(prompt_tokens=prompt, completion_tokens=completion, cost=cost)
 
         used = redaction if redaction is not None and not candidate.local else None

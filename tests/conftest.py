@@ -6,7 +6,9 @@ whole session; tests that break an engine on purpose start their own.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import os
+import secrets
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import msgspec
@@ -16,6 +18,7 @@ import pytest_asyncio
 from serving.engine import LocalEngine
 from serving.model_commands import ensure_model
 from serving.models import ModelSpec, load_models_file
+from tests.postgres import PostgresServer, postgres_available
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY_NAME = "bastion-tiny"
@@ -57,3 +60,29 @@ async def local_engine(eager_tiny_spec: ModelSpec, tiny_model_dir: Path) -> Asyn
     start your own ``LocalEngine`` for fault drills."""
     async with LocalEngine(eager_tiny_spec, tiny_model_dir) as engine:
         yield engine
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """One real PostgreSQL server for the session (a test that stops it starts it again)."""
+    if not postgres_available():
+        if os.environ.get("CI"):
+            pytest.fail("PostgreSQL 15 is not installed (/usr/lib/postgresql/15/bin); CI needs it")
+        pytest.skip("PostgreSQL 15 is not installed here")
+    server = PostgresServer()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def pg_url(postgres: PostgresServer) -> str:
+    """A fresh, empty database on the session's server; its URL holds the password."""
+    import psycopg
+
+    name = "t_" + secrets.token_hex(6)
+    with psycopg.connect(postgres.url, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    return postgres.url.rsplit("/", 1)[0] + "/" + name

@@ -21,6 +21,7 @@ from node.app import create_app
 from node.config import NodeConfig, decode_config
 from node.state import NodeState
 from node.tenancy import create_key
+from router.limits import LimitState
 from serving.protocol import Provider
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -99,13 +100,20 @@ async def running_node(
     *,
     providers: Mapping[str, Provider] | None = None,
     audit: AuditLog | None = None,
+    limits: LimitState | None = None,
 ) -> AsyncIterator[RunningNode]:
     """The node under uvicorn on 127.0.0.1 (a free port), on this event loop.
 
-    ``audit``: an opened log to use instead of the one the config names (the caller closes it).
+    ``audit``: an opened log to use instead of the one the config names (the caller closes it);
+    ``limits``: opened tenant counters instead of those ``[state]`` names.
     """
     app = create_app(
-        setup.config, config_dir=setup.config_dir, engines=engines, providers=providers, audit=audit
+        setup.config,
+        config_dir=setup.config_dir,
+        engines=engines,
+        providers=providers,
+        audit=audit,
+        limits=limits,
     )
     server = uvicorn.Server(
         uvicorn.Config(app, host="127.0.0.1", port=0, lifespan="on", log_level="warning", access_log=False)

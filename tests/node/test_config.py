@@ -132,3 +132,42 @@ def test_audit_enabled_true_with_its_settings_decodes() -> None:
     )
     config = decode_config(MINIMAL.replace("[audit]\nenabled = false\n", section))
     assert config.audit is not None and config.audit.path == "a.db"
+
+
+def test_state_defaults_to_this_node_alone() -> None:
+    assert decode_config(MINIMAL).state.shared is False
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["postgresql://bastion:hunter2@db.internal/bastion", "postgresql://db.internal/bastion?password=hunter2"],
+)
+def test_a_postgres_password_in_the_file_is_refused(url: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        decode_config(MINIMAL + f'\n[state]\npostgres_url = "{url}"\n')
+    assert "postgres_url_env" in str(err.value)
+    assert "hunter2" not in str(err.value)
+
+
+def test_postgres_url_without_a_password_is_accepted() -> None:
+    config = decode_config(MINIMAL + '\n[state]\npostgres_url = "postgresql://bastion@db.internal/bastion"\n')
+    assert config.state.shared
+
+
+def test_state_takes_one_source_of_the_url() -> None:
+    with pytest.raises(ConfigError, match="set one of"):
+        decode_config(MINIMAL + '\n[state]\npostgres_url_env = "A"\npostgres_url_file = "url.txt"\n')
+
+
+def test_postgres_url_from_env_or_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from node.budgets import postgres_url
+
+    env = decode_config(MINIMAL + '\n[state]\npostgres_url_env = "BASTION_TEST_PG"\n').state
+    monkeypatch.delenv("BASTION_TEST_PG", raising=False)
+    with pytest.raises(ConfigError, match="BASTION_TEST_PG is empty"):
+        postgres_url(env, config_dir=tmp_path)
+    monkeypatch.setenv("BASTION_TEST_PG", "postgresql://u:secret@h/db")
+    assert postgres_url(env, config_dir=tmp_path) == "postgresql://u:secret@h/db"
+    (tmp_path / "pg-url").write_text("postgresql://u:other@h/db\n")
+    file = decode_config(MINIMAL + '\n[state]\npostgres_url_file = "pg-url"\n').state
+    assert postgres_url(file, config_dir=tmp_path) == "postgresql://u:other@h/db"

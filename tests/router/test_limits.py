@@ -18,66 +18,66 @@ def _limiter() -> tuple[Limiter, FakeClock, FakeClock]:
     return Limiter(clock=clock, wall_clock=wall), clock, wall
 
 
-def test_rpm_trips_on_the_request_after_the_limit_and_says_when() -> None:
+async def test_rpm_trips_on_the_request_after_the_limit_and_says_when() -> None:
     limiter, clock, _ = _limiter()
     p = policy(rpm=3)
     for _ in range(3):
-        limiter.admit("t", p)
+        await limiter.admit("t", p)
         clock.advance(1)
     with pytest.raises(RateLimitedError) as info:
-        limiter.admit("t", p)
+        await limiter.admit("t", p)
     assert info.value.status_code == 429
     assert info.value.retry_after_s == pytest.approx(57)
     assert "3 requests per minute" in info.value.message
-    limiter.admit("other", p)  # per tenant
+    await limiter.admit("other", p)  # per tenant
     clock.advance(57)
-    limiter.admit("t", p)
+    await limiter.admit("t", p)
 
 
-def test_tpm_counts_recorded_tokens() -> None:
+async def test_tpm_counts_recorded_tokens() -> None:
     limiter, clock, _ = _limiter()
     p = policy(tpm=100)
     for _ in range(3):
-        limiter.admit("t", p)
+        await limiter.admit("t", p)
         limiter.record("t", tokens=40)  # 40, 80, 120
     with pytest.raises(RateLimitedError) as info:
-        limiter.admit("t", p)
+        await limiter.admit("t", p)
     assert info.value.reason == "rate-limit-tpm"
     clock.advance(60)
-    limiter.admit("t", p)
+    await limiter.admit("t", p)
 
 
-def test_tokens_per_day_resets_at_utc_midnight() -> None:
+async def test_tokens_per_day_resets_at_utc_midnight() -> None:
     limiter, _, wall = _limiter()
     p = policy(tokens_per_day=50)
-    limiter.admit("t", p)
+    await limiter.admit("t", p)
     limiter.record("t", tokens=49)
-    limiter.admit("t", p)
+    await limiter.admit("t", p)
     limiter.record("t", tokens=1)
     with pytest.raises(BudgetExceededError) as info:
-        limiter.admit("t", p)
+        await limiter.admit("t", p)
     assert info.value.retry_after_s == pytest.approx(12 * 3600)
     wall.advance(12 * 3600)
-    limiter.admit("t", p)
+    await limiter.admit("t", p)
 
 
-def test_monthly_spend_is_tracked_and_resets() -> None:
+async def test_monthly_spend_is_tracked_and_resets() -> None:
     limiter, _, wall = _limiter()
     p = policy(spend_per_month=1.0)
     limiter.record("t", tokens=10, spend=0.75)
-    assert limiter.spend_left("t", p) == pytest.approx(0.25)
+    assert await limiter.spend_left("t", p) == pytest.approx(0.25)
     limiter.record("t", tokens=10, spend=0.25)
-    assert limiter.spend_left("t", p) == pytest.approx(0.0)
+    assert await limiter.spend_left("t", p) == pytest.approx(0.0)
     assert limiter.until_next_month() == pytest.approx(12 * 3600)
     wall.advance(12 * 3600)  # April 1st
-    assert limiter.spend_left("t", p) == pytest.approx(1.0)
+    assert await limiter.spend_left("t", p) == pytest.approx(1.0)
 
 
-def test_budgets_survive_a_restart_through_the_ledger(tmp_path: Path) -> None:
+async def test_budgets_survive_a_restart_through_the_ledger(tmp_path: Path) -> None:
     ledger = BudgetLedger(tmp_path / "budgets.db")
     limiter, _, _ = _limiter()
     p = policy(tokens_per_day=50, spend_per_month=2.0)
-    limiter.admit("t", p)
+    await limiter.admit("t", p)
     limiter.record("t", tokens=50, spend=1.5)
     limiter.record("u", tokens=7)
     ledger.save(limiter.take_changes())
@@ -88,12 +88,12 @@ def test_budgets_survive_a_restart_through_the_ledger(tmp_path: Path) -> None:
     again, _, wall2 = _limiter()
     again.restore(ledger.load())
     with pytest.raises(BudgetExceededError):
-        again.admit("t", p)  # today's 50 tokens are still spent
-    assert again.spend_left("t", p) == pytest.approx(0.5)
+        await again.admit("t", p)  # today's 50 tokens are still spent
+    assert await again.spend_left("t", p) == pytest.approx(0.5)
     assert again.usage("u").day_tokens == 7
     wall2.advance(13 * 3600)  # 1 April: a new day and a new month
-    again.admit("t", p)
-    assert again.spend_left("t", p) == pytest.approx(2.0)
+    await again.admit("t", p)
+    assert await again.spend_left("t", p) == pytest.approx(2.0)
     again.record("t", tokens=1)
     ledger.save(again.take_changes())
     assert {(r.tenant, r.kind, r.period, r.value) for r in ledger.load()} == {
