@@ -1,10 +1,13 @@
-"""``bastion audit ...``: verify, export, prove, check-proof, shred, rotate-kek, vkey.
+"""``bastion audit ...``: verify, export, prove, check-proof, shred, rotate-kek, retention, vkey.
 
 Exit codes: 0 ok; 1 usage, configuration or I/O error; 2 tampered; 3 truncated
 or rolled back (smaller than a signed checkpoint); 4 key problem (wrong or
 missing KEK, keys database not this log's, a data key missing); 5 the log is
-busy (another process holds the writer lock: run shred/rotate-kek through the
-node, or stop it first).
+busy (another process holds the writer lock and no running node answered).
+
+``shred``, ``rotate-kek`` and ``retention`` change the keys: given a ``LiveLog``
+(a running node's admin channel, supplied by the caller) they run inside that
+node, through its writer; without one they open the log here.
 
 ``verify`` never repairs. It records its own run as a ``verify.run`` event
 when it can take the writer lock; while the node runs (lock held) it says so
@@ -16,14 +19,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import sqlite3
 import sys
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 
 from .checkpoint import CheckpointStore, load_signing_key, open_checkpoint, split_notes, vkey
 from .config import AuditConfig
+from .destroyed import destroyed_keys, retention_cutoff
 from .errors import (
     AuditConfigError,
     AuditError,
@@ -41,7 +47,30 @@ from .proofs import build_proof, check_proof
 from .store import connect_ro, read_checkpoints, read_log_id
 from .verify import Outcome, VerifyReport, verify_log
 
-__all__ = ["EXIT_BUSY", "EXIT_ERROR", "add_audit_commands", "run_audit_command"]
+__all__ = [
+    "EXIT_BUSY",
+    "EXIT_ERROR",
+    "LIVE_ACTIONS",
+    "LiveLog",
+    "add_audit_commands",
+    "exit_code_of",
+    "run_audit_command",
+]
+
+#: the subcommands that run inside a running node when one answers
+LIVE_ACTIONS = frozenset({"shred", "rotate-kek", "retention"})
+
+
+class LiveLog(Protocol):
+    """A running node's open log, reached through its admin channel; each call returns the
+    sequence numbers of the records it wrote, and raises the audit error the node met."""
+
+    def shred(self, tenant: str, subject: str | None) -> list[int]: ...
+
+    def rotate_kek(self, new_kek_file: str) -> list[int]: ...
+
+    def apply_retention(self) -> list[int]: ...
+
 
 EXIT_ERROR = 1
 EXIT_BUSY = 5
@@ -81,37 +110,46 @@ def add_audit_commands(subparsers: Any) -> None:
     p.add_argument("--new-kek-file", required=True)
     p.set_defaults(audit_action="rotate-kek")
 
+    p = subparsers.add_parser("retention", help="expire the months past retention_months now")
+    p.set_defaults(audit_action="retention")
+
     p = subparsers.add_parser("vkey", help="print the checkpoint verifier key (for auditors)")
     p.set_defaults(audit_action="vkey")
 
 
-def run_audit_command(args: argparse.Namespace, config: AuditConfig) -> int:
-    """Run the parsed audit subcommand; returns the exit code."""
+def run_audit_command(args: argparse.Namespace, config: AuditConfig, live: LiveLog | None = None) -> int:
+    """Run the parsed audit subcommand; returns the exit code. ``live``: see the module docstring."""
     action = getattr(args, "audit_action", None)
     handlers = {
         "verify": _verify,
         "export": _export,
         "prove": _prove,
         "check-proof": _check_proof,
-        "shred": _shred,
-        "rotate-kek": _rotate_kek,
         "vkey": _vkey,
     }
-    if action not in handlers:
+    live_handlers = {"shred": _shred, "rotate-kek": _rotate_kek, "retention": _retention}
+    if action not in handlers and action not in live_handlers:
         print(f"unknown audit command {action!r}", file=sys.stderr)
         return EXIT_ERROR
     try:
+        if action in live_handlers:
+            return live_handlers[action](args, config, live)
         return handlers[action](args, config)
-    except AuditTamperedError as exc:
-        return _fail(exc, Outcome.TAMPERED)
-    except AuditRollbackError as exc:
-        return _fail(exc, Outcome.ROLLBACK)
-    except AuditKeyError as exc:
-        return _fail(exc, Outcome.KEY_ERROR)
-    except AuditUnavailableError as exc:
-        return _fail(exc, EXIT_BUSY)
-    except (AuditConfigError, AuditError, OSError, ValueError) as exc:
-        return _fail(exc, EXIT_ERROR)
+    except (AuditError, OSError, ValueError) as exc:
+        return _fail(exc, exit_code_of(exc))
+
+
+def exit_code_of(exc: BaseException) -> int:
+    """The exit code this module documents for an error of the audit tree (1 for anything else)."""
+    if isinstance(exc, AuditTamperedError):
+        return Outcome.TAMPERED
+    if isinstance(exc, AuditRollbackError):
+        return Outcome.ROLLBACK
+    if isinstance(exc, AuditKeyError):
+        return Outcome.KEY_ERROR
+    if isinstance(exc, AuditUnavailableError):
+        return EXIT_BUSY
+    return EXIT_ERROR
 
 
 def _fail(exc: BaseException, code: int) -> int:
@@ -119,10 +157,29 @@ def _fail(exc: BaseException, code: int) -> int:
     return int(code)
 
 
-def _open_keyring(config: AuditConfig, log_id: bytes) -> Keyring:
-    return Keyring.open(
+def _open_keyring(config: AuditConfig, conn: sqlite3.Connection) -> Keyring:
+    """The keys for reading, refusing any key the log says was destroyed (a restored keys database)."""
+    log_id = read_log_id(conn)
+    keyring = Keyring.open(
         config.resolved_keys_path, load_kek(config), log_id, allow_create=False, max_uses=config.dek_max_uses
     )
+    try:
+        months = config.retention_months
+        cutoff = None if months is None else retention_cutoff(time.time_ns(), months)
+        destroyed = destroyed_keys(conn, keyring, log_id, expired_before=cutoff)
+        destroyed.check()
+        if held := keyring.held(destroyed.kids.keys()):
+            print(
+                f"audit: the keys database holds {len(held)} data key(s) that the log records as "
+                f"destroyed (a restored backup?): treated as shredded; the node deletes them when it "
+                f"opens the log: {', '.join(sorted(k.hex() for k in held))}",
+                file=sys.stderr,
+            )
+        keyring.treat_as_destroyed(destroyed.kids.keys())
+    except BaseException:
+        keyring.close()
+        raise
+    return keyring
 
 
 def _verify(args: argparse.Namespace, config: AuditConfig) -> int:
@@ -135,7 +192,7 @@ def _verify(args: argparse.Namespace, config: AuditConfig) -> int:
     keyring = None
     try:
         if args.decrypt:
-            keyring = _open_keyring(config, read_log_id(conn))
+            keyring = _open_keyring(config, conn)
         report = verify_log(
             conn, origin=config.origin, public_key=public, external_notes=external, keyring=keyring
         )
@@ -187,7 +244,7 @@ def _export(args: argparse.Namespace, config: AuditConfig) -> int:
     keyring = None
     try:
         if args.decrypt or args.tenant is not None:
-            keyring = _open_keyring(config, read_log_id(conn))
+            keyring = _open_keyring(config, conn)
         records = export_records(
             conn,
             keyring=keyring,
@@ -248,26 +305,49 @@ def _vkey(args: argparse.Namespace, config: AuditConfig) -> int:
     return 0
 
 
-def _shred(args: argparse.Namespace, config: AuditConfig) -> int:
+def _where(live: LiveLog | None) -> str:
+    return "by the running node" if live is not None else "offline"
+
+
+def _shred(args: argparse.Namespace, config: AuditConfig, live: LiveLog | None) -> int:
     async def go() -> list[int]:
         async with await AuditLog.open(config) as log:
             return await log.shred(args.tenant, args.subject)
 
-    seqs = asyncio.run(go())
-    print(f"shredded: destruction recorded at seq {', '.join(map(str, seqs))}")
+    seqs = live.shred(args.tenant, args.subject) if live is not None else asyncio.run(go())
+    print(f"shredded {_where(live)}: destruction recorded at seq {', '.join(map(str, seqs))}")
     return 0
 
 
-def _rotate_kek(args: argparse.Namespace, config: AuditConfig) -> int:
-    new = kek_from_file(args.new_kek_file)
+def _rotate_kek(args: argparse.Namespace, config: AuditConfig, live: LiveLog | None) -> int:
+    new = kek_from_file(args.new_kek_file)  # checked here first: a bad file fails fast, in one place
 
     async def go() -> list[int]:
         async with await AuditLog.open(config) as log:
             return await log.rotate_kek(new)
 
-    seqs = asyncio.run(go())
+    path = str(Path(args.new_kek_file).resolve())
+    seqs = live.rotate_kek(path) if live is not None else asyncio.run(go())
     print(
-        f"rewrapped under KEK {new.kek_id} (seq {', '.join(map(str, seqs))}); "
+        f"rewrapped {_where(live)} under KEK {new.kek_id} (seq {', '.join(map(str, seqs))}); "
         f"point kek_file at {args.new_kek_file} before the next start"
     )
+    return 0
+
+
+def _retention(args: argparse.Namespace, config: AuditConfig, live: LiveLog | None) -> int:
+    if config.retention_months is None:
+        raise AuditConfigError("retention_months is not set: nothing expires")
+
+    async def go() -> list[int]:
+        async with await AuditLog.open(config) as log:  # opening applied it already: nothing left due
+            return await log.apply_retention()
+
+    seqs = live.apply_retention() if live is not None else asyncio.run(go())
+    if live is None:
+        print("retention applied offline (months expired, if any, are logged as retention.expired)")
+    elif seqs:
+        print(f"retention applied by the running node: recorded at seq {', '.join(map(str, seqs))}")
+    else:
+        print("retention applied by the running node: nothing was due")
     return 0

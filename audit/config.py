@@ -32,6 +32,9 @@ class AuditConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     checkpoint_every_s: Annotated[float, msgspec.Meta(gt=0, le=86_400)] = 10.0
     queue_max: Annotated[int, msgspec.Meta(ge=1, le=10_000_000)] = 10000
     retention_months: _Positive | None = None
+    #: a running node applies retention at start and then every this many seconds (default hourly:
+    #: months expire at a month's turn, so the first run after it expires them)
+    retention_interval_s: Annotated[float, msgspec.Meta(gt=0, le=31 * 86_400)] = 3600.0
     # Random-nonce AES-GCM is safe to 2^32 messages per key (NIST SP 800-38D);
     # rotating at 2^30 leaves a wide margin.
     dek_max_uses: Annotated[int, msgspec.Meta(ge=1, le=2**31)] = 2**30

@@ -18,7 +18,9 @@ import enum
 import sqlite3
 import struct
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -28,6 +30,7 @@ from .errors import AuditKeyError
 from .kek import KeyEncryptionKey
 from .private import private_sqlite
 from .schema import KEYS_MIGRATIONS, migrate_sync
+from .sqlitecopy import copy_database
 
 __all__ = ["KeyState", "Keyring", "month_of"]
 
@@ -83,6 +86,8 @@ class Keyring:
         self._request_ids: dict[tuple[str, str], bytes] = {}
         #: data keys created since the writer last took them, for its ``key.created`` records
         self._created: list[dict[str, Any]] = []
+        #: keys a reader must treat as destroyed (the log says so; see ``treat_as_destroyed``)
+        self._refused: set[bytes] = set()
 
     @classmethod
     def open(
@@ -237,6 +242,8 @@ class Keyring:
         return active
 
     def decrypting_key(self, kid: bytes) -> tuple[KeyState, AESGCM | None]:
+        if kid in self._refused:
+            return KeyState.SHREDDED, None
         aead = self._by_kid.get(kid)
         if aead is not None:
             return KeyState.OK, aead
@@ -262,6 +269,44 @@ class Keyring:
 
     def expire_before(self, month: str, reason: str) -> list[tuple[bytes, str]]:
         return self._destroy_where("month < ?", (month,), reason)
+
+    def refuse(self, kids: Collection[bytes], reason: str) -> list[tuple[bytes, str]]:
+        """Destroy these data keys if this database holds them (a restored copy that predates their
+        destruction); returns those it held, as ``destroy`` does."""
+        out: list[tuple[bytes, str]] = []
+        ordered = sorted(kids)
+        for i in range(0, len(ordered), 500):  # within SQLite's bound-parameter limit
+            chunk = tuple(ordered[i : i + 500])
+            out += self._destroy_where(f"kid IN ({','.join('?' * len(chunk))})", chunk, reason)
+        return out
+
+    def treat_as_destroyed(self, kids: Collection[bytes]) -> None:
+        """For a read-only reader: these keys answer SHREDDED, whatever the database holds."""
+        self._refused.update(kids)
+        for kid in kids:
+            self._by_kid.pop(kid, None)
+
+    def held(self, kids: Collection[bytes]) -> set[bytes]:
+        """Which of ``kids`` this database holds as usable data keys."""
+        found: set[bytes] = set()
+        ordered = sorted(kids)
+        for i in range(0, len(ordered), 500):
+            chunk = tuple(ordered[i : i + 500])
+            rows = self._conn.execute(
+                f"SELECT kid FROM deks WHERE kid IN ({','.join('?' * len(chunk))})",  # noqa: S608
+                chunk,
+            ).fetchall()
+            found.update(bytes(r[0]) for r in rows)
+        return found - self._refused
+
+    def known(self) -> set[bytes]:
+        """Every key id this database knows: usable, retired or destroyed."""
+        rows = self._conn.execute("SELECT kid FROM deks UNION SELECT kid FROM destroyed").fetchall()
+        return {bytes(r[0]) for r in rows}
+
+    def backup_to(self, path: Path) -> None:
+        """A consistent copy of this database (called between key changes: inside the writer)."""
+        copy_database(self._conn, path)
 
     def _destroy_where(self, where: str, args: tuple[object, ...], reason: str) -> list[tuple[bytes, str]]:
         now = time.time_ns()

@@ -13,10 +13,12 @@ import asyncio
 import contextlib
 import fcntl
 import hmac
+import logging
 import os
 import sqlite3
 import time
 from collections.abc import Callable
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
@@ -27,18 +29,41 @@ from .checkpoint import CheckpointStore, load_signing_key, open_checkpoint, vkey
 from .config import AuditConfig
 from .crypto import GENESIS_HEAD, next_head
 from .dbproc import WriteProcess
-from .errors import AuditError, AuditKeyError, AuditRollbackError, AuditTamperedError, AuditUnavailableError
+from .destroyed import DestroyedKeys, destroyed_keys, retention_cutoff
+from .errors import (
+    AuditConfigError,
+    AuditError,
+    AuditKeyError,
+    AuditRollbackError,
+    AuditTamperedError,
+    AuditUnavailableError,
+)
 from .events import AuditEvent, AuditHit, AuditStats
 from .kek import KeyEncryptionKey, kek_from_env, kek_from_file
-from .keystore import Keyring, month_of
+from .keystore import Keyring
 from .merkle import CompactRange
-from .private import SQLITE_SIDECARS, check_private, private_dir
+from .private import SQLITE_SIDECARS, check_private, private_dir, write_private_file
 from .record import encode_parts
-from .store import connect_rw, ensure_log_id, read_checkpoints
+from .sqlitecopy import copy_database
+from .store import connect_ro, connect_rw, ensure_log_id, read_checkpoints
 from .wal import WalCheckpointer
 from .writer import ChainState, Command, PendingAppend, Writer
 
-__all__ = ["AuditLog", "check_files", "check_keys", "load_kek"]
+__all__ = [
+    "BACKUP_CHECKPOINT",
+    "BACKUP_KEYS",
+    "BACKUP_LOG",
+    "AuditLog",
+    "backup_offline",
+    "check_files",
+    "check_keys",
+    "load_kek",
+]
+
+_log = logging.getLogger("bastion.audit")
+
+#: the names of a backup's files (``AuditLog.backup``, ``backup_offline``)
+BACKUP_LOG, BACKUP_KEYS, BACKUP_CHECKPOINT = "audit.db", "keys.db", "checkpoint"
 
 
 def load_kek(config: AuditConfig) -> KeyEncryptionKey:
@@ -89,8 +114,10 @@ class _Lock:
                 time.sleep(0.05)
 
     def release(self) -> None:
-        with contextlib.suppress(OSError):
-            os.close(self.fd)
+        fd, self.fd = self.fd, -1
+        if fd >= 0:  # once: a second close could hit a descriptor reused since
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
 
 def _startup_read(
@@ -130,6 +157,38 @@ def _read_chain(conn: Any, wanted: set[int]) -> tuple[ChainState, dict[int, byte
     return ChainState(tree.size, head, tree), roots
 
 
+def _destroyed_in_log(config: AuditConfig, keyring: Keyring, log_id: bytes, now_ns: int) -> DestroyedKeys:
+    months = config.retention_months
+    conn = connect_ro(config.path)
+    try:
+        cutoff = None if months is None else retention_cutoff(now_ns, months)
+        return destroyed_keys(conn, keyring, log_id, expired_before=cutoff)
+    finally:
+        conn.close()
+
+
+def _backup_checkpoint(config: AuditConfig, dest: Path) -> list[str]:
+    note = CheckpointStore(config.checkpoint_path).read_latest()
+    if not note:
+        return []
+    write_private_file(dest / BACKUP_CHECKPOINT, note.encode())
+    return [BACKUP_CHECKPOINT]
+
+
+def backup_offline(config: AuditConfig, dest: Path) -> list[str]:
+    """``AuditLog.backup`` for a log that no process has open: holds its lock while copying."""
+    if not os.path.exists(config.path):
+        raise AuditConfigError(f"{config.path}: no audit log there")
+    lock = _Lock(config.path, wait_s=0)
+    try:
+        names = _backup_checkpoint(config, dest)
+        copy_database(config.path, dest / BACKUP_LOG)
+        copy_database(config.resolved_keys_path, dest / BACKUP_KEYS)
+        return [*names, BACKUP_LOG, BACKUP_KEYS]
+    finally:
+        lock.release()
+
+
 class AuditLog:
     def __init__(
         self,
@@ -149,6 +208,8 @@ class AuditLog:
         self._clock = clock
         self._task = asyncio.get_running_loop().create_task(writer.run(), name="audit-writer")
         self._closed = False
+        #: data keys this open refused: the log says they were destroyed, the keys database held them
+        self.refused_keys: list[str] = []
 
     @classmethod
     async def open(cls, config: AuditConfig, *, clock: Callable[[], int] = time.time_ns) -> AuditLog:
@@ -195,6 +256,8 @@ class AuditLog:
         proc: WriteProcess | None = None
         reader: aiosqlite.Connection | None = None
         try:
+            destroyed = await asyncio.to_thread(_destroyed_in_log, config, keyring, log_id, clock())
+            destroyed.check()
             proc = await WriteProcess.start(config.path, lock.fd)
             reader = await aiosqlite.connect(config.path, isolation_level=None)
             await reader.execute("PRAGMA query_only=ON")
@@ -225,8 +288,14 @@ class AuditLog:
             wal=WalCheckpointer(config.path),
         )
         log = cls(config=config, lock=lock, reader=reader, keyring=keyring, writer=writer, clock=clock)
-        if config.retention_months is not None:
-            await log.apply_retention()
+        try:
+            if destroyed.kids:
+                await log._refuse_resurrected(destroyed)
+            if config.retention_months is not None:
+                await log.apply_retention()
+        except BaseException:
+            await log.aclose()
+            raise
         return log
 
     async def __aenter__(self) -> Self:
@@ -303,14 +372,59 @@ class AuditLog:
 
         return await self._command(action)
 
+    async def _refuse_resurrected(self, destroyed: DestroyedKeys) -> None:
+        """Delete data keys the log says were destroyed (a restored keys database); record it."""
+
+        def action(kr: Keyring) -> list[tuple[str, dict[str, Any]]]:
+            gone = kr.refuse(destroyed.kids.keys(), "refused")
+            if not gone:
+                return []
+            self.refused_keys = [k.hex() for k, _ in gone]
+            _log.warning(
+                "audit: the keys database held %d data key(s) that the log records as destroyed "
+                "(a restored backup?); refused and deleted: %s",
+                len(gone),
+                ", ".join(self.refused_keys),
+            )
+            return [
+                (
+                    "key.refused",
+                    {
+                        "reason": "destroyed-in-log",
+                        "kids": self.refused_keys,
+                        "destroyed_at": sorted({destroyed.kids[k] for k, _ in gone}),
+                        "months": sorted({m for _, m in gone}),
+                    },
+                )
+            ]
+
+        await self._command(action)
+
+    async def backup(self, dest: Path) -> list[str]:
+        """Copy the log, its keys database and its latest checkpoint into the folder ``dest``.
+
+        In this order, each read before the next: the checkpoint (so it never claims more
+        than the copied log holds), the log (the writer goes on committing: SQLite's online
+        backup reads one snapshot), then the keys inside the writer, between key changes (every
+        record in the copied log has its key, or its key's destruction, in the copied keys).
+        Returns the names of the files written.
+        """
+        names = await asyncio.to_thread(_backup_checkpoint, self.config, dest)
+        await asyncio.to_thread(copy_database, self.config.path, dest / BACKUP_LOG)
+
+        def copy_keys(kr: Keyring) -> list[tuple[str, dict[str, Any]]]:
+            kr.backup_to(dest / BACKUP_KEYS)
+            return []
+
+        await self._command(copy_keys)
+        return [*names, BACKUP_LOG, BACKUP_KEYS]
+
     async def apply_retention(self) -> list[int]:
         """Destroy the keys of whole months older than ``retention_months``; logs what expired."""
         months = self.config.retention_months
         if months is None:
             return []
-        year, month = (int(x) for x in month_of(self._clock()).split("-"))
-        index = year * 12 + (month - 1) - months
-        cutoff = f"{index // 12:04d}-{index % 12 + 1:02d}"
+        cutoff = retention_cutoff(self._clock(), months)
 
         def action(kr: Keyring) -> list[tuple[str, dict[str, Any]]]:
             gone = kr.expire_before(cutoff, "retention")
