@@ -32,6 +32,7 @@ from serving.gpu import GpuSampler, load_nvml
 from serving.models import ModelsFile, load_models_file, resolve_model_dir
 from serving.protocol import Provider
 
+from .admin import admin_channel, admin_socket_path, retention_schedule
 from .budgets import open_limits
 from .canaries import canary_job
 from .completions import handle_generation
@@ -255,6 +256,7 @@ def create_app(
                 await log.append(
                     AuditEvent(type="config.loaded", tenant="", meta=_config_summary(config, local))
                 )
+                await _enter_operations(stack, log, config, base)
             else:
                 _log.warning(
                     "AUDIT LOG DISABLED ([audit] enabled = false): requests are NOT recorded; "
@@ -355,6 +357,13 @@ def create_app(
         openapi_config=None,
         debug=False,
     )
+
+
+async def _enter_operations(stack: AsyncExitStack, log: AuditLog, config: NodeConfig, base: Path) -> None:
+    """The admin socket (live shred, rotate-kek, retention, backup) and retention's schedule."""
+    await stack.enter_async_context(admin_channel(admin_socket_path(config, base), log, config, base))
+    if log.config.retention_months is not None:
+        await stack.enter_async_context(retention_schedule(log, log.config.retention_interval_s))
 
 
 def _wire_metric_sources(state: NodeState) -> None:

@@ -2,7 +2,7 @@
 
 ``serve`` (dev mode without a config), ``models`` (build-dev, verify, list,
 pull, record-canaries), ``keys create``, ``audit`` (verify, export, prove,
-shred, ...), ``canary run`` and ``status``. Exit codes: ``serve``'s are
+shred, ...), ``backup``, ``restore``, ``canary run`` and ``status``. Exit codes: ``serve``'s are
 ``node.startup.ExitCode`` (0 ok, 2 bad usage or config, 3 a model fails its
 pins, ...); other subcommands use 2 and 3 alike and document the rest.
 """
@@ -19,8 +19,12 @@ import sys
 from collections.abc import Iterator
 from contextlib import AsyncExitStack
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from serving.egress import apply_no_egress_env
+
+if TYPE_CHECKING:
+    from .config import NodeConfig
 
 __all__ = ["main"]
 
@@ -279,26 +283,43 @@ def _cmd_keys(args: argparse.Namespace) -> int:
 # -- audit -----------------------------------------------------------------------------------------
 
 
-def _cmd_audit(args: argparse.Namespace) -> int:
-    from audit.cli import run_audit_command
-
-    from .config import ConfigError, load_config
+def _node_config(args: argparse.Namespace) -> tuple[NodeConfig, Path]:
+    """The config (dev mode's without one) and its folder; ConfigError or ValueError when invalid."""
+    from .config import load_config
     from .devmode import default_data_dir, dev_config
 
     path = _find_config(args.config)
+    if path is None:
+        setup = dev_config(
+            data_dir=default_data_dir(), models_file=_repo_models_file(), host="127.0.0.1", port=8000
+        )
+        return setup.config, Path.cwd()
+    return load_config(path), path.resolve().parent
+
+
+def _cmd_audit(args: argparse.Namespace) -> int:
+    from .config import ConfigError
+    from .opscli import audit_command
+
     try:
-        if path is None:
-            setup = dev_config(
-                data_dir=default_data_dir(), models_file=_repo_models_file(), host="127.0.0.1", port=8000
-            )
-            audit_config = setup.config.audit
-        else:
-            audit_config = load_config(path).audit
+        config, config_dir = _node_config(args)
     except (ConfigError, ValueError) as exc:
         return _fail(str(exc))
-    if audit_config is None:
+    if config.audit is None:
         return _fail("this node's audit log is disabled ([audit] enabled = false)")
-    return run_audit_command(args, audit_config)
+    return audit_command(args, config.audit, config, config_dir)
+
+
+def _cmd_operations(args: argparse.Namespace) -> int:
+    from .config import ConfigError
+    from .opscli import backup_command, restore_command
+
+    try:
+        config, config_dir = _node_config(args)
+    except (ConfigError, ValueError) as exc:
+        return _fail(str(exc))
+    command = backup_command if args.command == "backup" else restore_command
+    return command(args, config, config_dir)
 
 
 # -- status and canary -------------------------------------------------------------------------------
@@ -365,6 +386,10 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--config")
     add_audit_commands(audit.add_subparsers(dest="audit_cmd", required=True))
     audit.set_defaults(func=_cmd_audit)
+
+    from .opscli import add_operations_commands
+
+    add_operations_commands(sub, _cmd_operations)
 
     status = sub.add_parser("status", help="one-screen view of a running node")
     status.add_argument("--url", default="http://127.0.0.1:8000")

@@ -33,6 +33,8 @@ class NodeSetup:
     config: NodeConfig
     config_dir: Path
     keys: dict[str, str]
+    #: the node.toml text ``config`` was decoded from (for a CLI subprocess: write it to a file)
+    toml: str = ""
 
 
 def node_setup(
@@ -83,7 +85,7 @@ serve = ["{TINY}"]
 {extra}
 """
     return NodeSetup(
-        config=decode_config(text), config_dir=tmp_path, keys={t: k.key for t, k in keys.items()}
+        config=decode_config(text), config_dir=tmp_path, keys={t: k.key for t, k in keys.items()}, toml=text
     )
 
 

@@ -1,0 +1,200 @@
+"""``bastion backup --to DIR`` and ``bastion restore --from DIR``.
+
+A backup is a folder (0700, every file 0600): the audit log, its keys database
+and its latest signed checkpoint (``AuditLog.backup``: copied in that order so
+the copy is consistent), ``budgets.db``, ``feedback.db`` with its key file, and
+``manifest.json`` (each file's SHA-256, the log id, the host, the time), written
+last: a folder without a manifest is not a backup. A running node takes the
+backup itself (the admin channel), so the keys are copied inside its audit
+writer; with no node running the CLI copies the files under the log's lock.
+Each database is copied with SQLite's online backup API (one read transaction:
+one consistent snapshot, never a torn file, while the node goes on writing).
+
+``restore`` runs with the node stopped. It checks the manifest's hashes, then
+``audit.restore.plan_restore`` verifies and stages the log and keys, and only
+then is anything installed. Afterwards it opens the log once, as the node
+would, and records ``key.refused`` for any key the backup held that the log
+records as destroyed (those are deleted before installing: a restore never
+brings a shredded key back).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import os
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Final, Literal
+
+import msgspec
+
+from audit import AuditConfig, AuditEvent, AuditLog, AuditTamperedError, private_dir
+from audit.log import BACKUP_CHECKPOINT, BACKUP_KEYS, BACKUP_LOG, backup_offline
+from audit.private import write_private_file
+from audit.restore import RestorePlan, exclusive, plan_restore, stage_database
+from audit.sqlitecopy import copy_database, fsync_dir, sha256_file
+from audit.store import connect_ro, read_log_id
+
+from .config import NodeConfig, resolve
+
+__all__ = ["MANIFEST", "PARTS", "BackupError", "Manifest", "backup_live", "backup_offline_all", "restore"]
+
+MANIFEST: Final = "manifest.json"
+_BUDGETS, _FEEDBACK, _FEEDBACK_KEY = "budgets.db", "feedback.db", "feedback.db.key"
+#: what ``restore --only`` can name, and the files of each
+PARTS: Final = {
+    "audit": (BACKUP_LOG, BACKUP_CHECKPOINT),
+    "keys": (BACKUP_KEYS,),
+    "budgets": (_BUDGETS,),
+    "feedback": (_FEEDBACK, _FEEDBACK_KEY),
+}
+_SHA256 = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}$")]
+
+
+class BackupError(Exception):
+    """The backup folder is unusable, or does not match its manifest."""
+
+
+class Manifest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    format: Literal[1] = 1
+    created_at: str
+    host: str
+    log_id: str
+    origin: str
+    #: taken by a running node (True) or offline, under the log's lock
+    live: bool
+    files: dict[str, _SHA256]
+
+
+def _prepare(dest: Path) -> None:
+    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+        raise BackupError(f"{dest}: exists and is not an empty folder")
+    dest.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(dest, 0o700)
+    private_dir(dest)
+
+
+def _node_files(config: NodeConfig, config_dir: Path, dest: Path) -> list[str]:
+    data = resolve(config_dir, config.data_dir)
+    names = []
+    for name in (_BUDGETS, _FEEDBACK):
+        if (data / name).exists():
+            copy_database(data / name, dest / name)
+            names.append(name)
+    if (data / _FEEDBACK_KEY).exists():
+        write_private_file(dest / _FEEDBACK_KEY, (data / _FEEDBACK_KEY).read_bytes())
+        names.append(_FEEDBACK_KEY)
+    return names
+
+
+def _finish(dest: Path, names: list[str], audit: AuditConfig, *, live: bool) -> Manifest:
+    conn = connect_ro(str(dest / BACKUP_LOG))
+    try:
+        log_id = read_log_id(conn).hex()
+    finally:
+        conn.close()
+    manifest = Manifest(
+        created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        host=socket.gethostname(),
+        log_id=log_id,
+        origin=audit.origin,
+        live=live,
+        files={name: sha256_file(dest / name) for name in names},
+    )
+    write_private_file(dest / MANIFEST, msgspec.json.format(msgspec.json.encode(manifest)) + b"\n")
+    fsync_dir(dest)
+    return manifest
+
+
+async def backup_live(log: AuditLog, config: NodeConfig, config_dir: Path, dest: Path) -> Manifest:
+    """The running node's backup (the admin channel's ``backup``)."""
+    await asyncio.to_thread(_prepare, dest)
+    names = await log.backup(dest)
+    names += await asyncio.to_thread(_node_files, config, config_dir, dest)
+    return await asyncio.to_thread(_finish, dest, names, log.config, live=True)
+
+
+def backup_offline_all(config: NodeConfig, config_dir: Path, dest: Path) -> Manifest:
+    """The backup of a stopped node (AuditUnavailableError when a process has the log open)."""
+    assert config.audit is not None
+    _prepare(dest)
+    names = backup_offline(config.audit, dest)
+    names += _node_files(config, config_dir, dest)
+    return _finish(dest, names, config.audit, live=False)
+
+
+def read_manifest(src: Path) -> Manifest:
+    """The backup's manifest, after checking every file it lists against its hash."""
+    try:
+        manifest = msgspec.json.decode((src / MANIFEST).read_bytes(), type=Manifest)
+    except FileNotFoundError:
+        raise BackupError(f"{src}: no {MANIFEST}: not a (complete) backup") from None
+    except msgspec.DecodeError as exc:
+        raise BackupError(f"{src / MANIFEST}: {exc}") from None
+    for name, digest in manifest.files.items():
+        path = src / name
+        if Path(name).name != name or not path.is_file():
+            raise BackupError(f"{src}: {name} is listed in the manifest but missing")
+        if sha256_file(path) != digest:
+            raise AuditTamperedError(
+                f"{path}: does not match its SHA-256 in the manifest (corrupt or altered)"
+            )
+    return manifest
+
+
+@dataclass
+class RestoreReport:
+    manifest: Manifest
+    parts: list[str]
+    plan: RestorePlan
+    #: key ids the log refused when it was opened after installing (a hand-copied keys database)
+    refused_at_open: list[str] = field(default_factory=list)
+
+
+def restore(config: NodeConfig, config_dir: Path, src: Path, parts: set[str] | None = None) -> RestoreReport:
+    """Verify the backup at ``src``, then install ``parts`` of it (default: every part it holds;
+    the node must be stopped)."""
+    assert config.audit is not None
+    manifest = read_manifest(src)
+    if parts is None:
+        parts = {part for part, names in PARTS.items() if names[0] in manifest.files}
+    for part in sorted(parts):
+        if part in ("audit", "keys") and PARTS[part][0] not in manifest.files:
+            raise BackupError(f"{src}: the backup holds no {part} ({PARTS[part][0]})")
+    data = resolve(config_dir, config.data_dir)
+    with exclusive(config.audit):
+        plan = plan_restore(config.audit, src, log="audit" in parts, keys="keys" in parts)
+        try:
+            extra: list[tuple[Path, Path]] = []
+            for part, name in (("budgets", _BUDGETS), ("feedback", _FEEDBACK)):
+                if part in parts and name in manifest.files:
+                    extra.append((stage_database(src / name, data / name), data / name))
+            plan.staged += extra
+            if "feedback" in parts and _FEEDBACK_KEY in manifest.files:
+                staged_key = data / (_FEEDBACK_KEY + ".restoring")
+                staged_key.unlink(missing_ok=True)
+                write_private_file(staged_key, (src / _FEEDBACK_KEY).read_bytes())
+                plan.staged.append((staged_key, data / _FEEDBACK_KEY))
+        except BaseException:
+            plan.discard()
+            raise
+        plan.install()
+    report = RestoreReport(manifest=manifest, parts=sorted(parts), plan=plan)
+    report.refused_at_open = asyncio.run(_open_once(config.audit, plan))
+    return report
+
+
+async def _open_once(audit: AuditConfig, plan: RestorePlan) -> list[str]:
+    """Open the restored log as the node will (it re-checks the chain and the keys); record the refusal."""
+    async with await AuditLog.open(audit) as log:
+        if plan.refused:
+            await log.append(
+                AuditEvent(
+                    type="key.refused",
+                    tenant="",
+                    meta={"reason": "restore", "kids": plan.refused, "missing_keys": plan.missing},
+                )
+            )
+        return list(log.refused_keys)

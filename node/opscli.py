@@ -1,0 +1,113 @@
+"""The command line's side of operating a node's audit log: live when a node runs, offline when not.
+
+``bastion audit shred|rotate-kek|retention`` and ``bastion backup`` ask the
+running node first, through its admin socket (``node.admin``); when no node
+answers there they open the log themselves (and, should a process still hold
+the log's lock, exit 5: busy). ``bastion restore`` needs the node stopped.
+
+Exit codes (as ``bastion audit``'s): 0 ok; 1 configuration, I/O error or not
+a backup; 2 the backup was altered (a file differs from its manifest, or its
+log does not verify); 3 the backup's log is behind the configured checkpoints
+(a rollback); 4 a key problem; 5 busy (a node runs: stop it before a restore).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from audit import AuditConfig, AuditError
+from audit.cli import LIVE_ACTIONS, exit_code_of, run_audit_command
+
+from .admin import AdminClient, admin_socket_path
+from .backup import PARTS, BackupError, backup_offline_all, restore
+from .config import NodeConfig
+
+__all__ = ["add_operations_commands", "audit_command", "backup_command", "restore_command"]
+
+
+def add_operations_commands(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], func: Callable[[argparse.Namespace], int]
+) -> None:
+    backup = sub.add_parser(
+        "backup", help="copy the audit log, its keys, budgets and feedback (while serving)"
+    )
+    backup.add_argument("--config")
+    backup.add_argument("--to", required=True, help="a new (or empty) folder")
+    restore_p = sub.add_parser("restore", help="verify a backup, then install it (the node stopped)")
+    restore_p.add_argument("--config")
+    restore_p.add_argument("--from", dest="source", required=True, help="a folder `bastion backup` wrote")
+    restore_p.add_argument(
+        "--only",
+        action="append",
+        choices=sorted(PARTS),
+        help="restore only this part (repeatable; default: every part the backup holds)",
+    )
+    backup.set_defaults(func=func)
+    restore_p.set_defaults(func=func)
+
+
+def _fail(exc: BaseException, code: int) -> int:
+    print(f"bastion: {exc}", file=sys.stderr)
+    return code
+
+
+def audit_command(args: argparse.Namespace, audit: AuditConfig, config: NodeConfig, config_dir: Path) -> int:
+    """``bastion audit ...``: the key-changing subcommands through a running node when one answers."""
+    live = None
+    if getattr(args, "audit_action", None) in LIVE_ACTIONS:
+        try:
+            live = AdminClient.find(admin_socket_path(config, config_dir))
+        except (AuditError, OSError) as exc:
+            return _fail(exc, exit_code_of(exc))
+    return run_audit_command(args, audit, live)
+
+
+def backup_command(args: argparse.Namespace, config: NodeConfig, config_dir: Path) -> int:
+    if config.audit is None:
+        return _fail(Exception("this node's audit log is disabled: nothing to back up"), 1)
+    dest = Path(args.to).resolve()
+    try:
+        client = AdminClient.find(admin_socket_path(config, config_dir))
+        if client is not None:
+            files = client.backup(dest)["files"]
+            where = "by the running node"
+        else:
+            files = backup_offline_all(config, config_dir, dest).files
+            where = "offline"
+    except (AuditError, OSError, BackupError) as exc:
+        return _fail(exc, exit_code_of(exc))
+    print(f"backup written {where} to {dest}: {', '.join(sorted(files))}")
+    return 0
+
+
+def restore_command(args: argparse.Namespace, config: NodeConfig, config_dir: Path) -> int:
+    if config.audit is None:
+        return _fail(Exception("this node's audit log is disabled: nothing to restore"), 1)
+    src = Path(args.source).resolve()
+    try:
+        report = restore(config, config_dir, src, set(args.only) if args.only else None)
+    except (AuditError, OSError, BackupError) as exc:
+        return _fail(exc, exit_code_of(exc))
+    plan = report.plan
+    print(
+        f"restored {', '.join(report.parts)} from {src} (taken {report.manifest.created_at} on "
+        f"{report.manifest.host}); the log has {plan.log_size} records"
+    )
+    refused = plan.refused + report.refused_at_open
+    if refused:
+        print(
+            f"REFUSED {len(refused)} data key(s) the backup held though the log records them destroyed "
+            f"(shredded or expired since the backup); they were deleted and key.refused recorded: "
+            f"{', '.join(refused)}",
+            file=sys.stderr,
+        )
+    if plan.missing:
+        print(
+            f"warning: {plan.missing} data key(s) used by the log are not in the restored keys database "
+            "(made after the backup): their records stay unreadable",
+            file=sys.stderr,
+        )
+    return 0
