@@ -37,12 +37,13 @@ from audit.restore import RestorePlan, exclusive, plan_restore, stage_database
 from audit.sqlitecopy import copy_database, fsync_dir, sha256_file
 from audit.store import connect_ro, read_log_id
 
+from .budgets import BUDGETS_DB
 from .config import NodeConfig, resolve
 
 __all__ = ["MANIFEST", "PARTS", "BackupError", "Manifest", "backup_live", "backup_offline_all", "restore"]
 
 MANIFEST: Final = "manifest.json"
-_BUDGETS, _FEEDBACK, _FEEDBACK_KEY = "budgets.db", "feedback.db", "feedback.db.key"
+_BUDGETS, _FEEDBACK, _FEEDBACK_KEY = BUDGETS_DB, "feedback.db", "feedback.db.key"
 #: what ``restore --only`` can name, and the files of each
 PARTS: Final = {
     "audit": (BACKUP_LOG, BACKUP_CHECKPOINT),
