@@ -196,9 +196,14 @@ def test_placeholders_already_in_the_text_are_not_reused() -> None:
 
 
 def test_restoring_across_every_delta_boundary() -> None:
-    mapping = {"[EMAIL_1]": "jane@example.org", "[NATIONAL_ID_12]": "536-90-4399"}
-    answer = "Sure [EMAIL_1], your id [NATIONAL_ID_12] is noted [sic] [x]."
-    expected = "Sure jane@example.org, your id 536-90-4399 is noted [sic] [x]."
+    mapping = {
+        "[EMAIL_1]": "jane@example.org",
+        "[NATIONAL_ID_12]": "536-90-4399",
+        "[BIRTH_DATE_1]": "12.03.1985",
+        "[IP_ADDRESS_2]": "10.1.2.3",
+    }
+    answer = "Sure [EMAIL_1], your id [NATIONAL_ID_12] ([BIRTH_DATE_1], [IP_ADDRESS_2]) is noted [sic] [x]."
+    expected = "Sure jane@example.org, your id 536-90-4399 (12.03.1985, 10.1.2.3) is noted [sic] [x]."
     for cut in range(1, len(answer)):
         restorer = Restorer(mapping)
         out = restorer.feed(answer[:cut]) + restorer.feed(answer[cut:]) + restorer.flush()
