@@ -97,18 +97,19 @@ def served_models(config: NodeConfig, models: ModelsFile) -> list[str]:
     model of the models file, a tenant's model to a route alias or a served model.
     A misspelt name would otherwise leave a node that starts, reports ready and
     answers every request with 404; it is a ``ConfigError`` naming the tenant (or
-    route), the name and the closest known name.
+    route), the name and the closest known name, one line per such name.
     """
     known = list(models.names)
+    problems: list[str] = []  # every name that leads nowhere, one line each
     aliases = [r.alias for r in config.routes]
     for name in config.serve or ():
         if name not in known:
-            raise ConfigError(
+            problems.append(
                 f"`serve` names model {name!r}, which is not in the models file{_closest(name, known)}"
             )
     for route in config.routes:
         if route.local and route.local not in known:
-            raise ConfigError(
+            problems.append(
                 f"route {route.alias!r} names local model {route.local!r}, which is not in the models file"
                 + _closest(route.local, known)
             )
@@ -124,8 +125,8 @@ def served_models(config: NodeConfig, models: ModelsFile) -> list[str]:
             | (redacting & set(known))
         )
     for route in config.routes:
-        if route.local and route.local not in wanted:
-            raise ConfigError(
+        if route.local and route.local in known and route.local not in wanted:
+            problems.append(
                 f"route {route.alias!r} names local model {route.local!r}, which `serve` leaves out"
             )
     reachable = set(wanted) | set(aliases)
@@ -134,8 +135,9 @@ def served_models(config: NodeConfig, models: ModelsFile) -> list[str]:
             if name in reachable:
                 continue
             if name in known:
-                raise ConfigError(f"tenant {tenant.name!r} names model {name!r}, which `serve` leaves out")
-            raise ConfigError(
+                problems.append(f"tenant {tenant.name!r} names model {name!r}, which `serve` leaves out")
+                continue
+            problems.append(
                 f"tenant {tenant.name!r} names model {name!r}, which is neither a model in the models file "
                 f"nor a route alias{_closest(name, [*known, *aliases])}"
             )
@@ -143,9 +145,11 @@ def served_models(config: NodeConfig, models: ModelsFile) -> list[str]:
         ner = tenant.redaction.ner_model
         if ner is not None and ner not in wanted:
             where = "which `serve` leaves out" if ner in known else "which is not in the models file"
-            raise ConfigError(
+            problems.append(
                 f"tenant {tenant.name!r} names redaction.ner_model {ner!r}, {where}{_closest(ner, known)}"
             )
+    if problems:
+        raise ConfigError("\n".join(problems))
     return wanted
 
 

@@ -280,6 +280,18 @@ def _cmd_keys(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- config check ----------------------------------------------------------------------------------
+
+
+def _cmd_config(args: argparse.Namespace) -> int:
+    from .configcheck import config_check_command
+
+    path = _find_config(args.config)
+    if path is None:
+        return _fail("no config: pass --config node.toml (or set BASTION_CONFIG)")
+    return config_check_command(path)
+
+
 # -- audit -----------------------------------------------------------------------------------------
 
 
@@ -381,6 +393,12 @@ def build_parser() -> argparse.ArgumentParser:
     create = ksub.add_parser("create", help="print a new key once, and its config line")
     create.add_argument("--tenant", required=True)
     keys.set_defaults(func=_cmd_keys)
+
+    config_cmd = sub.add_parser("config", help="node.toml")
+    config_sub = config_cmd.add_subparsers(dest="config_cmd", required=True)
+    check = config_sub.add_parser("check", help="every problem `serve` would refuse to start for, in seconds")
+    check.add_argument("--config", help="node.toml (default: $BASTION_CONFIG, ./node.toml)")
+    config_cmd.set_defaults(func=_cmd_config)
 
     audit = sub.add_parser("audit", help="the audit log")
     audit.add_argument("--config")

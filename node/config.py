@@ -29,6 +29,7 @@ __all__ = [
     "ServerConfig",
     "StateConfig",
     "TenantConfig",
+    "anchored",
     "decode_config",
     "load_config",
 ]
@@ -183,11 +184,13 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def decode_config(text: str | bytes, *, source: str = "node.toml") -> NodeConfig:
+def decode_config(text: str | bytes, *, source: str = "node.toml", base: Path | None = None) -> NodeConfig:
     """Decode ``node.toml`` text strictly; errors name the file and the location.
 
     A node keeps an audit log: a file without ``[audit]`` is an error, and running
     without one takes ``[audit] enabled = false`` (with no other audit setting).
+    With ``base`` (the file's folder), every relative path in it is made absolute
+    against that folder, whatever the working directory (see ``anchored``).
     """
     try:
         raw = msgspec.toml.decode(text)
@@ -204,7 +207,45 @@ def decode_config(text: str | bytes, *, source: str = "node.toml") -> NodeConfig
             "kek_file or kek_env, signing_key_file, checkpoint_path), or set `[audit] enabled = false` "
             "to run without one"
         )
-    return config
+    return config if base is None else anchored(config, base)
+
+
+def anchored(config: NodeConfig, base: Path) -> NodeConfig:
+    """``config`` with every relative path in it resolved against ``base`` (the config file's folder).
+
+    Operators write ``kek_file = "kek.key"`` beside ``node.toml`` and expect it found
+    there, not in whatever folder the node was started from. One place does it, so
+    every consumer (``serve``, ``audit``, ``models``, ``keys``) sees the same files.
+    """
+
+    def at(value: str) -> str:
+        return str(resolve(base, value))
+
+    replace = msgspec.structs.replace
+    audit = config.audit
+    if audit is not None:
+        audit = replace(
+            audit,
+            path=at(audit.path),
+            keys_path=None if audit.keys_path is None else at(audit.keys_path),
+            kek_file=None if audit.kek_file is None else at(audit.kek_file),
+            signing_key_file=at(audit.signing_key_file),
+            checkpoint_path=at(audit.checkpoint_path),
+        )
+    providers = tuple(
+        p if p.api_key_file is None else replace(p, api_key_file=at(p.api_key_file)) for p in config.providers
+    )
+    logging = config.logging
+    if logging.file is not None:
+        logging = replace(logging, file=at(logging.file))
+    return replace(
+        config,
+        models_file=at(config.models_file),
+        data_dir=at(config.data_dir),
+        audit=audit,
+        providers=providers,
+        logging=logging,
+    )
 
 
 def _audit_section(section: object) -> object:
@@ -229,7 +270,7 @@ _SECRETISH = re.compile(r"^\s*(api_key|password|secret|token)\s*=", re.MULTILINE
 
 
 def load_config(path: Path) -> NodeConfig:
-    """Read and decode a config file. Relative paths inside it stay relative to its folder."""
+    """Read and decode a config file; relative paths inside it resolve against its folder."""
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
@@ -239,7 +280,7 @@ def load_config(path: Path) -> NodeConfig:
             f"{path}: '{match.group(1)}' looks like a secret in the config file; "
             "name an environment variable or a file instead (e.g. api_key_env)"
         )
-    return decode_config(text, source=str(path))
+    return decode_config(text, source=str(path), base=path.resolve().parent)
 
 
 def resolve(config_dir: Path, value: str) -> Path:

@@ -11,11 +11,14 @@ and the listening port. Each class of failure has its own exit code
 
 from __future__ import annotations
 
+import contextlib
 import socket
+from collections.abc import Iterator
 from enum import IntEnum
 from pathlib import Path
 
 from audit import SQLITE_SIDECARS, AuditError, check_files, check_keys, check_private, private_dir
+from router.transport import load_api_key
 from serving.errors import PinMismatchError
 from serving.models import ModelsConfigError, ModelsFile, load_models_file, resolve_model_dir
 from serving.pins import check_layout
@@ -26,7 +29,7 @@ from .canaries import BASELINES_FILE
 from .config import ConfigError, NodeConfig, resolve
 from .feedback import secret_path
 
-__all__ = ["ExitCode", "StartupError", "listen_socket", "preflight"]
+__all__ = ["ExitCode", "StartupError", "check_node", "listen_socket", "preflight"]
 
 
 class ExitCode(IntEnum):
@@ -70,37 +73,76 @@ def data_files(data_dir: Path) -> list[Path]:
     return files
 
 
-def preflight(config: NodeConfig, config_dir: Path) -> ModelsFile:
-    """Every check that needs no engine, cheapest first; raises ``StartupError``."""
-    try:
-        models = load_models_file(resolve(config_dir, config.models_file))
-        served = served_models(config, models)
-    except (ModelsConfigError, ConfigError) as exc:
-        raise StartupError(ExitCode.CONFIG, str(exc)) from None
-    if config.audit is not None:
+class _Problems:
+    """Runs the checks in order: raising at the first failure (``serve``) or collecting them all."""
+
+    def __init__(self, *, first_only: bool) -> None:
+        self.first_only = first_only
+        self.found: list[StartupError] = []
+
+    @contextlib.contextmanager
+    def check(self, code: ExitCode, errors: tuple[type[Exception], ...], prefix: str = "") -> Iterator[None]:
         try:
+            yield
+        except StartupError as exc:
+            self.add(exc)
+        except errors as exc:
+            message = exc.message if isinstance(exc, PinMismatchError) else str(exc)
+            self.add(StartupError(code, prefix + message))
+
+    def add(self, problem: StartupError) -> None:
+        if self.first_only:
+            raise problem
+        self.found.append(problem)
+
+
+def preflight(config: NodeConfig, config_dir: Path) -> ModelsFile:
+    """Every check that needs no engine, cheapest first; raises the first ``StartupError``."""
+    models, _ = check_node(config, config_dir, first_only=True)
+    assert models is not None  # a models file that does not load raised
+    return models
+
+
+def check_node(
+    config: NodeConfig, config_dir: Path, *, first_only: bool = False
+) -> tuple[ModelsFile | None, list[StartupError]]:
+    """What ``serve`` checks before any engine: the models file and the model names, provider
+    credentials, the audit keys, the modes of the node's files, each served model's files and
+    the port. ``bastion config check`` gets every problem; ``serve`` stops at the first."""
+    problems = _Problems(first_only=first_only)
+    models: ModelsFile | None = None
+    served: list[str] = []
+    with problems.check(ExitCode.CONFIG, (ModelsConfigError,)):
+        models = load_models_file(resolve(config_dir, config.models_file))
+    if models is not None:
+        with problems.check(ExitCode.CONFIG, (ConfigError,)):
+            served = served_models(config, models)
+    for provider in config.providers:
+        with problems.check(ExitCode.CONFIG, (ValueError,)):
+            load_api_key(provider)
+    if config.audit is not None:
+        with problems.check(ExitCode.KEYS, (AuditError,), "audit key: "):
             check_keys(config.audit)
-        except AuditError as exc:
-            raise StartupError(ExitCode.KEYS, f"audit key: {exc}") from None
     data_dir = resolve(config_dir, config.data_dir)
-    try:
-        private_dir(data_dir)
-        for path in data_files(data_dir):
+    with problems.check(ExitCode.FILE_MODE, (AuditError,)):
+        if first_only:
+            private_dir(data_dir)  # serve makes it; a check only looks
+        check_private(data_dir)
+    for path in [*data_files(data_dir), (data_dir / BASELINES_FILE).parent]:
+        with problems.check(ExitCode.FILE_MODE, (AuditError,)):
             check_private(path)
-        check_private((data_dir / BASELINES_FILE).parent)
-        if config.audit is not None:
+    if config.audit is not None:
+        with problems.check(ExitCode.FILE_MODE, (AuditError,)):
             check_files(config.audit)
-    except AuditError as exc:
-        raise StartupError(ExitCode.FILE_MODE, str(exc)) from None
     models_dir = resolve(config_dir, config.models_file).parent
     for name in served:
+        assert models is not None
         spec = models.get(name)
-        try:
+        with problems.check(ExitCode.PIN_MISMATCH, (PinMismatchError,)):
             check_layout(spec, resolve_model_dir(spec, data_dir=data_dir, models_file_dir=models_dir))
-        except PinMismatchError as exc:
-            raise StartupError(ExitCode.PIN_MISMATCH, exc.message) from None
-    listen_socket(config.server.host, config.server.port).close()
-    return models
+    with problems.check(ExitCode.PORT, ()):
+        listen_socket(config.server.host, config.server.port).close()
+    return models, problems.found
 
 
 def listen_socket(host: str, port: int) -> socket.socket:
