@@ -40,6 +40,7 @@ from .config import ConfigError, NodeConfig, resolve
 from .errors import AuditFailedError, exception_handlers
 from .feedback import FeedbackStore
 from .metrics import AuditStats, GpuTimeMeter, Metrics
+from .server import read_deadline_middleware
 from .state import NodeState
 from .tenancy import TenantRegistry
 
@@ -355,7 +356,7 @@ def create_app(
         ],
         lifespan=[lifespan],
         exception_handlers=exception_handlers,  # type: ignore[arg-type]
-        middleware=[_request_id_middleware],
+        middleware=[_request_id_middleware, read_deadline_middleware],
         before_send=[_audit_header(enabled=audit_enabled)],
         request_max_body_size=config.server.max_body_bytes,
         openapi_config=None,

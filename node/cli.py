@@ -100,8 +100,6 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 async def _serve(config: object, config_dir: Path, key_banner: str | None) -> int:
-    import uvicorn
-
     from audit import AuditError, AuditLog
 
     _NodeServer = _node_server_class()
@@ -110,6 +108,7 @@ async def _serve(config: object, config_dir: Path, key_banner: str | None) -> in
     from .app import create_app, start_engines
     from .config import ConfigError, NodeConfig
     from .logs import configure_node_logging
+    from .server import uvicorn_config
     from .startup import ExitCode, StartupError, listen_socket, preflight
 
     assert isinstance(config, NodeConfig)
@@ -143,17 +142,7 @@ async def _serve(config: object, config_dir: Path, key_banner: str | None) -> in
             return _fail(exc.message, exc.code)
         app = create_app(config, config_dir=config_dir, engines=engines, audit=audit)
         host, port = sock.getsockname()[:2]
-        server = _NodeServer(
-            uvicorn.Config(
-                app,
-                host=host,
-                port=port,
-                log_level="warning",
-                access_log=False,
-                lifespan="on",
-                timeout_graceful_shutdown=10,
-            )
-        )
+        server = _NodeServer(uvicorn_config(app, config.server, port=port))
         server.announcement = key_banner or f"bastion: serving on http://{host}:{port}"
         try:
             await server.serve(sockets=[sock])

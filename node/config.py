@@ -47,6 +47,12 @@ class ServerConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 8000
     #: requests with a larger body get 413
     max_body_bytes: Annotated[int, msgspec.Meta(ge=1024, le=64 * 1024 * 1024)] = 4 * 1024 * 1024
+    #: seconds from a connection's start (or its next request's first byte) to the end of the headers
+    header_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=600)] = 10.0
+    #: seconds from the end of the headers to the end of the body; past either deadline: 408, closed
+    body_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 30.0
+    #: connections served at once; a request on a connection beyond them gets 503
+    max_connections: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 1024
 
     def __post_init__(self) -> None:
         try:

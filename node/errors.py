@@ -24,7 +24,7 @@ from serving.errors import (
     ServiceUnavailableError,
 )
 
-__all__ = ["AuditFailedError", "exception_handlers", "to_bastion_error"]
+__all__ = ["AuditFailedError", "RequestTimeoutError", "exception_handlers", "to_bastion_error"]
 
 _log = logging.getLogger("bastion.errors")
 
@@ -33,6 +33,14 @@ class AuditFailedError(ServiceUnavailableError):
     """The audit log could not take the record: the request is refused (fail closed)."""
 
     code = "audit_unavailable"
+
+
+class RequestTimeoutError(BadRequestError):
+    """The client did not send the request's headers or body within the server's deadlines."""
+
+    status_code = 408
+    code = "request_timeout"
+    retryable = True
 
 
 class _NotFound(ModelNotFoundError):

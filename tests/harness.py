@@ -19,6 +19,7 @@ import uvicorn
 from audit import AuditLog, generate_kek_file, generate_signing_key
 from node.app import create_app
 from node.config import NodeConfig, decode_config
+from node.server import uvicorn_config
 from node.state import NodeState
 from node.tenancy import create_key
 from router.limits import LimitState
@@ -117,9 +118,8 @@ async def running_node(
         audit=audit,
         limits=limits,
     )
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=0, lifespan="on", log_level="warning", access_log=False)
-    )
+    # the node's own server settings ([server]: read deadlines, connection cap), on a free port
+    server = uvicorn.Server(uvicorn_config(app, setup.config.server, port=0))
     task = asyncio.create_task(server.serve())
     deadline = time.monotonic() + 30
     while not server.started:
