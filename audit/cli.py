@@ -1,5 +1,10 @@
 """``bastion audit ...``: verify, export, prove, check-proof, shred, rotate-kek, retention, vkey.
 
+A fleet's logs (one per node, each with its own tree, checkpoints and signing
+key) are verified and exported together by ``run_audit_command`` given several
+named configs: ``verify`` reports each node and the fleet's worst outcome,
+``export`` merges the records in time order, each naming its node.
+
 Exit codes: 0 ok; 1 usage, configuration or I/O error; 2 tampered; 3 truncated
 or rolled back (smaller than a signed checkpoint); 4 key problem (wrong or
 missing KEK, keys database not this log's, a data key missing); 5 the log is
@@ -18,10 +23,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import heapq
 import json
 import sqlite3
 import sys
 import time
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -45,7 +53,7 @@ from .keystore import Keyring
 from .log import AuditLog, load_kek
 from .proofs import build_proof, check_proof
 from .store import connect_ro, read_checkpoints, read_log_id
-from .verify import Outcome, VerifyReport, verify_log
+from .verify import Outcome, VerifyReport, verify_log, worst
 
 __all__ = [
     "EXIT_BUSY",
@@ -117,9 +125,30 @@ def add_audit_commands(subparsers: Any) -> None:
     p.set_defaults(audit_action="vkey")
 
 
-def run_audit_command(args: argparse.Namespace, config: AuditConfig, live: LiveLog | None = None) -> int:
-    """Run the parsed audit subcommand; returns the exit code. ``live``: see the module docstring."""
+#: the subcommands that take several logs (a fleet)
+FLEET_ACTIONS = ("verify", "export")
+
+
+def run_audit_command(
+    args: argparse.Namespace, config: AuditConfig | Mapping[str, AuditConfig], live: LiveLog | None = None
+) -> int:
+    """Run the parsed audit subcommand; returns the exit code. ``live``: see the module docstring.
+
+    ``config`` may name several logs (node name -> config) for ``verify`` and ``export``.
+    """
     action = getattr(args, "audit_action", None)
+    if not isinstance(config, AuditConfig):
+        if len(config) == 1:
+            (config,) = config.values()
+        elif action not in FLEET_ACTIONS:
+            print(f"audit: {action} works on one log; give one --config", file=sys.stderr)
+            return EXIT_ERROR
+        else:
+            fleet = _verify_fleet if action == "verify" else _export_fleet
+            try:
+                return fleet(args, config)
+            except (AuditError, OSError, ValueError) as exc:
+                return _fail(exc, exit_code_of(exc))
     handlers = {
         "verify": _verify,
         "export": _export,
@@ -182,39 +211,82 @@ def _open_keyring(config: AuditConfig, conn: sqlite3.Connection) -> Keyring:
     return keyring
 
 
-def _verify(args: argparse.Namespace, config: AuditConfig) -> int:
+def _verify_one(config: AuditConfig, *, checkpoint: str | None, decrypt: bool) -> VerifyReport:
     public = load_signing_key(config.signing_key_file).public_key()
-    if args.checkpoint:
-        external = split_notes(Path(args.checkpoint).read_text(encoding="utf-8"))
+    if checkpoint:
+        external = split_notes(Path(checkpoint).read_text(encoding="utf-8"))
     else:
         external = CheckpointStore(config.checkpoint_path).read_all()
     conn = connect_ro(config.path)
     keyring = None
     try:
-        if args.decrypt:
+        if decrypt:
             keyring = _open_keyring(config, conn)
-        report = verify_log(
+        return verify_log(
             conn, origin=config.origin, public_key=public, external_notes=external, keyring=keyring
         )
     finally:
         conn.close()
         if keyring is not None:
             keyring.close()
+
+
+def _verify(args: argparse.Namespace, config: AuditConfig) -> int:
+    report = _verify_one(config, checkpoint=args.checkpoint, decrypt=args.decrypt)
     logged = _log_verify_run(config, report)
     if args.json:
         out = msgspec.to_builtins(report)
         out["logged_seq"] = logged
         print(json.dumps(out, indent=2))
     else:
-        print(
-            f"{report.outcome}: {report.size} records, root {report.root}, "
-            f"{report.checkpoints_checked} checkpoints checked"
-        )
-        for f in report.findings[:50]:
-            print(f"  {f.outcome} {'' if f.seq is None else f'seq {f.seq}: '}{f.detail}")
-        if report.payloads is not None:
-            print("  payloads: " + ", ".join(f"{k} {v}" for k, v in report.payloads.items()))
+        _print_report(report)
     return report.exit_code
+
+
+def _print_report(report: VerifyReport, indent: str = "") -> None:
+    print(
+        f"{indent}{report.outcome}: {report.size} records, root {report.root}, "
+        f"{report.checkpoints_checked} checkpoints checked"
+    )
+    for f in report.findings[:50]:
+        print(f"{indent}  {f.outcome} {'' if f.seq is None else f'seq {f.seq}: '}{f.detail}")
+    if report.payloads is not None:
+        print(f"{indent}  payloads: " + ", ".join(f"{k} {v}" for k, v in report.payloads.items()))
+
+
+def _verify_fleet(args: argparse.Namespace, configs: Mapping[str, AuditConfig]) -> int:
+    """Each node's log on its own (its tree, its checkpoints, its key), then the fleet's worst outcome.
+
+    A node whose log cannot be read at all reports the error and the exit code it would have alone.
+    """
+    if args.checkpoint:
+        raise AuditConfigError("--checkpoint names one log's checkpoint; a fleet uses each config's")
+    nodes: dict[str, dict[str, Any]] = {}
+    codes: list[int] = []
+    for name, config in configs.items():
+        try:
+            report = _verify_one(config, checkpoint=None, decrypt=args.decrypt)
+        except (AuditError, OSError, ValueError) as exc:
+            code = exit_code_of(exc)
+            codes.append(code)
+            nodes[name] = {"outcome": "ERROR", "exit_code": code, "error": str(exc)}
+            continue
+        codes.append(report.exit_code)
+        nodes[name] = msgspec.to_builtins(report) | {"logged_seq": _log_verify_run(config, report)}
+    code = worst(codes)
+    outcome = Outcome(code).name if code in Outcome._value2member_map_ else "ERROR"
+    records = sum(int(n.get("size", 0)) for n in nodes.values())
+    if args.json:
+        fleet = {"outcome": outcome, "exit_code": code, "records": records, "nodes": nodes}
+        print(json.dumps(fleet, indent=2))
+        return code
+    for name, node in nodes.items():
+        if "error" in node:
+            print(f"{name}: ERROR: {node['error']}")
+        else:
+            _print_report(msgspec.convert(node, VerifyReport, strict=False), indent=f"{name}: ")
+    print(f"fleet: {outcome}: {len(nodes)} logs, {records} records")
+    return code
 
 
 def _log_verify_run(config: AuditConfig, report: VerifyReport) -> int | None:
@@ -240,27 +312,45 @@ def _log_verify_run(config: AuditConfig, report: VerifyReport) -> int | None:
 
 
 def _export(args: argparse.Namespace, config: AuditConfig) -> int:
-    conn = connect_ro(config.path)
-    keyring = None
-    try:
-        if args.decrypt or args.tenant is not None:
-            keyring = _open_keyring(config, conn)
-        records = export_records(
-            conn,
-            keyring=keyring,
-            tenant=args.tenant,
-            since_ns=None if args.since is None else parse_time(args.since),
-            until_ns=None if args.until is None else parse_time(args.until),
-            decrypt=args.decrypt,
-        )
+    return _export_fleet(args, {"": config})
+
+
+def _export_fleet(args: argparse.Namespace, configs: Mapping[str, AuditConfig]) -> int:
+    """One log: its records in seq order. Several: every log's records merged by time (then node,
+    then seq), each with ``"node"``; each log is read in time order by its own connection."""
+    fleet = len(configs) > 1
+    with contextlib.ExitStack() as stack:
+        streams: list[Iterator[tuple[int, str, int, dict[str, Any]]]] = []
+        for name, config in configs.items():
+            conn = connect_ro(config.path)
+            stack.callback(conn.close)
+            keyring = None
+            if args.decrypt or args.tenant is not None:
+                keyring = _open_keyring(config, conn)
+                stack.callback(keyring.close)
+            records = export_records(
+                conn,
+                keyring=keyring,
+                tenant=args.tenant,
+                since_ns=None if args.since is None else parse_time(args.since),
+                until_ns=None if args.until is None else parse_time(args.until),
+                decrypt=args.decrypt,
+                by_time=fleet,
+            )
+            streams.append(_keyed(name, records, fleet=fleet))
         write = sys.stdout.write
-        for record in records:
+        for _, _, _, record in heapq.merge(*streams, key=lambda item: item[:3]):
             write(json.dumps(record, default=str, ensure_ascii=False) + "\n")
-    finally:
-        conn.close()
-        if keyring is not None:
-            keyring.close()
     return 0
+
+
+def _keyed(
+    node: str, records: Iterator[dict[str, Any]], *, fleet: bool
+) -> Iterator[tuple[int, str, int, dict[str, Any]]]:
+    for record in records:
+        if fleet:
+            record = {"node": node} | record
+        yield (record["ts_ns"] if fleet else 0), node, record["seq"], record
 
 
 def _prove(args: argparse.Namespace, config: AuditConfig) -> int:

@@ -36,7 +36,9 @@ def export_records(
     since_ns: int | None = None,
     until_ns: int | None = None,
     decrypt: bool = False,
+    by_time: bool = False,
 ) -> Iterator[dict[str, Any]]:
+    """The records in seq order, or (``by_time``) in time order, ties by seq."""
     log_id = read_log_id(conn)
     clauses: list[str] = []
     args: list[object] = []
@@ -52,7 +54,7 @@ def export_records(
         clauses.append("ts_ns < ?")
         args.append(until_ns)
     where = ("WHERE " + " AND ".join(clauses)) if clauses else ""
-    for row in iter_rows(conn, where, tuple(args)):
+    for row in iter_rows(conn, where, tuple(args), order="ts_ns, seq" if by_time else "seq"):
         out: dict[str, Any] = {
             "seq": row.seq,
             "ts": dt.datetime.fromtimestamp(row.ts_ns / 1e9, dt.UTC).isoformat(),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sqlite3
 from collections.abc import Iterator
+from typing import Literal
 
 from .errors import AuditConfigError, AuditTamperedError
 from .private import private_sqlite
@@ -74,8 +75,14 @@ def read_log_id(conn: sqlite3.Connection) -> bytes:
     return bytes(row[0])
 
 
-def iter_rows(conn: sqlite3.Connection, where: str = "", args: tuple[object, ...] = ()) -> Iterator[Row]:
-    cur = conn.execute(f"{_SELECT} {where} ORDER BY seq", args)
+def iter_rows(
+    conn: sqlite3.Connection,
+    where: str = "",
+    args: tuple[object, ...] = (),
+    *,
+    order: Literal["seq", "ts_ns, seq"] = "seq",
+) -> Iterator[Row]:
+    cur = conn.execute(f"{_SELECT} {where} ORDER BY {order}", args)
     while batch := cur.fetchmany(4096):
         for values in batch:
             yield Row.from_db(values)

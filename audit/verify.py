@@ -23,7 +23,7 @@ from .merkle import CompactRange
 from .record import Row, open_part, row_leaf
 from .store import iter_rows, read_checkpoints, read_log_id
 
-__all__ = ["Outcome", "VerifyReport", "verify_log"]
+__all__ = ["Outcome", "VerifyReport", "verify_log", "worst"]
 
 
 class Outcome(enum.IntEnum):
@@ -59,6 +59,13 @@ class VerifyReport(msgspec.Struct, kw_only=True):
 
 
 _RANK = {Outcome.OK: 0, Outcome.KEY_ERROR: 1, Outcome.ROLLBACK: 2, Outcome.TAMPERED: 3}
+#: exit codes from least to most serious; 1 (usage, I/O) ranks below every finding about a log
+_SEVERITY = (0, 1, int(Outcome.KEY_ERROR), int(Outcome.ROLLBACK), int(Outcome.TAMPERED))
+
+
+def worst(codes: Sequence[int]) -> int:
+    """The most serious of several logs' exit codes (a fleet's verify)."""
+    return max(codes, key=_SEVERITY.index, default=0)
 
 
 def verify_log(

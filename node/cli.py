@@ -289,7 +289,10 @@ def _node_config(args: argparse.Namespace) -> tuple[NodeConfig, Path]:
     from .config import load_config
     from .devmode import default_data_dir, dev_config
 
-    path = _find_config(args.config)
+    explicit = args.config
+    if isinstance(explicit, list):  # `audit --config`, repeatable for a fleet: one here, maybe NAME=PATH
+        explicit = explicit[0].partition("=")[2] or explicit[0] if explicit else None
+    path = _find_config(explicit)
     if path is None:
         setup = dev_config(
             data_dir=default_data_dir(), models_file=_repo_models_file(), host="127.0.0.1", port=8000
@@ -299,9 +302,28 @@ def _node_config(args: argparse.Namespace) -> tuple[NodeConfig, Path]:
 
 
 def _cmd_audit(args: argparse.Namespace) -> int:
-    from .config import ConfigError
+    from audit import AuditConfig
+    from audit.cli import run_audit_command
+
+    from .config import ConfigError, load_config
     from .opscli import audit_command
 
+    given: list[str] = args.config or []
+    if len(given) > 1:  # a fleet: one log per node, named NAME=PATH or by its path
+        configs: dict[str, AuditConfig] = {}
+        for item in given:
+            name, sep, where = item.partition("=")
+            name, where = (name, where) if sep else (item, item)
+            if name in configs:
+                return _fail(f"--config {name!r} is given twice")
+            try:
+                one = load_config(Path(where)).audit
+            except (ConfigError, ValueError) as exc:
+                return _fail(str(exc))
+            if one is None:
+                return _fail(f"{where}: this node's audit log is disabled ([audit] enabled = false)")
+            configs[name] = one
+        return run_audit_command(args, configs)
     try:
         config, config_dir = _node_config(args)
     except (ConfigError, ValueError) as exc:
@@ -390,7 +412,11 @@ def build_parser() -> argparse.ArgumentParser:
     config_cmd.set_defaults(func=_cmd_config)
 
     audit = sub.add_parser("audit", help="the audit log")
-    audit.add_argument("--config")
+    audit.add_argument(
+        "--config",
+        action="append",
+        help="node.toml; repeat it (as NAME=PATH) to verify or export a fleet's logs together",
+    )
     add_audit_commands(audit.add_subparsers(dest="audit_cmd", required=True))
     audit.set_defaults(func=_cmd_audit)
 
