@@ -9,7 +9,8 @@ The node's API::
     seq = await log.append(AuditEvent(...))     # durable (committed + fsynced) or AuditUnavailableError
     hits = await log.find(request_id=..., tenant=...)
     log.stats(); await log.shred(tenant, subject); await log.rotate_kek(new_kek)
-    await log.apply_retention(); await log.backup(folder)   # a live, consistent copy (audit.restore)
+    await log.apply_retention()
+    audit.backup.backup_log(config, folder)     # a consistent copy, while the log is written
     await log.aclose()                          # flush + final checkpoint
 
 CLI: ``add_audit_commands(subparsers)`` and ``run_audit_command(args, config)``

@@ -20,7 +20,6 @@ import struct
 import time
 from collections.abc import Collection
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -30,7 +29,6 @@ from .errors import AuditKeyError
 from .kek import KeyEncryptionKey
 from .private import private_sqlite
 from .schema import KEYS_MIGRATIONS, migrate_sync
-from .sqlitecopy import copy_database
 
 __all__ = ["KeyState", "Keyring", "month_of"]
 
@@ -303,10 +301,6 @@ class Keyring:
         """Every key id this database knows: usable, retired or destroyed."""
         rows = self._conn.execute("SELECT kid FROM deks UNION SELECT kid FROM destroyed").fetchall()
         return {bytes(r[0]) for r in rows}
-
-    def backup_to(self, path: Path) -> None:
-        """A consistent copy of this database (called between key changes: inside the writer)."""
-        copy_database(self._conn, path)
 
     def _destroy_where(self, where: str, args: tuple[object, ...], reason: str) -> list[tuple[bytes, str]]:
         now = time.time_ns()

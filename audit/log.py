@@ -18,7 +18,6 @@ import os
 import sqlite3
 import time
 from collections.abc import Callable
-from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
@@ -31,7 +30,6 @@ from .crypto import GENESIS_HEAD, next_head
 from .dbproc import WriteProcess
 from .destroyed import DestroyedKeys, destroyed_keys, retention_cutoff
 from .errors import (
-    AuditConfigError,
     AuditError,
     AuditKeyError,
     AuditRollbackError,
@@ -42,28 +40,15 @@ from .events import AuditEvent, AuditHit, AuditStats
 from .kek import KeyEncryptionKey, kek_from_env, kek_from_file
 from .keystore import Keyring
 from .merkle import CompactRange
-from .private import SQLITE_SIDECARS, check_private, private_dir, write_private_file
+from .private import SQLITE_SIDECARS, check_private, private_dir
 from .record import encode_parts
-from .sqlitecopy import copy_database
 from .store import connect_ro, connect_rw, ensure_log_id, read_checkpoints
 from .wal import WalCheckpointer
 from .writer import ChainState, Command, PendingAppend, Writer
 
-__all__ = [
-    "BACKUP_CHECKPOINT",
-    "BACKUP_KEYS",
-    "BACKUP_LOG",
-    "AuditLog",
-    "backup_offline",
-    "check_files",
-    "check_keys",
-    "load_kek",
-]
+__all__ = ["AuditLog", "check_files", "check_keys", "load_kek"]
 
 _log = logging.getLogger("bastion.audit")
-
-#: the names of a backup's files (``AuditLog.backup``, ``backup_offline``)
-BACKUP_LOG, BACKUP_KEYS, BACKUP_CHECKPOINT = "audit.db", "keys.db", "checkpoint"
 
 
 def load_kek(config: AuditConfig) -> KeyEncryptionKey:
@@ -165,28 +150,6 @@ def _destroyed_in_log(config: AuditConfig, keyring: Keyring, log_id: bytes, now_
         return destroyed_keys(conn, keyring, log_id, expired_before=cutoff)
     finally:
         conn.close()
-
-
-def _backup_checkpoint(config: AuditConfig, dest: Path) -> list[str]:
-    note = CheckpointStore(config.checkpoint_path).read_latest()
-    if not note:
-        return []
-    write_private_file(dest / BACKUP_CHECKPOINT, note.encode())
-    return [BACKUP_CHECKPOINT]
-
-
-def backup_offline(config: AuditConfig, dest: Path) -> list[str]:
-    """``AuditLog.backup`` for a log that no process has open: holds its lock while copying."""
-    if not os.path.exists(config.path):
-        raise AuditConfigError(f"{config.path}: no audit log there")
-    lock = _Lock(config.path, wait_s=0)
-    try:
-        names = _backup_checkpoint(config, dest)
-        copy_database(config.path, dest / BACKUP_LOG)
-        copy_database(config.resolved_keys_path, dest / BACKUP_KEYS)
-        return [*names, BACKUP_LOG, BACKUP_KEYS]
-    finally:
-        lock.release()
 
 
 class AuditLog:
@@ -399,25 +362,6 @@ class AuditLog:
             ]
 
         await self._command(action)
-
-    async def backup(self, dest: Path) -> list[str]:
-        """Copy the log, its keys database and its latest checkpoint into the folder ``dest``.
-
-        In this order, each read before the next: the checkpoint (so it never claims more
-        than the copied log holds), the log (the writer goes on committing: SQLite's online
-        backup reads one snapshot), then the keys inside the writer, between key changes (every
-        record in the copied log has its key, or its key's destruction, in the copied keys).
-        Returns the names of the files written.
-        """
-        names = await asyncio.to_thread(_backup_checkpoint, self.config, dest)
-        await asyncio.to_thread(copy_database, self.config.path, dest / BACKUP_LOG)
-
-        def copy_keys(kr: Keyring) -> list[tuple[str, dict[str, Any]]]:
-            kr.backup_to(dest / BACKUP_KEYS)
-            return []
-
-        await self._command(copy_keys)
-        return [*names, BACKUP_LOG, BACKUP_KEYS]
 
     async def apply_retention(self) -> list[int]:
         """Destroy the keys of whole months older than ``retention_months``; logs what expired."""

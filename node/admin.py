@@ -1,4 +1,4 @@
-"""The admin channel: shred, rotate-kek, retention and backup against a running node, without a stop.
+"""The admin channel: shred, rotate-kek and retention against a running node, without a stop.
 
 A Unix socket, ``<data_dir>/admin/admin.sock``: the socket 0600 in a 0700
 folder, so only the node's own user reaches it (the kernel's peer credentials
@@ -7,11 +7,11 @@ way, one request per connection::
 
     {"op": "shred", "tenant": "acme", "subject": "alice"}  ->  {"ok": true, "seqs": [41]}
     {"op": "rotate-kek", "new_kek_file": "/etc/bastion/kek.new"}    (the node reads the file itself)
-    {"op": "retention"}  {"op": "backup", "to": "/backups/2026-12-02"}  {"op": "ping"}
+    {"op": "retention"}  {"op": "ping"}
     a failure:  {"ok": false, "error": "AuditKeyError", "message": "..."}
 
 Each operation is the audit log's own method (``AuditLog.shred``, ``rotate_kek``,
-``apply_retention``, ``backup``), run by its single writer between record
+``apply_retention``), run by its single writer between record
 groups, so ``key.destroyed`` and the rest enter the chain in order, exactly as
 when the CLI opens a stopped node's log. ``AdminClient`` is the CLI's side; it
 satisfies ``audit.cli.LiveLog``. The same module runs retention on its schedule
@@ -38,7 +38,6 @@ import msgspec
 from audit import AuditError, AuditLog, errors
 from audit.kek import kek_from_file
 
-from .backup import BackupError, backup_live
 from .config import NodeConfig, resolve
 
 __all__ = ["AdminClient", "admin_channel", "admin_socket_path", "retention_schedule"]
@@ -64,15 +63,11 @@ class _Retention(msgspec.Struct, tag="retention", tag_field="op", frozen=True, f
     pass
 
 
-class _Backup(msgspec.Struct, tag="backup", tag_field="op", frozen=True, forbid_unknown_fields=True):
-    to: str
-
-
 class _Ping(msgspec.Struct, tag="ping", tag_field="op", frozen=True, forbid_unknown_fields=True):
     pass
 
 
-_Request = _Shred | _RotateKek | _Retention | _Backup | _Ping
+_Request = _Shred | _RotateKek | _Retention | _Ping
 _decoder = msgspec.json.Decoder(_Request)
 
 
@@ -84,9 +79,7 @@ def admin_socket_path(config: NodeConfig, config_dir: Path) -> Path:
 
 
 @contextlib.asynccontextmanager
-async def admin_channel(
-    path: Path, log: AuditLog, config: NodeConfig, config_dir: Path
-) -> AsyncIterator[None]:
+async def admin_channel(path: Path, log: AuditLog) -> AsyncIterator[None]:
     """Serve the admin socket at ``path`` while the context is open."""
     if len(os.fsencode(path)) > _SUN_PATH_MAX:
         raise OSError(
@@ -99,7 +92,7 @@ async def admin_channel(
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            reply = await _answer(reader, writer, log, config, config_dir)
+            reply = await _answer(reader, writer, log)
             writer.write(json.dumps(reply).encode() + b"\n")
             await writer.drain()
         except (ConnectionError, TimeoutError):
@@ -151,8 +144,6 @@ async def _answer(
     reader: asyncio.StreamReader,
     writer: asyncio.StreamWriter,
     log: AuditLog,
-    config: NodeConfig,
-    config_dir: Path,
 ) -> dict[str, Any]:
     uid = _peer_uid(writer)
     if uid is not None and uid != os.getuid():
@@ -164,14 +155,14 @@ async def _answer(
     except (ValueError, asyncio.LimitOverrunError, msgspec.DecodeError) as exc:
         return {"ok": False, "error": "BadRequest", "message": f"not an admin request: {exc}"}
     try:
-        return {"ok": True} | await _run(request, log, config, config_dir)
+        return {"ok": True} | await _run(request, log)
     except AuditError as exc:
         return {"ok": False, "error": type(exc).__name__, "message": str(exc)}
-    except (OSError, BackupError) as exc:
+    except OSError as exc:
         return {"ok": False, "error": "OSError", "message": str(exc)}
 
 
-async def _run(request: _Request, log: AuditLog, config: NodeConfig, config_dir: Path) -> dict[str, Any]:
+async def _run(request: _Request, log: AuditLog) -> dict[str, Any]:
     if isinstance(request, _Ping):
         return {}
     if isinstance(request, _Shred):
@@ -184,14 +175,8 @@ async def _run(request: _Request, log: AuditLog, config: NodeConfig, config_dir:
         new = await asyncio.to_thread(kek_from_file, request.new_kek_file)
         _log.warning("admin: rewrapping every data key under KEK %s", new.kek_id)
         return {"seqs": await log.rotate_kek(new), "kek_id": new.kek_id}
-    if isinstance(request, _Retention):
-        return {"seqs": await log.apply_retention()}
-    dest = Path(request.to)
-    if not dest.is_absolute():
-        raise BackupError(f"{dest}: the backup folder must be an absolute path")
-    manifest = await backup_live(log, config, config_dir, dest)
-    _log.warning("admin: backup written to %s (%d files)", dest, len(manifest.files))
-    return {"manifest": msgspec.to_builtins(manifest)}
+    assert isinstance(request, _Retention)
+    return {"seqs": await log.apply_retention()}
 
 
 @contextlib.asynccontextmanager
@@ -273,10 +258,6 @@ class AdminClient:
 
     def apply_retention(self) -> list[int]:
         return _seqs(self.call({"op": "retention"}))
-
-    def backup(self, to: Path) -> dict[str, Any]:
-        manifest: dict[str, Any] = self.call({"op": "backup", "to": str(to)})["manifest"]
-        return manifest
 
 
 class _NoNode(Exception):

@@ -366,7 +366,7 @@ def create_app(
 
 async def _enter_operations(stack: AsyncExitStack, log: AuditLog, config: NodeConfig, base: Path) -> None:
     """The admin socket (live shred, rotate-kek, retention, backup) and retention's schedule."""
-    await stack.enter_async_context(admin_channel(admin_socket_path(config, base), log, config, base))
+    await stack.enter_async_context(admin_channel(admin_socket_path(config, base), log))
     if log.config.retention_months is not None:
         await stack.enter_async_context(retention_schedule(log, log.config.retention_interval_s))
 

@@ -1,17 +1,18 @@
 """``bastion backup --to DIR`` and ``bastion restore --from DIR``.
 
 A backup is a folder (0700, every file 0600): the audit log, its keys database
-and its latest signed checkpoint (``AuditLog.backup``: copied in that order so
-the copy is consistent), ``budgets.db``, ``feedback.db`` with its key file, and
-``manifest.json`` (each file's SHA-256, the log id, the host, the time), written
-last: a folder without a manifest is not a backup. A running node takes the
-backup itself (the admin channel), so the keys are copied inside its audit
-writer; with no node running the CLI copies the files under the log's lock.
-Each database is copied with SQLite's online backup API (one read transaction:
-one consistent snapshot, never a torn file, while the node goes on writing).
+and its latest signed checkpoint (``audit.backup.backup_log``), ``budgets.db``,
+``feedback.db`` with its key file, and ``manifest.json`` (each file's SHA-256,
+the log id, the host, the time), written last: a folder without a manifest is
+not a backup. The command copies the files itself, whether a node runs or
+not: SQLite's online backup API reads each database as one consistent snapshot
+while the node goes on writing, and the copy order keeps the log and its keys
+consistent (see ``audit.backup``). So the backup lands wherever the operator's
+command may write, not only where a sandboxed service (systemd
+``ProtectSystem=strict``, a container) lets the node write.
 
 ``restore`` runs with the node stopped. It checks the manifest's hashes, then
-``audit.restore.plan_restore`` verifies and stages the log and keys, and only
+``audit.backup.plan_restore`` verifies and stages the log and keys, and only
 then is anything installed. Afterwards it opens the log once, as the node
 would, and records ``key.refused`` for any key the backup held that the log
 records as destroyed (those are deleted before installing: a restore never
@@ -31,16 +32,24 @@ from typing import Annotated, Final, Literal
 import msgspec
 
 from audit import AuditConfig, AuditEvent, AuditLog, AuditTamperedError, private_dir
-from audit.log import BACKUP_CHECKPOINT, BACKUP_KEYS, BACKUP_LOG, backup_offline
+from audit.backup import (
+    BACKUP_CHECKPOINT,
+    BACKUP_KEYS,
+    BACKUP_LOG,
+    RestorePlan,
+    backup_log,
+    exclusive,
+    plan_restore,
+    stage_database,
+)
 from audit.private import write_private_file
-from audit.restore import RestorePlan, exclusive, plan_restore, stage_database
 from audit.sqlitecopy import copy_database, fsync_dir, sha256_file
 from audit.store import connect_ro, read_log_id
 
 from .budgets import BUDGETS_DB
 from .config import NodeConfig, resolve
 
-__all__ = ["MANIFEST", "PARTS", "BackupError", "Manifest", "backup_live", "backup_offline_all", "restore"]
+__all__ = ["MANIFEST", "PARTS", "BackupError", "Manifest", "read_manifest", "restore", "take_backup"]
 
 MANIFEST: Final = "manifest.json"
 _BUDGETS, _FEEDBACK, _FEEDBACK_KEY = BUDGETS_DB, "feedback.db", "feedback.db.key"
@@ -64,8 +73,6 @@ class Manifest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     host: str
     log_id: str
     origin: str
-    #: taken by a running node (True) or offline, under the log's lock
-    live: bool
     files: dict[str, _SHA256]
 
 
@@ -90,7 +97,7 @@ def _node_files(config: NodeConfig, config_dir: Path, dest: Path) -> list[str]:
     return names
 
 
-def _finish(dest: Path, names: list[str], audit: AuditConfig, *, live: bool) -> Manifest:
+def _finish(dest: Path, names: list[str], audit: AuditConfig) -> Manifest:
     conn = connect_ro(str(dest / BACKUP_LOG))
     try:
         log_id = read_log_id(conn).hex()
@@ -101,7 +108,6 @@ def _finish(dest: Path, names: list[str], audit: AuditConfig, *, live: bool) -> 
         host=socket.gethostname(),
         log_id=log_id,
         origin=audit.origin,
-        live=live,
         files={name: sha256_file(dest / name) for name in names},
     )
     write_private_file(dest / MANIFEST, msgspec.json.format(msgspec.json.encode(manifest)) + b"\n")
@@ -109,21 +115,13 @@ def _finish(dest: Path, names: list[str], audit: AuditConfig, *, live: bool) -> 
     return manifest
 
 
-async def backup_live(log: AuditLog, config: NodeConfig, config_dir: Path, dest: Path) -> Manifest:
-    """The running node's backup (the admin channel's ``backup``)."""
-    await asyncio.to_thread(_prepare, dest)
-    names = await log.backup(dest)
-    names += await asyncio.to_thread(_node_files, config, config_dir, dest)
-    return await asyncio.to_thread(_finish, dest, names, log.config, live=True)
-
-
-def backup_offline_all(config: NodeConfig, config_dir: Path, dest: Path) -> Manifest:
-    """The backup of a stopped node (AuditUnavailableError when a process has the log open)."""
+def take_backup(config: NodeConfig, config_dir: Path, dest: Path) -> Manifest:
+    """Write a backup of this node's data into ``dest`` (a new or empty folder), serving or not."""
     assert config.audit is not None
     _prepare(dest)
-    names = backup_offline(config.audit, dest)
+    names = backup_log(config.audit, dest)
     names += _node_files(config, config_dir, dest)
-    return _finish(dest, names, config.audit, live=False)
+    return _finish(dest, names, config.audit)
 
 
 def read_manifest(src: Path) -> Manifest:

@@ -1,9 +1,10 @@
 """The command line's side of operating a node's audit log: live when a node runs, offline when not.
 
-``bastion audit shred|rotate-kek|retention`` and ``bastion backup`` ask the
-running node first, through its admin socket (``node.admin``); when no node
-answers there they open the log themselves (and, should a process still hold
-the log's lock, exit 5: busy). ``bastion restore`` needs the node stopped.
+``bastion audit shred|rotate-kek|retention`` ask the running node first,
+through its admin socket (``node.admin``); when no node answers there they
+open the log themselves (and, should a process still hold the log's lock, exit
+5: busy). ``bastion backup`` copies the files itself, serving or not
+(``node.backup``); ``bastion restore`` needs the node stopped.
 
 Exit codes (as ``bastion audit``'s): 0 ok; 1 configuration, I/O error or not
 a backup; 2 the backup was altered (a file differs from its manifest, or its
@@ -22,7 +23,7 @@ from audit import AuditConfig, AuditError
 from audit.cli import LIVE_ACTIONS, exit_code_of, run_audit_command
 
 from .admin import AdminClient, admin_socket_path
-from .backup import PARTS, BackupError, backup_offline_all, restore
+from .backup import PARTS, BackupError, restore, take_backup
 from .config import NodeConfig
 
 __all__ = ["add_operations_commands", "audit_command", "backup_command", "restore_command"]
@@ -70,16 +71,10 @@ def backup_command(args: argparse.Namespace, config: NodeConfig, config_dir: Pat
         return _fail(Exception("this node's audit log is disabled: nothing to back up"), 1)
     dest = Path(args.to).resolve()
     try:
-        client = AdminClient.find(admin_socket_path(config, config_dir))
-        if client is not None:
-            files = client.backup(dest)["files"]
-            where = "by the running node"
-        else:
-            files = backup_offline_all(config, config_dir, dest).files
-            where = "offline"
+        manifest = take_backup(config, config_dir, dest)
     except (AuditError, OSError, BackupError) as exc:
         return _fail(exc, exit_code_of(exc))
-    print(f"backup written {where} to {dest}: {', '.join(sorted(files))}")
+    print(f"backup written to {dest}: {', '.join(sorted(manifest.files))}")
     return 0
 
 

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from audit import AuditConfig, AuditKeyError, AuditLog
-from audit.restore import exclusive, plan_restore
+from audit.backup import backup_log, exclusive, plan_restore
 
 from .conftest import ConfigFactory
 from .helpers import cli, event
@@ -60,7 +60,7 @@ def _restore_keys_by_hand(config: AuditConfig, backup: Path) -> None:
     shutil.copyfile(backup / "keys.db", keys)
 
 
-async def test_a_live_backup_is_private_and_opens_as_a_log(
+async def test_a_backup_taken_while_the_log_is_written_is_private_and_consistent(
     make_config: ConfigFactory, tmp_path: Path
 ) -> None:
     config = make_config()
@@ -68,23 +68,38 @@ async def test_a_live_backup_is_private_and_opens_as_a_log(
     dest.mkdir(mode=0o700)
     async with await AuditLog.open(config) as log:
         await _write(log)
-        names = await log.backup(dest)
-        await log.append(event(500, subject="alice"))  # after the backup: not in it
+
+        async def keep_writing() -> None:  # new subjects: new data keys made during the copy
+            for i in range(400):
+                await log.append(event(1000 + i, subject=f"s{i % 40}"))
+
+        writing = asyncio.create_task(keep_writing())
+        names = await asyncio.to_thread(backup_log, config, dest)
+        await writing
     assert set(names) >= {"audit.db", "keys.db"}
     for name in names:
         assert stat.S_IMODE((dest / name).stat().st_mode) == 0o600, name
-    conn = sqlite3.connect(dest / "audit.db")
-    try:
-        (size,) = conn.execute("SELECT count(*) FROM audit").fetchone()
-    finally:
-        conn.close()
-    live = sqlite3.connect(config.path)
-    try:
-        (live_size,) = live.execute("SELECT count(*) FROM audit").fetchone()
-    finally:
-        live.close()
-    assert 0 < size < live_size
     assert not Path(f"{dest / 'audit.db'}-wal").exists()  # a self-contained file
+    # The copy, opened as a log of its own: it verifies, and every record has its key.
+    copy = tmp_path / "copy"
+    copy.mkdir(mode=0o700)
+    shutil.copy(dest / "audit.db", copy / "audit.db")  # modes too: 0600
+    shutil.copy(dest / "keys.db", copy / "keys.db")
+    (copy / "checkpoints").mkdir(mode=0o700)
+    if (dest / "checkpoint").exists():
+        shutil.copy(dest / "checkpoint", copy / "checkpoints" / "checkpoint")
+    restored = make_config(
+        path=str(copy / "audit.db"),
+        keys_path=str(copy / "keys.db"),
+        checkpoint_path=str(copy / "checkpoints"),
+    )
+    code, out, err = await asyncio.to_thread(cli, restored, "verify", "--decrypt", "--json")
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["payloads"]["missing"] == 0 and report["payloads"]["ok"] == report["size"] + sum(
+        1 for r in _records(restored) if r["ckid"] is not None
+    )
+    assert 0 < report["size"] < 5 + 400 + 4 * 10  # a snapshot taken while records went on
 
 
 async def test_a_hand_restored_keys_database_cannot_bring_a_shredded_key_back(
@@ -95,7 +110,7 @@ async def test_a_hand_restored_keys_database_cannot_bring_a_shredded_key_back(
     dest.mkdir(mode=0o700)
     async with await AuditLog.open(config) as log:
         await _write(log)
-        await log.backup(dest)
+        await asyncio.to_thread(backup_log, config, dest)
         await log.shred("acme", "alice")
     assert set(_content_of(_records(config), "alice")) == {"shredded"}
 
@@ -140,7 +155,7 @@ async def test_a_keys_database_that_cannot_read_a_destruction_record_is_refused(
     dest.mkdir(mode=0o700)
     async with await AuditLog.open(config, clock=clock) as log:
         await _write(log)
-        await log.backup(dest)
+        await asyncio.to_thread(backup_log, config, dest)
     now["t"] = dt.datetime(2026, 2, 3, tzinfo=dt.UTC)
     async with await AuditLog.open(config, clock=clock) as log:
         await log.append(event(200, subject="carol"))
@@ -164,7 +179,7 @@ async def test_restoring_keys_refuses_the_shredded_ones_before_installing(
     dest.mkdir(mode=0o700)
     async with await AuditLog.open(config) as log:
         await _write(log)
-        await log.backup(dest)
+        await asyncio.to_thread(backup_log, config, dest)
         await log.shred("acme", "alice")
         await log.append(event(300, subject="dave"))  # a key made after the backup
     with exclusive(config):

@@ -136,9 +136,8 @@ async def test_shred_while_serving_and_an_older_keys_backup_cannot_bring_the_dat
         alice = [await _chat(http, key, "alice") for _ in range(2)]
         bob = await _chat(http, key, "bob")
 
-        code, out, err = await bastion("backup", "--config", config, "--to", backup)
+        code, out, err = await bastion("backup", "--config", config, "--to", backup)  # while serving
         assert code == 0, err
-        assert "by the running node" in out
         assert stat.S_IMODE(backup.stat().st_mode) == 0o700
         manifest = json.loads((backup / "manifest.json").read_text())
         assert {"audit.db", "keys.db", "budgets.db", "feedback.db"} <= set(manifest["files"])

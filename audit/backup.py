@@ -1,4 +1,12 @@
-"""Restoring the log and its keys from a backup (``AuditLog.backup``): verify and stage first, then install.
+"""Backups of the log and its keys, and restoring them: verify and stage first, then install.
+
+``backup_log`` copies, from any process and while a node writes the log, in
+this order: the latest signed checkpoint (so it never claims more than the
+copied log holds), the log, then its keys database. Each database is copied
+with SQLite's online backup API (one read transaction: one consistent
+snapshot; in WAL mode the writer never waits for it). A data key is committed
+to the keys database before any record sealed under it, so every record in
+the copied log has its key, or its key's tombstone, in the copied keys.
 
 Nothing is installed until the copies are checked: the backup's log must verify
 against its own checkpoint and must not be behind any checkpoint the configured
@@ -26,13 +34,40 @@ from .config import AuditConfig
 from .destroyed import destroyed_keys, retention_cutoff
 from .errors import AuditConfigError, AuditRollbackError, AuditTamperedError
 from .keystore import Keyring
-from .log import BACKUP_CHECKPOINT, BACKUP_KEYS, BACKUP_LOG, _Lock, load_kek
-from .private import private_dir
+from .log import _Lock, load_kek
+from .private import private_dir, write_private_file
 from .sqlitecopy import copy_database, fsync_dir
 from .store import connect_ro, read_log_id
 from .verify import Outcome, verify_log
 
-__all__ = ["RestorePlan", "exclusive", "plan_restore", "stage_database"]
+__all__ = [
+    "BACKUP_CHECKPOINT",
+    "BACKUP_KEYS",
+    "BACKUP_LOG",
+    "RestorePlan",
+    "backup_log",
+    "exclusive",
+    "plan_restore",
+    "stage_database",
+]
+
+#: the names of a backup's files
+BACKUP_LOG, BACKUP_KEYS, BACKUP_CHECKPOINT = "audit.db", "keys.db", "checkpoint"
+
+
+def backup_log(config: AuditConfig, dest: Path) -> list[str]:
+    """Copy the log's latest checkpoint, the log and its keys into the existing folder ``dest``
+    (in that order: see the module docstring); returns the names of the files written."""
+    if not os.path.exists(config.path):
+        raise AuditConfigError(f"{config.path}: no audit log there")
+    names = []
+    note = CheckpointStore(config.checkpoint_path).read_latest()
+    if note:
+        write_private_file(dest / BACKUP_CHECKPOINT, note.encode())
+        names.append(BACKUP_CHECKPOINT)
+    copy_database(config.path, dest / BACKUP_LOG)
+    copy_database(config.resolved_keys_path, dest / BACKUP_KEYS)
+    return [*names, BACKUP_LOG, BACKUP_KEYS]
 
 
 @contextlib.contextmanager
