@@ -249,7 +249,7 @@ def create_app(
                 audit=log,
                 metrics=metrics,
                 gpu=gpu,
-                gpu_meters={name: GpuTimeMeter() for name in local},
+                gpu_meters={name: GpuTimeMeter(gpus=_gpus_held(models, name)) for name in local},
             )
             if log is not None:
                 state.feedback = await stack.enter_async_context(
@@ -369,6 +369,11 @@ async def _enter_operations(stack: AsyncExitStack, log: AuditLog, config: NodeCo
     await stack.enter_async_context(admin_channel(admin_socket_path(config, base), log))
     if log.config.retention_months is not None:
         await stack.enter_async_context(retention_schedule(log, log.config.retention_interval_s))
+
+
+def _gpus_held(models: ModelsFile, name: str) -> int:
+    """Every GPU the model's engine holds (tensor x pipeline x data parallel), for its GPU cost."""
+    return models.get(name).gpus if name in models.names else 1
 
 
 def _wire_metric_sources(state: NodeState) -> None:

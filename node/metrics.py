@@ -109,6 +109,10 @@ class GpuTimeMeter:
         self._share = 0.0
         self._last = clock()
 
+    @property
+    def gpus(self) -> int:
+        return self._gpus
+
     def _advance(self) -> float:
         now = self._clock()
         if self._active:

@@ -29,7 +29,7 @@ from serving.models import ModelSpec
 from serving.pins import verify_model
 from serving.protocol import Delta, GenerationRequest, Health, ProviderInfo
 
-__all__ = ["EngineStats", "LocalEngine"]
+__all__ = ["EngineStats", "LocalEngine", "engine_args"]
 
 _FINISH: Final[dict[str, Literal["stop", "length", "abort"]]] = {
     "stop": "stop",
@@ -117,26 +117,8 @@ class LocalEngine:
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        spec = self.spec
         args = AsyncEngineArgs(
-            model=str(self.model_dir),
-            tokenizer=str(self.model_dir),
-            served_model_name=[spec.name],
-            # only safetensors: never unpickle a checkpoint, never run repo code
-            load_format="safetensors",
-            trust_remote_code=False,
-            dtype=spec.dtype,
-            max_model_len=spec.max_model_len,
-            gpu_memory_utilization=spec.gpu_memory_utilization,
-            tensor_parallel_size=spec.tensor_parallel_size,
-            max_num_seqs=spec.max_num_seqs,
-            enable_prefix_caching=spec.enable_prefix_caching,
-            enforce_eager=spec.enforce_eager,
-            kv_cache_memory_bytes=spec.kv_cache_memory_bytes,
-            # vLLM's default loggers would register Prometheus metrics and log
-            # every few seconds; ours only records (see serving.engine_stats)
-            disable_log_stats=True,
-            enable_log_requests=False,
+            **engine_args(self.spec, self.model_dir),
             # JSON-schema answers (free-text redaction) with no free whitespace: a model cannot
             # pad an answer until its context runs out
             structured_outputs_config=StructuredOutputsConfig(
@@ -421,3 +403,32 @@ class LocalEngine:
                     await self._llm.abort(request_id)
             with contextlib.suppress(Exception):
                 await gen.aclose()
+
+
+def engine_args(spec: ModelSpec, model_dir: Path) -> dict[str, Any]:
+    """vLLM's ``AsyncEngineArgs`` for a model, parallelism and GPU placement included (those that
+    are plain values; the node adds its structured-output settings)."""
+    return {
+        "model": str(model_dir),
+        "tokenizer": str(model_dir),
+        "served_model_name": [spec.name],
+        # only safetensors: never unpickle a checkpoint, never run repo code
+        "load_format": "safetensors",
+        "trust_remote_code": False,
+        "dtype": spec.dtype,
+        "max_model_len": spec.max_model_len,
+        "gpu_memory_utilization": spec.gpu_memory_utilization,
+        "tensor_parallel_size": spec.tensor_parallel_size,
+        "pipeline_parallel_size": spec.pipeline_parallel_size,
+        "data_parallel_size": spec.data_parallel_size,
+        "distributed_executor_backend": spec.distributed_executor_backend,
+        "device_ids": None if spec.devices is None else list(spec.devices),
+        "max_num_seqs": spec.max_num_seqs,
+        "enable_prefix_caching": spec.enable_prefix_caching,
+        "enforce_eager": spec.enforce_eager,
+        "kv_cache_memory_bytes": spec.kv_cache_memory_bytes,
+        # vLLM's default loggers would register Prometheus metrics and log
+        # every few seconds; ours only records (see serving.engine_stats)
+        "disable_log_stats": True,
+        "enable_log_requests": False,
+    }

@@ -62,7 +62,17 @@ class ModelSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     max_model_len: Annotated[int, msgspec.Meta(ge=16, le=10_000_000)]
     gpu_memory_utilization: Annotated[float, msgspec.Meta(gt=0.0, le=1.0)] = 0.9
+    #: vLLM's own parallelism: GPUs per pipeline stage, pipeline stages, and data-parallel replicas;
+    #: the engine holds ``tensor_parallel_size * pipeline_parallel_size * data_parallel_size`` GPUs
     tensor_parallel_size: Annotated[int, msgspec.Meta(ge=1, le=64)] = 1
+    pipeline_parallel_size: Annotated[int, msgspec.Meta(ge=1, le=64)] = 1
+    data_parallel_size: Annotated[int, msgspec.Meta(ge=1, le=64)] = 1
+    #: how vLLM runs its workers: ``mp`` (processes on this host), ``ray`` (a Ray cluster, for
+    #: several hosts), ``uni`` (one process); vLLM chooses when left out
+    distributed_executor_backend: Literal["mp", "ray", "uni"] | None = None
+    #: which GPUs of this host the engine gets (CUDA indices, as vLLM's ``device_ids``); one per GPU
+    #: it holds. Not with ``ray``: Ray places its workers itself
+    devices: tuple[Annotated[int, msgspec.Meta(ge=0, le=1023)], ...] | None = None
     max_num_seqs: Annotated[int, msgspec.Meta(ge=1, le=4096)] = 256
     enable_prefix_caching: bool = True
     #: skip torch.compile: starts ~2x faster, generates slower (tests use it; serving should not)
@@ -74,6 +84,7 @@ class ModelSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
 
     def __post_init__(self) -> None:
         where = f"model {self.name!r}"
+        self._check_parallelism(where)
         sources = [s for s in (self.repo, self.path, self.builder) if s is not None]
         if len(sources) != 1:
             raise ValueError(f"{where}: set exactly one of `repo` (with `revision`), `path`, `builder`")
@@ -101,6 +112,30 @@ class ModelSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
                 raise ValueError(
                     f"{where}: file {rel!r} has a malformed sha256 {digest!r} (64 lowercase hex)"
                 )
+
+    def _check_parallelism(self, where: str) -> None:
+        if self.distributed_executor_backend == "uni" and self.gpus > 1:
+            raise ValueError(f"{where}: the `uni` backend runs one process; it cannot hold {self.gpus} GPUs")
+        if self.devices is None:
+            return
+        if self.distributed_executor_backend == "ray":
+            raise ValueError(
+                f"{where}: `devices` does not apply with the `ray` backend (Ray places its workers); "
+                "set CUDA_VISIBLE_DEVICES for each Ray worker instead"
+            )
+        if len(set(self.devices)) != len(self.devices):
+            raise ValueError(f"{where}: `devices` lists a GPU twice: {list(self.devices)}")
+        if len(self.devices) != self.gpus:
+            raise ValueError(
+                f"{where}: `devices` names {len(self.devices)} GPUs but the engine holds {self.gpus} "
+                f"(tensor_parallel_size {self.tensor_parallel_size} x pipeline_parallel_size "
+                f"{self.pipeline_parallel_size} x data_parallel_size {self.data_parallel_size})"
+            )
+
+    @property
+    def gpus(self) -> int:
+        """GPUs the engine holds, on every host: what its GPU time is costed at."""
+        return self.tensor_parallel_size * self.pipeline_parallel_size * self.data_parallel_size
 
     @property
     def pinned_revision(self) -> str:
