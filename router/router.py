@@ -137,6 +137,11 @@ class Router:
         self._redactor = redactor
         self._redactors: dict[RedactionConfig, Redactor] = {}
 
+    @property
+    def limits(self) -> LimitState:
+        """The tenants' counters (``Limiter`` on a single node)."""
+        return self._limits
+
     async def aclose(self) -> None:
         for provider in self._owned:
             await provider.aclose()
