@@ -24,7 +24,7 @@ from serving.models import ModelsConfigError, ModelsFile, load_models_file, reso
 from serving.pins import check_layout
 
 from .app import FEEDBACK_DB, served_models
-from .budgets import BUDGETS_DB
+from .budgets import BUDGETS_DB, postgres_url
 from .canaries import BASELINES_FILE
 from .config import ConfigError, NodeConfig, resolve
 from .feedback import secret_path
@@ -120,6 +120,9 @@ def check_node(
     for provider in config.providers:
         with problems.check(ExitCode.CONFIG, (ValueError,)):
             load_api_key(provider)
+    if config.state.shared:  # the fleet's PostgreSQL URL: its variable or file must hold one
+        with problems.check(ExitCode.CONFIG, (ConfigError,)):
+            postgres_url(config.state, config_dir=config_dir)
     if config.audit is not None:
         with problems.check(ExitCode.KEYS, (AuditError,), "audit key: "):
             check_keys(config.audit)

@@ -79,13 +79,8 @@ _SPENT = "SELECT value FROM bastion_usage WHERE tenant = %s AND kind = 'month_sp
 _PRUNE = "DELETE FROM bastion_usage WHERE kind IN ('rpm', 'tpm') AND period < %s"
 
 
-class _Charge(NamedTuple):
-    tenant: str
-    tokens: int
-    spend: float
-    minute: str
-    day: str
-    month: str
+#: one counter row: (tenant, kind, period)
+_Counter = tuple[str, str, str]
 
 
 class _Periods(NamedTuple):
@@ -123,7 +118,9 @@ class PgLimits:
         self._pool = pool
         self._wall = wall_clock
         self._retry_s = retry_s
-        self._pending: list[_Charge] = []
+        #: charges not yet written, summed per counter row: an outage grows it by tenants x minutes,
+        #: not by requests
+        self._pending: dict[_Counter, float] = {}
         self._wake = asyncio.Event()
         self._writing = asyncio.Lock()
         self._last_prune = ""
@@ -171,7 +168,7 @@ class PgLimits:
                     await writer
                 await limits.flush()
                 if limits._pending:
-                    _log.error("could not save %d charges to PostgreSQL at shutdown", len(limits._pending))
+                    _log.error("could not save %d counters to PostgreSQL at shutdown", len(limits._pending))
         finally:
             await pool.close()
 
@@ -235,8 +232,15 @@ class PgLimits:
         if tokens <= 0 and spend <= 0:
             return
         p = _periods(self._wall())
-        self._pending.append(_Charge(tenant, tokens, spend, p.minute, p.day, p.month))
+        if tokens > 0:
+            self._add({(tenant, "tpm", p.minute): tokens, (tenant, "day_tokens", p.day): tokens})
+        if spend > 0:
+            self._add({(tenant, "month_spend", p.month): spend})
         self._wake.set()
+
+    def _add(self, charges: dict[_Counter, float]) -> None:
+        for counter, value in charges.items():
+            self._pending[counter] = self._pending.get(counter, 0.0) + value
 
     def until_next_month(self) -> float:
         return until_next_month(self._wall())
@@ -245,7 +249,7 @@ class PgLimits:
 
     @property
     def pending(self) -> int:
-        """Charges queued and not yet written."""
+        """Counter rows with charges not yet written."""
         return len(self._pending)
 
     async def flush(self) -> None:
@@ -254,15 +258,10 @@ class PgLimits:
             await self._write()
 
     async def _write(self) -> None:
-        batch, self._pending = self._pending, []
+        batch, self._pending = self._pending, {}
         if not batch:
             return
-        rows: list[tuple[str, str, str, float]] = []
-        for c in batch:
-            if c.tokens > 0:
-                rows += [(c.tenant, "tpm", c.minute, c.tokens), (c.tenant, "day_tokens", c.day, c.tokens)]
-            if c.spend > 0:
-                rows.append((c.tenant, "month_spend", c.month, c.spend))
+        rows = [(tenant, kind, period, value) for (tenant, kind, period), value in batch.items()]
         try:
             async with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
                 await cur.executemany(_CHARGE, rows)
@@ -271,7 +270,7 @@ class PgLimits:
                     await cur.execute(_PRUNE, (_periods(self._wall() - 120).minute,))
                     self._last_prune = minute
         except Exception:
-            self._pending[:0] = batch
+            self._add(batch)
             raise
 
     async def _write_loop(self) -> None:
@@ -281,7 +280,7 @@ class PgLimits:
             try:
                 await self.flush()
             except Exception as exc:
-                _log.error("could not save %d charges to PostgreSQL: %s", len(self._pending), exc)
+                _log.error("could not save %d counters to PostgreSQL: %s", len(self._pending), exc)
                 await asyncio.sleep(self._retry_s)
                 self._wake.set()
 

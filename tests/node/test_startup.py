@@ -206,3 +206,15 @@ def test_listen_socket_binds_localhost_as_ipv4_loopback_and_refuses_a_busy_port(
     with pytest.raises(StartupError) as err:
         listen_socket("127.0.0.1", busy_port)
     assert err.value.code == ExitCode.PORT and f"127.0.0.1:{busy_port}" in err.value.message
+
+
+def test_a_fleet_state_url_that_is_not_there_fails_as_config(
+    tmp_path: Path, tiny_spec: ModelSpec, tiny_model_dir: Path, free_port: int
+) -> None:
+    """``[state] postgres_url_env`` naming an unset variable: exit 2 before any engine, naming it."""
+    config = _config(tmp_path, _path_model(tmp_path, tiny_spec, tiny_model_dir), port=free_port)
+    config.write_text(config.read_text() + '\n[state]\npostgres_url_env = "BASTION_TEST_UNSET_PG_URL"\n')
+    run, elapsed = _serve(tmp_path, config)
+    assert run.returncode == ExitCode.CONFIG == 2, run.stderr
+    assert "BASTION_TEST_UNSET_PG_URL is empty" in run.stderr
+    assert elapsed < NO_ENGINE_S
