@@ -8,6 +8,7 @@ way, one request per connection::
     {"op": "shred", "tenant": "acme", "subject": "alice"}  ->  {"ok": true, "seqs": [41]}
     {"op": "rotate-kek", "new_kek_file": "/etc/bastion/kek.new"}    (the node reads the file itself)
     {"op": "retention"}  {"op": "ping"}
+    {"op": "reload"}  ->  {"ok": true, "reloaded": false, "problems": ["..."]}   (``node.reload``)
     a failure:  {"ok": false, "error": "AuditKeyError", "message": "..."}
 
 Each operation is the audit log's own method (``AuditLog.shred``, ``rotate_kek``,
@@ -29,7 +30,7 @@ import os
 import socket
 import stat
 import struct
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, Final
 
@@ -67,7 +68,14 @@ class _Ping(msgspec.Struct, tag="ping", tag_field="op", frozen=True, forbid_unkn
     pass
 
 
-_Request = _Shred | _RotateKek | _Retention | _Ping
+class _Reload(msgspec.Struct, tag="reload", tag_field="op", frozen=True, forbid_unknown_fields=True):
+    pass
+
+
+#: ``node.reload.Reloader.reload``: ``{"reloaded": bool, ...}``
+ReloadFn = Callable[[], Awaitable[dict[str, Any]]]
+
+_Request = _Shred | _RotateKek | _Retention | _Ping | _Reload
 _decoder = msgspec.json.Decoder(_Request)
 
 
@@ -79,7 +87,7 @@ def admin_socket_path(config: NodeConfig, config_dir: Path) -> Path:
 
 
 @contextlib.asynccontextmanager
-async def admin_channel(path: Path, log: AuditLog) -> AsyncIterator[None]:
+async def admin_channel(path: Path, log: AuditLog, *, reload: ReloadFn | None = None) -> AsyncIterator[None]:
     """Serve the admin socket at ``path`` while the context is open."""
     if len(os.fsencode(path)) > _SUN_PATH_MAX:
         raise OSError(
@@ -92,7 +100,7 @@ async def admin_channel(path: Path, log: AuditLog) -> AsyncIterator[None]:
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            reply = await _answer(reader, writer, log)
+            reply = await _answer(reader, writer, log, reload)
             writer.write(json.dumps(reply).encode() + b"\n")
             await writer.drain()
         except (ConnectionError, TimeoutError):
@@ -144,6 +152,7 @@ async def _answer(
     reader: asyncio.StreamReader,
     writer: asyncio.StreamWriter,
     log: AuditLog,
+    reload: ReloadFn | None,
 ) -> dict[str, Any]:
     uid = _peer_uid(writer)
     if uid is not None and uid != os.getuid():
@@ -155,6 +164,14 @@ async def _answer(
     except (ValueError, asyncio.LimitOverrunError, msgspec.DecodeError) as exc:
         return {"ok": False, "error": "BadRequest", "message": f"not an admin request: {exc}"}
     try:
+        if isinstance(request, _Reload):
+            if reload is None:
+                return {
+                    "ok": True,
+                    "reloaded": False,
+                    "problems": ["this node was started without a node.toml"],
+                }
+            return {"ok": True} | await reload()
         return {"ok": True} | await _run(request, log)
     except AuditError as exc:
         return {"ok": False, "error": type(exc).__name__, "message": str(exc)}
@@ -175,7 +192,7 @@ async def _run(request: _Request, log: AuditLog) -> dict[str, Any]:
         new = await asyncio.to_thread(kek_from_file, request.new_kek_file)
         _log.warning("admin: rewrapping every data key under KEK %s", new.kek_id)
         return {"seqs": await log.rotate_kek(new), "kek_id": new.kek_id}
-    assert isinstance(request, _Retention)
+    assert isinstance(request, _Retention), request  # reload is answered before _run
     return {"seqs": await log.apply_retention()}
 
 
@@ -258,6 +275,10 @@ class AdminClient:
 
     def apply_retention(self) -> list[int]:
         return _seqs(self.call({"op": "retention"}))
+
+    def reload(self) -> dict[str, Any]:
+        """``{"reloaded": True, "config_sha256": ...}`` or ``{"reloaded": False, "problems": [...]}``."""
+        return self.call({"op": "reload"})
 
 
 class _NoNode(Exception):

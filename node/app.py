@@ -8,6 +8,7 @@ opened audit log) through the same keyword parameters.
 
 from __future__ import annotations
 
+import asyncio
 import difflib
 import hashlib
 import hmac
@@ -17,7 +18,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 from litestar import Litestar, Request, Response, get, post
@@ -39,10 +40,14 @@ from .completions import handle_generation
 from .config import ConfigError, NodeConfig, resolve
 from .errors import AuditFailedError, exception_handlers
 from .feedback import FeedbackStore
+from .keystore import KeyStore, flush_key_uses
 from .metrics import AuditStats, GpuTimeMeter, Metrics
 from .server import read_deadline_middleware
 from .state import NodeState
-from .tenancy import TenantRegistry
+from .tenancy import KeyUses, TenantRegistry
+
+if TYPE_CHECKING:
+    from .reload import Reloader
 
 __all__ = ["create_app"]
 
@@ -204,8 +209,12 @@ def create_app(
     providers: Mapping[str, Provider] | None = None,
     audit: AuditLog | None = None,
     limits: LimitState | None = None,
+    config_file: Path | None = None,
 ) -> Litestar:
-    """Build the node. ``engines``/``providers``/``audit``/``limits`` replace what config would start."""
+    """Build the node. ``engines``/``providers``/``audit``/``limits`` replace what config would start.
+
+    With ``config_file`` (the ``node.toml`` that ``config`` came from) the node reloads it on
+    SIGHUP and on the admin socket's ``reload`` (``node.reload``)."""
     base = config_dir or Path.cwd()
     # without a log only when the config says so (``[audit] enabled = false``)
     audit_enabled = audit is not None or config.audit is not None
@@ -224,6 +233,11 @@ def create_app(
                 )
             else:
                 counters = limits
+            key_store, key_uses = KeyStore.in_data_dir(resolve(base, config.data_dir)), KeyUses()
+            registry = TenantRegistry(
+                config.tenants, await asyncio.to_thread(key_store.active), uses=key_uses
+            )
+            await stack.enter_async_context(flush_key_uses(key_store, key_uses))
             routing = router_config(config, local)
             router = Router(routing, local=local, external=providers, limits=counters)
             stack.push_async_callback(router.aclose)
@@ -242,7 +256,7 @@ def create_app(
             state = NodeState(
                 config=config,
                 config_dir=base,
-                tenants=TenantRegistry(config.tenants),
+                tenants=registry,
                 models=models,
                 engines=local,
                 router=router,
@@ -258,10 +272,16 @@ def create_app(
             _wire_metric_sources(state)
             app.state.node = state
             if log is not None:
-                await log.append(
-                    AuditEvent(type="config.loaded", tenant="", meta=_config_summary(config, local))
-                )
-                await _enter_operations(stack, log, config, base)
+                summary = config_summary(config, local, registry.key_ids(), reason="start")
+                await log.append(AuditEvent(type="config.loaded", tenant="", meta=summary))
+            reloader = None
+            if config_file is not None:
+                from .reload import Reloader, reload_on_sighup
+
+                reloader = Reloader(state, config_file, key_store, key_uses)
+                await stack.enter_async_context(reload_on_sighup(reloader))
+            if log is not None:
+                await _enter_operations(stack, log, config, base, reloader)
             else:
                 _log.warning(
                     "AUDIT LOG DISABLED ([audit] enabled = false): requests are NOT recorded; "
@@ -364,9 +384,12 @@ def create_app(
     )
 
 
-async def _enter_operations(stack: AsyncExitStack, log: AuditLog, config: NodeConfig, base: Path) -> None:
-    """The admin socket (live shred, rotate-kek, retention, backup) and retention's schedule."""
-    await stack.enter_async_context(admin_channel(admin_socket_path(config, base), log))
+async def _enter_operations(
+    stack: AsyncExitStack, log: AuditLog, config: NodeConfig, base: Path, reloader: Reloader | None
+) -> None:
+    """The admin socket (live shred, rotate-kek, retention, reload) and retention's schedule."""
+    reload = reloader.reload if reloader is not None else None
+    await stack.enter_async_context(admin_channel(admin_socket_path(config, base), log, reload=reload))
     if log.config.retention_months is not None:
         await stack.enter_async_context(retention_schedule(log, log.config.retention_interval_s))
 
@@ -421,14 +444,18 @@ def _check_metrics_token(state: NodeState, authorization: str | None) -> None:
         raise AuthenticationError("The metrics endpoint needs its bearer token.")
 
 
-def _config_summary(config: NodeConfig, local: Mapping[str, Provider]) -> dict[str, Any]:
-    """What the start-up audit event says of the config: shape and digests, never secrets."""
+def config_summary(
+    config: NodeConfig, local: Mapping[str, Provider], key_ids: Mapping[str, list[str]], *, reason: str
+) -> dict[str, Any]:
+    """What ``config.loaded`` says of the config (at start-up and each reload): shape and digests,
+    never secrets."""
     digest = hashlib.sha256(msgspec.json.encode(config)).hexdigest()
     return {
+        "reason": reason,
         "config_sha256": digest,
         "tenants": sorted(t.name for t in config.tenants),
-        # key ids only: a key created or revoked shows as a change between start-ups
-        "api_keys": {t.name: sorted(k.id for k in t.keys) for t in config.tenants},
+        # key ids only (node.toml's and the keys database's): a key created or revoked shows as a change
+        "api_keys": dict(key_ids),
         "models": {name: p.describe().revisions.get(name, "") for name, p in local.items()},
         "providers": sorted(p.name for p in config.providers),
         "dev_mode": config.dev_mode,

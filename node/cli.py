@@ -96,10 +96,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         return _fail(str(exc))
     except AuditError as exc:  # dev mode's key folder
         return _fail(f"refusing to serve: {exc}", ExitCode.FILE_MODE)
-    return _run_async(_serve(config, config_dir, key_banner))
+    return _run_async(_serve(config, config_dir, key_banner, path))
 
 
-async def _serve(config: object, config_dir: Path, key_banner: str | None) -> int:
+async def _serve(config: object, config_dir: Path, key_banner: str | None, config_file: Path | None) -> int:
     from audit import AuditError, AuditLog
 
     _NodeServer = _node_server_class()
@@ -140,7 +140,8 @@ async def _serve(config: object, config_dir: Path, key_banner: str | None) -> in
             sock = stack.enter_context(listen_socket(config.server.host, config.server.port))
         except StartupError as exc:
             return _fail(exc.message, exc.code)
-        app = create_app(config, config_dir=config_dir, engines=engines, audit=audit)
+        # with a config file: SIGHUP and `bastion reload` re-read it (node.reload)
+        app = create_app(config, config_dir=config_dir, engines=engines, audit=audit, config_file=config_file)
         host, port = sock.getsockname()[:2]
         server = _NodeServer(uvicorn_config(app, config.server, port=port))
         server.announcement = key_banner or f"bastion: serving on http://{host}:{port}"
@@ -259,14 +260,30 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 
 def _cmd_keys(args: argparse.Namespace) -> int:
-    from .tenancy import create_key
+    from .keys import keys_command
 
-    key = create_key()
-    print(f"New API key for tenant '{args.tenant}' (shown once; store it in the client's secret store):")
-    print(f"  {key.key}")
-    print(f'Add this entry to the tenant\'s keys in node.toml ([[tenants]] name = "{args.tenant}"):')
-    print(f"  keys = [{key.config_line()}]   # or append to the existing list")
-    return 0
+    return keys_command(args, _find_config(args.config))
+
+
+def _cmd_init(args: argparse.Namespace) -> int:
+    from .init import init_command
+
+    return init_command(
+        Path(args.dir),
+        tenant=args.tenant,
+        model=args.model,
+        port=args.port,
+        shipped_models=_repo_models_file(),
+    )
+
+
+def _cmd_reload(args: argparse.Namespace) -> int:
+    from .reloadcli import reload_command
+
+    path = _find_config(args.config)
+    if path is None:
+        return _fail("no config: pass --config node.toml (or set BASTION_CONFIG)")
+    return reload_command(path)
 
 
 # -- config check ----------------------------------------------------------------------------------
@@ -399,11 +416,22 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("name")
     models.set_defaults(func=_cmd_models)
 
-    keys = sub.add_parser("keys", help="API keys")
-    ksub = keys.add_subparsers(dest="keys_cmd", required=True)
-    create = ksub.add_parser("create", help="print a new key once, and its config line")
-    create.add_argument("--tenant", required=True)
+    from .keys import add_keys_commands
+
+    keys = sub.add_parser("keys", help="tenants' API keys (create, revoke, list)")
+    add_keys_commands(keys)
     keys.set_defaults(func=_cmd_keys)
+
+    init = sub.add_parser("init", help="write a production node.toml, its keys and a first API key")
+    init.add_argument("--dir", default=".", help="the folder for node.toml and its keys (default: .)")
+    init.add_argument("--tenant", default="default", help="the first tenant's name (default: default)")
+    init.add_argument("--model", help="the model it may use (default: the first in models.toml)")
+    init.add_argument("--port", type=int, default=8000)
+    init.set_defaults(func=_cmd_init)
+
+    reload = sub.add_parser("reload", help="the running node re-reads node.toml and its keys (no restart)")
+    reload.add_argument("--config", help="node.toml (default: $BASTION_CONFIG, ./node.toml)")
+    reload.set_defaults(func=_cmd_reload)
 
     config_cmd = sub.add_parser("config", help="node.toml")
     config_sub = config_cmd.add_subparsers(dest="config_cmd", required=True)

@@ -344,6 +344,11 @@ class Metrics:
 
     # --- the request path ---
 
+    def relabel(self, *, tenants: Iterable[str], models: Iterable[str]) -> None:
+        """A reload's tenants and model aliases become label values (series already made stay)."""
+        self._tenant = _Bound(tenants)
+        self._model = _Bound(models)
+
     def bound_labels(self, *, tenant: str, model: str, route: str) -> tuple[str, str, str]:
         return self._tenant(tenant), self._model(model), self._route(route)
 

@@ -28,6 +28,8 @@ from .budgets import BUDGETS_DB, postgres_url
 from .canaries import BASELINES_FILE
 from .config import ConfigError, NodeConfig, resolve
 from .feedback import secret_path
+from .keystore import KEYS_DB, KeyStore, KeyStoreError
+from .tenancy import TenantRegistry
 
 __all__ = ["ExitCode", "StartupError", "check_node", "listen_socket", "preflight"]
 
@@ -68,7 +70,7 @@ class StartupError(Exception):
 def data_files(data_dir: Path) -> list[Path]:
     """Every file the node writes in ``data_dir`` (model folders under ``models/`` are the operator's)."""
     files = [data_dir / BASELINES_FILE, secret_path(data_dir / FEEDBACK_DB)]
-    for db in (BUDGETS_DB, FEEDBACK_DB):
+    for db in (BUDGETS_DB, FEEDBACK_DB, KEYS_DB):
         files += [data_dir / (db + suffix) for suffix in ("", *SQLITE_SIDECARS)]
     return files
 
@@ -137,6 +139,8 @@ def check_node(
     if config.audit is not None:
         with problems.check(ExitCode.FILE_MODE, (AuditError,)):
             check_files(config.audit)
+    with problems.check(ExitCode.CONFIG, (KeyStoreError, ValueError)):
+        TenantRegistry(config.tenants, KeyStore.in_data_dir(data_dir).active())  # readable, ids unique
     models_dir = resolve(config_dir, config.models_file).parent
     for name in served:
         assert models is not None

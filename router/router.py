@@ -149,6 +149,21 @@ class Router:
     def aliases(self) -> list[str]:
         return sorted(self._routes)
 
+    def replace_routes(self, config: RouterConfig) -> None:
+        """Take ``config``'s routes for every request opened from now on (a reload).
+
+        Streams already open keep the route they were given. Providers and routing
+        options hold connections, breakers and timers: a change to them needs a
+        restart, and is a ``ValueError`` here that changes nothing.
+        """
+        if config.providers != self._config.providers or config.routing != self._config.routing:
+            raise ValueError("providers and [routing] options change only with a restart")
+        missing = {r.local for r in config.routes if r.local and r.local not in self._local}
+        if missing:
+            raise ValueError(f"routes name local models this node does not run: {sorted(missing)}")
+        self._config = config
+        self._routes = {r.alias: r for r in config.routes}
+
     def breaker_states(self) -> dict[str, str]:
         """``local:<model>`` and external provider names -> ``closed`` / ``open`` / ``half-open``."""
         states = {f"local:{k}": b.state.value for k, b in self._local_breakers.items()}

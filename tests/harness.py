@@ -104,11 +104,13 @@ async def running_node(
     providers: Mapping[str, Provider] | None = None,
     audit: AuditLog | None = None,
     limits: LimitState | None = None,
+    config_file: Path | None = None,
 ) -> AsyncIterator[RunningNode]:
     """The node under uvicorn on 127.0.0.1 (a free port), on this event loop.
 
     ``audit``: an opened log to use instead of the one the config names (the caller closes it);
-    ``limits``: opened tenant counters instead of those ``[state]`` names.
+    ``limits``: opened tenant counters instead of those ``[state]`` names;
+    ``config_file``: the file ``setup.config`` was read from, reloaded on SIGHUP and admin ``reload``.
     """
     app = create_app(
         setup.config,
@@ -117,6 +119,7 @@ async def running_node(
         providers=providers,
         audit=audit,
         limits=limits,
+        config_file=config_file,
     )
     # the node's own server settings ([server]: read deadlines, connection cap), on a free port
     server = uvicorn.Server(uvicorn_config(app, setup.config.server, port=0))
