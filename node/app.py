@@ -14,6 +14,7 @@ import hashlib
 import hmac
 import logging
 import os
+import socket
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -39,7 +40,7 @@ from .canaries import canary_job
 from .completions import handle_generation
 from .config import ConfigError, NodeConfig, resolve
 from .errors import AuditFailedError, exception_handlers
-from .feedback import FeedbackStore
+from .fleet_feedback import open_feedback
 from .keystore import KeyStore, flush_key_uses
 from .metrics import AuditStats, GpuTimeMeter, Metrics
 from .server import read_deadline_middleware
@@ -267,7 +268,12 @@ def create_app(
             )
             if log is not None:
                 state.feedback = await stack.enter_async_context(
-                    await FeedbackStore.open(resolve(base, config.data_dir) / FEEDBACK_DB)
+                    open_feedback(
+                        config.state,
+                        config_dir=base,
+                        path=resolve(base, config.data_dir) / FEEDBACK_DB,
+                        node=f"{socket.gethostname()}:{config.server.port}",
+                    )
                 )
             _wire_metric_sources(state)
             app.state.node = state

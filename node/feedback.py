@@ -30,9 +30,10 @@ import secrets
 import sqlite3
 import time
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 from types import TracebackType
-from typing import Annotated, Any, Final
+from typing import Annotated, Any, Final, Protocol
 
 import aiosqlite
 import msgspec
@@ -49,6 +50,7 @@ from .wire import decode_request
 __all__ = [
     "MAX_COMMENT_CHARS",
     "FeedbackExistsError",
+    "FeedbackIndex",
     "FeedbackRequest",
     "FeedbackStore",
     "FeedbackUnavailableError",
@@ -88,6 +90,23 @@ class FeedbackRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     #: -1 bad, 0 neutral, 1 good
     rating: Annotated[int, msgspec.Meta(ge=-1, le=1)]
     comment: Annotated[str, msgspec.Meta(max_length=MAX_COMMENT_CHARS)] | None = None
+
+
+class FeedbackIndex(Protocol):
+    """Which model served a tenant's request, and the one-rating rule beyond this node's log:
+    ``FeedbackStore`` for one node, ``node.fleet_feedback.FleetFeedback`` for a fleet."""
+
+    def claim(self, *, tenant: str, request_id: str) -> AbstractContextManager[None]: ...
+
+    async def remember(self, *, tenant: str, request_id: str, model: str) -> None: ...
+
+    async def model_of(self, *, tenant: str, request_id: str) -> str | None: ...
+
+    async def known(self, *, tenant: str, request_id: str) -> bool: ...
+
+    async def take_rating(self, *, tenant: str, request_id: str) -> None: ...
+
+    async def release_rating(self, *, tenant: str, request_id: str) -> None: ...
 
 
 class FeedbackStore:
@@ -161,6 +180,15 @@ class FeedbackStore:
             return None
         return None if row is None else str(row[0])
 
+    async def known(self, *, tenant: str, request_id: str) -> bool:
+        return False  # on one node, the audit log alone says whether a request exists
+
+    async def take_rating(self, *, tenant: str, request_id: str) -> None:
+        return None  # on one node, the log's feedback record and ``claim`` keep it to one
+
+    async def release_rating(self, *, tenant: str, request_id: str) -> None:
+        return None
+
     async def aclose(self) -> None:
         await self._conn.close()
 
@@ -205,24 +233,32 @@ async def submit_feedback(state: NodeState, tenant: str, body: FeedbackRequest) 
 
 
 async def _record_feedback(
-    state: NodeState, audit: AuditLog, store: FeedbackStore, tenant: str, body: FeedbackRequest
+    state: NodeState, audit: AuditLog, store: FeedbackIndex, tenant: str, body: FeedbackRequest
 ) -> dict[str, Any]:
-    hits = await audit.find(request_id=body.request_id, tenant=tenant)
-    if not any(h.type in _RATABLE for h in hits):
+    rid = body.request_id
+    hits = await audit.find(request_id=rid, tenant=tenant)
+    here = any(h.type in _RATABLE for h in hits)
+    # in a fleet, another node may have served it: the shared index knows
+    if not here and not await store.known(tenant=tenant, request_id=rid):
         raise RequestNotFoundError(
-            f"No request '{body.request_id}' was found for this API key's tenant.", param="request_id"
+            f"No request '{rid}' was found for this API key's tenant.", param="request_id"
         )
     if any(h.type == _FEEDBACK_EVENT for h in hits):
         raise FeedbackExistsError("This request has already been rated.", param="request_id")
-    model = await store.model_of(tenant=tenant, request_id=body.request_id)
-    await audit.append(
-        AuditEvent(
-            type=_FEEDBACK_EVENT,
-            tenant=tenant,
-            meta={"request_id": body.request_id, "rating": body.rating, "model": model or ""},
-            content=None if body.comment is None else {"comment": body.comment},
+    model = await store.model_of(tenant=tenant, request_id=rid)
+    await store.take_rating(tenant=tenant, request_id=rid)
+    try:
+        await audit.append(
+            AuditEvent(
+                type=_FEEDBACK_EVENT,
+                tenant=tenant,
+                meta={"request_id": rid, "rating": body.rating, "model": model or ""},
+                content=None if body.comment is None else {"comment": body.comment},
+            )
         )
-    )
+    except BaseException:
+        await store.release_rating(tenant=tenant, request_id=rid)
+        raise
     state.metrics.observe_feedback(model=model or OTHER, rating=body.rating)
     return {"object": "feedback", "request_id": body.request_id, "rating": body.rating}
 

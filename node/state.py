@@ -18,7 +18,7 @@ from .tenancy import TenantRegistry
 if TYPE_CHECKING:
     from serving.gpu import GpuSampler
 
-    from .feedback import FeedbackStore
+    from .feedback import FeedbackIndex
     from .metrics import GpuTimeMeter, Metrics
 
 __all__ = ["NodeState"]
@@ -35,7 +35,7 @@ class NodeState:
     audit: AuditLog | None
     metrics: Metrics
     gpu: GpuSampler | None = None
-    feedback: FeedbackStore | None = None
+    feedback: FeedbackIndex | None = None
     #: per local model: splits engine time among concurrent requests (GPU-seconds per request)
     gpu_meters: dict[str, GpuTimeMeter] = field(default_factory=dict)
     started_at: float = field(default_factory=time.time)

@@ -14,13 +14,15 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 
 import httpx
+import msgspec
 import psycopg
 import pytest
 
+from node.config import NodeConfig
 from router.pg_limits import PgLimits
 from serving.engine import LocalEngine
 from serving.protocol import Delta, GenerationRequest, Health, ProviderInfo
-from tests.harness import TINY, NodeSetup, bearer, node_setup, running_node
+from tests.harness import TINY, NodeSetup, bearer, chat, node_setup, running_node
 from tests.postgres import PostgresServer
 
 pytestmark = pytest.mark.engine
@@ -153,3 +155,62 @@ async def test_limits_fail_closed_when_postgres_is_down(
         finally:
             postgres.start()
         assert (await http.post("/v1/chat/completions", headers=key, json=BODY)).status_code == 200
+
+
+def _two_audited_nodes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pg_url: str
+) -> tuple[NodeSetup, NodeSetup]:
+    """Two nodes with one node.toml but each its own audit log, KEK and signing key."""
+    monkeypatch.setenv("BASTION_PG_URL", pg_url)
+    dirs = [tmp_path / "a", tmp_path / "b"]
+    for d in dirs:
+        d.mkdir(mode=0o700)
+    state = '[state]\npostgres_url_env = "BASTION_PG_URL"\ntimeout_s = 1.0\n'
+    a = node_setup(dirs[0], audit=True, extra=state)
+    own = node_setup(dirs[1], audit=True, extra=state).config
+    mine = {"audit": msgspec.to_builtins(own.audit), "data_dir": own.data_dir}
+    config_b = msgspec.convert(msgspec.to_builtins(a.config) | mine, NodeConfig)
+    return a, NodeSetup(config=config_b, config_dir=dirs[1], keys=a.keys)
+
+
+async def test_a_request_served_by_one_node_is_rated_once_through_any_node(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    pg_url: str,
+    postgres: PostgresServer,
+    local_engine: LocalEngine,
+) -> None:
+    setup_a, setup_b = _two_audited_nodes(tmp_path, monkeypatch, pg_url)
+    acme, globex = bearer(setup_a.keys["acme"]), bearer(setup_a.keys["globex"])
+    async with (
+        running_node(setup_a, {TINY: local_engine}) as a,
+        running_node(setup_b, {TINY: local_engine}) as b,
+        httpx.AsyncClient(base_url=a.url, timeout=60) as node_a,
+        httpx.AsyncClient(base_url=b.url, timeout=60) as node_b,
+    ):
+        request_id = await chat(node_a, setup_a.keys["acme"])
+        rating = {"request_id": request_id, "rating": 1}
+        other = await node_b.post("/v1/feedback", headers=globex, json=rating)
+        assert other.status_code == 404, other.text  # another tenant's request: not revealed
+        first = await node_b.post("/v1/feedback", headers=acme, json=rating)
+        assert first.status_code == 201, first.text
+        for node in (node_a, node_b):  # one rating per request, whichever node is asked
+            again = await node.post("/v1/feedback", headers=acme, json=rating)
+            assert again.status_code == 409, again.text
+            assert again.json()["error"]["code"] == "feedback_exists"
+        assert b.state.audit is not None
+        hits = await b.state.audit.find(request_id=request_id, tenant="acme")
+        assert [h.type for h in hits] == ["feedback"]  # recorded in the log of the node that took it
+
+        unrated = await chat(node_a, setup_a.keys["acme"])
+        postgres.stop()
+        try:
+            refused = await node_b.post(
+                "/v1/feedback", headers=acme, json={"request_id": unrated, "rating": -1}
+            )
+            assert refused.status_code == 503, refused.text
+            assert refused.json()["error"]["code"] == "feedback_unavailable"
+        finally:
+            postgres.start()
+        late = await node_b.post("/v1/feedback", headers=acme, json={"request_id": unrated, "rating": -1})
+        assert late.status_code == 201, late.text
