@@ -9,6 +9,7 @@ take the server away and bring it back on the same port and data.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import secrets
@@ -46,9 +47,40 @@ def _free_port() -> int:
         return port
 
 
+_PREFIX = "bastion-pg-"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 class PostgresServer:
+    @classmethod
+    def reap_orphans(cls) -> None:
+        """Stop and remove servers whose test process died without stopping them (a killed run)."""
+        for root in Path(tempfile.gettempdir()).glob(_PREFIX + "*"):
+            try:
+                owner = int((root / "owner.pid").read_text())
+            except (OSError, ValueError):
+                continue
+            if _alive(owner):
+                continue
+            orphan = cls.__new__(cls)
+            orphan.root, orphan.data, orphan._as_root = root, root / "data", os.geteuid() == 0
+            with contextlib.suppress(RuntimeError, subprocess.TimeoutExpired):
+                orphan.close()
+            shutil.rmtree(root, ignore_errors=True)
+
     def __init__(self) -> None:
-        self.root = Path(tempfile.mkdtemp(prefix="bastion-pg-"))
+        self.reap_orphans()
+        self.root = Path(tempfile.mkdtemp(prefix=_PREFIX))
+        (self.root / "owner.pid").write_text(str(os.getpid()))
         self.data = self.root / "data"
         self.password = secrets.token_urlsafe(18)
         self.port = _free_port()
@@ -91,9 +123,11 @@ class PostgresServer:
         self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop")
 
     def close(self) -> None:
-        if (self.data / "postmaster.pid").exists():
-            self.stop()
-        shutil.rmtree(self.root, ignore_errors=True)
+        try:
+            if (self.data / "postmaster.pid").exists():
+                self.stop()
+        finally:
+            shutil.rmtree(self.root, ignore_errors=True)
 
     def _run(self, tool: str, *args: str) -> None:
         command = [str(PG_BIN / tool), *args]
