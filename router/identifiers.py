@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from importlib import resources
 
 from email_validator import EmailNotValidError, validate_email
-from stdnum import ean, iban, isbn, luhn
+from stdnum import ean, iban, isbn, luhn, numdb
 from stdnum.be import nn
 from stdnum.de import idnr
 from stdnum.es import dni, nie
@@ -30,7 +31,18 @@ from stdnum.nl import bsn
 from stdnum.pl import pesel
 from stdnum.us import ssn
 
-__all__ = ["Ranges", "Span", "find_identifiers", "islands", "label_before", "not_personal_label", "scan"]
+__all__ = [
+    "Ranges",
+    "Runs",
+    "Span",
+    "digit_runs",
+    "find_identifiers",
+    "islands",
+    "label_before",
+    "not_personal_label",
+    "scan",
+    "scan_runs",
+]
 
 Span = tuple[int, int, str]  # start, end, type
 
@@ -41,6 +53,7 @@ _LOCAL_MAX = 64
 _DOMAIN_MAX = 255
 _LABEL_WINDOW = 40
 Ranges = list[tuple[int, int]]
+Runs = list[tuple[int, int, int]]  # start, end with room for lookaheads, length of the run
 # Labels of numbers that identify things, not people (EN, DE, FR, NL, ES, IT, PL).
 _NOT_PERSONAL = re.compile(
     r"\b(?:order|invoice|ref|reference|ticket|case|tracking|transaction|txn|batch|serial|sku|"
@@ -58,7 +71,7 @@ _COUNTRY_CODE = re.compile(r"(?:\+|\b00)\d{1,3}[ .-]?\(?$")
 _DIGIT_OR_CLAUSE = re.compile(r"[\d,;!?\n]")
 
 
-_Detector = Callable[[str, "Ranges"], Iterator[Span]]
+_Detector = Callable[[str, "_Scope"], Iterator[Span]]
 
 
 def label_before(text: str, start: int) -> str:
@@ -96,12 +109,15 @@ def _email(text: str) -> Iterator[Span]:
         yield start, m.end(), "EMAIL"
 
 
-def _shrinking(pattern: str, valid: Callable[[str], bool], kind: str, flags: int = 0) -> _Detector:
-    """Matches of ``pattern`` that ``valid`` accepts, dropping trailing groups until one does."""
+def _shrinking(
+    pattern: str, valid: Callable[[str], bool], kind: str, flags: int = 0, *, run: int = 0
+) -> _Detector:
+    """Matches of ``pattern`` that ``valid`` accepts, dropping trailing groups until one does;
+    ``run``: see ``_Scope.scan``."""
     compiled = re.compile(pattern, flags)
 
-    def detect(text: str, ranges: Ranges) -> Iterator[Span]:
-        for m in scan(compiled, text, ranges):
+    def detect(text: str, scope: _Scope) -> Iterator[Span]:
+        for m in scope.scan(compiled, text, run):
             start, end = m.start(), m.end()
             while end > start:
                 if valid(text[start:end]):
@@ -116,15 +132,15 @@ def _shrinking(pattern: str, valid: Callable[[str], bool], kind: str, flags: int
 
 
 def _labelled(
-    pattern: str, valid: Callable[[str], bool], label: str, kind: str, *, vetoed: bool = True
+    pattern: str, valid: Callable[[str], bool], label: str, kind: str, *, run: int, vetoed: bool = True
 ) -> _Detector:
     """Candidates that pass ``valid``; those matching ``label`` need it just before them,
-    and none may carry a not-personal label when ``vetoed``."""
+    and none may carry a not-personal label when ``vetoed``; ``run``: see ``_Scope.scan``."""
     compiled = re.compile(pattern)
     needs = re.compile(label)
 
-    def detect(text: str, ranges: Ranges) -> Iterator[Span]:
-        for m in scan(compiled, text, ranges):
+    def detect(text: str, scope: _Scope) -> Iterator[Span]:
+        for m in scope.scan(compiled, text, run):
             value = m.group(0)
             if not valid(value):
                 continue
@@ -177,20 +193,65 @@ def _luhn(digits: str) -> bool:
 
 def _card(value: str) -> bool:
     d = _digits(value)
-    # Our own Luhn first: it rejects nine in ten candidates at a fraction of stdnum's cost.
-    return 14 <= len(d) <= 19 and _issuer(d) and _luhn(d) and luhn.is_valid(d) and not ean.is_valid(d)
+    # Our own Luhn first: it rejects nine in ten candidates at a fraction of stdnum's cost, and on
+    # ASCII digits it is stdnum's; of the EAN lengths (8, 12, 13, 14) a card can only have 14.
+    return (
+        14 <= len(d) <= 19
+        and _issuer(d)
+        and _luhn(d)
+        and (d.isascii() or luhn.is_valid(d))
+        and not (_may_be(d, 14) and ean.is_valid(d))
+    )
+
+
+def _may_be(digits: str, *lengths: int) -> bool:
+    """Whether stdnum could accept ``digits`` as a number of one of ``lengths``: on ASCII digits
+    (which its cleaning leaves as they are) only at those lengths."""
+    return len(digits) in lengths or not digits.isascii()
+
+
+def _weighted(digits: str, weights: Iterable[int]) -> int:
+    return sum(w * (ord(c) - 48) for w, c in zip(weights, digits, strict=True))
+
+
+def _nn(digits: str) -> bool:
+    """Belgian national number: its mod 97 check (born before or after 2000) before stdnum's."""
+    if digits.isascii() and digits.isdigit() and len(digits) == 11:
+        base, check = int(digits[:9]), int(digits[9:])
+        if 97 - base % 97 != check and 97 - (2_000_000_000 + base) % 97 != check:
+            return False
+    return nn.is_valid(digits)
+
+
+def _nhs(digits: str) -> bool:
+    """UK NHS number: its mod 11 check before stdnum's."""
+    if digits.isascii() and digits.isdigit() and len(digits) == 10:
+        if _weighted(digits, range(10, 0, -1)) % 11:
+            return False
+    return nhs.is_valid(digits)
+
+
+def _bsn(digits: str) -> bool:
+    """Dutch BSN: its eleven-test before stdnum's."""
+    if digits.isascii() and digits.isdigit() and len(digits) == 9:
+        if (_weighted(digits[:8], range(9, 1, -1)) - (ord(digits[8]) - 48)) % 11:
+            return False
+    return bsn.is_valid(digits)
 
 
 _CARD_RUN = re.compile(r"(?<![\w.,-])\d(?:[ -]?\d){13,18}(?![\w]|[.,-]\d)")
 
 
-def _cards(text: str, ranges: Ranges) -> Iterator[Span]:
-    for m in scan(_CARD_RUN, text, ranges):
+def _cards(text: str, scope: _Scope) -> Iterator[Span]:
+    for m in scope.scan(_CARD_RUN, text, 14):
         start, end = m.start(), m.end()
         while end > start:
             value = text[start:end]
             if _card(value):
-                if not not_personal_label(text, m.start()) and not isbn.is_valid(_digits(value)):
+                digits = _digits(value)
+                if not not_personal_label(text, m.start()) and not (
+                    _may_be(digits, 10, 13) and isbn.is_valid(digits)
+                ):
                     yield start, end, "CARD"
                 break
             cut = max(text.rfind(" ", start, end), text.rfind("-", start, end))
@@ -202,15 +263,44 @@ def _cards(text: str, ranges: Ranges) -> Iterator[Span]:
 _IBAN_NOISE = re.compile(r"[ -]")
 
 
+def _bban_patterns() -> dict[str, re.Pattern[str] | None]:
+    """Each IBAN country's BBAN structure from python-stdnum's registry (``4!n4!n12!c``) as one
+    pattern, converted the way stdnum converts it; ``None`` for a country with a national check of
+    its own (BE, ES, ME, NO), which stdnum then runs in full."""
+    own = {d.name.upper() for d in resources.files("stdnum").iterdir() if d.joinpath("iban.py").is_file()}
+    props: dict[str, dict[str, str]] = {}
+    for length, low, high, found, _ in numdb.get("iban").prefixes:
+        if length != 2 or low != high:
+            return {}  # not keyed by country alone: stdnum decides every number
+        props.setdefault(low, {}).update(found)
+    shape = {"n": "[0-9]", "a": "[A-Z]", "c": "[A-Za-z0-9]"}
+    return {
+        cc: None
+        if cc in own
+        else re.compile(_BBAN_PART.sub(lambda m: f"{shape[m.group(2)]}{{{m.group(1)}}}", p.get("bban", "")))
+        for cc, p in props.items()
+    }
+
+
+_BBAN_PART = re.compile(r"([1-9][0-9]*)!([nac])")
+_BBAN = _bban_patterns()
+
+
 def _iban(value: str) -> bool:
     compact = _IBAN_NOISE.sub("", value).upper()
     if not 15 <= len(compact) <= 34 or not compact.isalnum():
         return False
-    # ISO 13616 mod 97 first (cheap); stdnum then checks the country's length and structure.
+    # ISO 13616 mod 97, then the country's BBAN structure: python-stdnum's checks, without its
+    # per-call registry lookup and pattern building (most of the detector's time).
     rearranged = compact[4:] + compact[:4]
     if int("".join(str(int(c, 36)) for c in rearranged)) % 97 != 1:
         return False
-    return iban.is_valid(compact)
+    if not _BBAN:
+        return iban.is_valid(compact)
+    if compact[:2] not in _BBAN:
+        return False
+    bban = _BBAN[compact[:2]]
+    return iban.is_valid(compact) if bban is None else bban.fullmatch(compact[4:]) is not None
 
 
 def _codice_fiscale(value: str) -> bool:
@@ -233,8 +323,8 @@ _NINO = re.compile(
 )
 
 
-def _ninos(text: str, ranges: Ranges) -> Iterator[Span]:
-    for m in scan(_NINO, text, ranges):
+def _ninos(text: str, scope: _Scope) -> Iterator[Span]:
+    for m in scope.scan(_NINO, text):
         value = m.group(0)
         if value.upper() == value or value.lower() == value:  # not an accidental mixed-case word
             yield m.start(), m.end(), "NATIONAL_ID"
@@ -252,12 +342,21 @@ _IPV4 = re.compile(r"(?<![\w.])(?:\d{1,3}\.){3}\d{1,3}(?!\.?\w)")
 _IPV6 = re.compile(r"(?<![\w:])(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4}(?![\w:])")
 
 
-def _ips(text: str, ranges: Ranges) -> Iterator[Span]:
-    for m in scan(_IPV4, text, ranges):
-        if _is_ip(m.group(0)) and not not_personal_label(text, m.start()):
+def _is_ipv4(value: str) -> bool:
+    # What ip_address accepts of a dotted quad, without its failed IPv6 attempt.
+    try:
+        ipaddress.IPv4Address(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _ips(text: str, scope: _Scope) -> Iterator[Span]:
+    for m in scope.scan(_IPV4, text, 7):
+        if _is_ipv4(m.group(0)) and not not_personal_label(text, m.start()):
             yield m.start(), m.end(), "IP_ADDRESS"
     if ":" in text:
-        for m in scan(_IPV6, text, ranges):
+        for m in scope.scan(_IPV6, text):
             if _is_ip(m.group(0)) and m.group(0).count(":") >= 2 and any(c.isalnum() for c in m.group(0)):
                 yield m.start(), m.end(), "IP_ADDRESS"
 
@@ -276,41 +375,45 @@ _DETECTORS: tuple[_Detector, ...] = (
         re.IGNORECASE,
     ),
     _shrinking(r"\b[XYZxyz][ -]?\d{7}[ -]?[A-Za-z]\b", _nie, "NATIONAL_ID"),
-    _shrinking(r"(?<![\w.])\d{2}\.?\d{3}\.?\d{3}[ -]?[A-Za-z]\b", _dni, "NATIONAL_ID"),
+    _shrinking(r"(?<![\w.])\d{2}\.?\d{3}\.?\d{3}[ -]?[A-Za-z]\b", _dni, "NATIONAL_ID", run=8),
     _ninos,
     # Belgian national number: YY.MM.DD-SSS.CC and its looser writings.
     _labelled(
         _EDGE_L + r"\d{2}\.?\d{2}\.?\d{2}[ -]?\d{3}[ .-]?\d{2}" + _EDGE_R,
-        lambda v: nn.is_valid(_digits(v)),
+        lambda v: _nn(_digits(v)),
         "",
         "NATIONAL_ID",
+        run=11,
     ),
     # French NIR (sécurité sociale), 15 characters with its key.
     _shrinking(r"\b[12] ?\d{2} ?\d{2} ?(?:\d{2}|2[AB]) ?\d{3} ?\d{3} ?\d{2}\b", nir.is_valid, "NATIONAL_ID"),
     # Polish PESEL: eleven digits with a birth date and a check digit.
-    _labelled(_EDGE_L + r"\d{11}" + _EDGE_R, lambda v: pesel.is_valid(v), "", "NATIONAL_ID"),
+    _labelled(_EDGE_L + r"\d{11}" + _EDGE_R, lambda v: pesel.is_valid(v), "", "NATIONAL_ID", run=11),
     # German tax id (IdNr).
     _labelled(
         _EDGE_L + r"\d{2} ?\d{3} ?\d{3} ?\d{3}" + _EDGE_R,
         lambda v: idnr.is_valid(_digits(v)),
         "",
         "NATIONAL_ID",
+        run=11,
     ),
     # UK NHS number 3-3-4; ten bare digits only after "NHS".
     _labelled(
         _EDGE_L + r"(?:\d{3}[ -]\d{3}[ -]\d{4}|(?P<bare>\d{10}))" + _EDGE_R,
-        lambda v: nhs.is_valid(_digits(v)),
+        lambda v: _nhs(_digits(v)),
         r"\bnhs\b",
         "NATIONAL_ID",
+        run=10,
     ),
     # Dutch BSN: 4-2-3 or 3-3-3 grouped; nine bare digits only after its label.
     _labelled(
         _EDGE_L
         + r"(?:\d{4}\.\d{2}\.\d{3}|\d{3}[ .]\d{3}[ .]\d{3}|\d{4} \d{2} \d{3}|(?P<bare>\d{9}))"
         + _EDGE_R,
-        lambda v: bsn.is_valid(_digits(v)),
+        lambda v: _bsn(_digits(v)),
         r"\b(?:bsn|burgerservice|sofi|citizen service)",
         "NATIONAL_ID",
+        run=9,
     ),
     # US SSN: 3-2-4 with dashes or spaces; nine bare digits only after its label.
     _labelled(
@@ -318,6 +421,7 @@ _DETECTORS: tuple[_Detector, ...] = (
         lambda v: ssn.is_valid(_digits(v)),
         r"\b(?:ssn|social security|ss#)",
         "NATIONAL_ID",
+        run=9,
     ),
     _cards,
     _shrinking(
@@ -355,22 +459,85 @@ def scan(pattern: re.Pattern[str], text: str, ranges: Ranges) -> list[re.Match[s
     return [m for start, end in ranges for m in pattern.finditer(text, start, end)]
 
 
+# A digit with what may stand around it in a number: the characters of every pattern that a
+# digit, "+" or "(" leads (a card, a phone number, an IPv4 address, most national ids).
+_RUN = re.compile(r"[+(]*\d[\d \t.,:/()+\-]*")
+# What such a pattern reads past a run: a letter (DNI) and a two-character lookahead.
+_RUN_PAD = 4
+
+
+def digit_runs(text: str, ranges: Ranges) -> Runs:
+    """The digit runs within ``ranges``, each with room for what a pattern reads after it."""
+    return [
+        (m.start(), min(m.end() + _RUN_PAD, end), m.end() - m.start())
+        for start, end in ranges
+        for m in _RUN.finditer(text, start, end)
+    ]
+
+
+def scan_runs(pattern: re.Pattern[str], text: str, runs: Runs, shortest: int) -> list[re.Match[str]]:
+    """Matches of a pattern that a digit, "+" or "(" leads, made of run characters and at most
+    one letter after them, whose run part is at least ``shortest`` long: the same matches as
+    ``scan`` over the ranges the runs came from, in a fraction of the text."""
+    found: list[re.Match[str]] = []
+    start, end = -1, -1
+    for s, e, length in runs:
+        if length < shortest:
+            continue  # too short for a match: its padding may overlap the next run, unscanned
+        if s < end:  # overlapping paddings: one stretch, as in the range
+            end = max(end, e)
+            continue
+        if end > start:
+            found.extend(pattern.finditer(text, start, end))
+        start, end = s, e
+    if end > start:
+        found.extend(pattern.finditer(text, start, end))
+    return found
+
+
+class _Scope:
+    """Where the detectors still look in one text: ``islands`` for every pattern, and the digit
+    runs in them for the patterns a digit leads; cut as detectors claim spans."""
+
+    __slots__ = ("ranges", "runs")
+
+    def __init__(self, text: str, ranges: Ranges) -> None:
+        self.ranges = ranges
+        self.runs = digit_runs(text, ranges)
+
+    def scan(self, pattern: re.Pattern[str], text: str, run: int = 0) -> list[re.Match[str]]:
+        """Matches of ``pattern``; ``run`` > 0 for a pattern a digit leads whose run part is at
+        least that long (scanned in the runs only), 0 for any other (scanned in the ranges)."""
+        return scan_runs(pattern, text, self.runs, run) if run else scan(pattern, text, self.ranges)
+
+    def cut(self, spans: list[Span]) -> None:
+        self.ranges = _without(self.ranges, spans)
+        # A cut run keeps its length: an upper bound, so no run that could hold a match is skipped.
+        runs: Runs = []
+        for start, end, length in self.runs:
+            if any(s < end and start < e for s, e, _ in spans):
+                runs.extend((s, e, length) for s, e in _without([(start, end)], spans))
+            else:
+                runs.append((start, end, length))
+        self.runs = runs
+
+
 def find_identifiers(text: str, ranges: Ranges) -> list[Span]:
     """Non-overlapping spans of every structured type, the most specific detector first;
     ``ranges`` are ``islands(text)``. What one detector claims, later ones do not look at."""
     taken: list[Span] = list(_email(text)) if "@" in text else []
-    ranges = _without(ranges, taken)
+    scope = _Scope(text, _without(ranges, taken))
     for detect in _DETECTORS:
-        if not ranges:
+        if not scope.ranges:
             break
-        found = [s for s in detect(text, ranges) if all(s[1] <= t[0] or s[0] >= t[1] for t in taken)]
+        found = [s for s in detect(text, scope) if all(s[1] <= t[0] or s[0] >= t[1] for t in taken)]
         kept: list[Span] = []
         for span in found:  # a detector's own candidates may overlap too: the first wins
             if all(span[1] <= k[0] or span[0] >= k[1] for k in kept):
                 kept.append(span)
         if kept:
             taken.extend(kept)
-            ranges = _without(ranges, kept)
+            scope.cut(kept)
     return taken
 
 

@@ -17,12 +17,14 @@ from collections.abc import Iterator, Sequence
 
 import phonenumbers
 
-from router.identifiers import Ranges, Span, not_personal_label, scan
+from router.identifiers import Ranges, Span, digit_runs, not_personal_label, scan_runs
 
 __all__ = ["PhoneDetector"]
 
 # A run of digits with the separators phone numbers are written with, after +, 00 or (.
 _RUN = re.compile(r"(?<![\w+.,/-])(?:\+|\(\+?)?\d[\d \t().\-/]{4,24}\d(?![\w]|[.,]\d)")
+# The shortest run _RUN matches: a digit, four characters, a digit.
+_SHORTEST_RUN = 6
 _MIN_DIGITS = 7
 _MAX_DIGITS = 15
 _GROUPS = re.compile(r"\d+")
@@ -76,6 +78,9 @@ class PhoneDetector:
         # costs a fraction of a full parse.
         self._plan: dict[str, re.Pattern[str]] = {}
         self._code: dict[str, int] = {}
+        # Per region with a code: its number types, compiled once (phonenumbers looks each
+        # pattern up again on every check).
+        self._types: dict[str, tuple[_Desc, tuple[_Desc, ...]]] = {}
         for r in self._regions:
             md = phonenumbers.PhoneMetadata.metadata_for_region(r)
             if md is None:
@@ -86,6 +91,7 @@ class PhoneDetector:
             # A plain trunk prefix (or none) lets the number be built without a full parse.
             if md.national_prefix_for_parsing in (None, md.national_prefix) and md.country_code is not None:
                 self._code[r] = md.country_code
+                self._types[r] = _number_types(md)
 
     @property
     def regions(self) -> tuple[str, ...]:
@@ -95,7 +101,7 @@ class PhoneDetector:
         """Phone numbers in ``text`` within ``ranges`` (``islands(text)``); ``memo`` caches
         verdicts by run within one request."""
         memo = {} if memo is None else memo
-        for run in scan(_RUN, text, ranges):
+        for run in scan_runs(_RUN, text, digit_runs(text, ranges), _SHORTEST_RUN):
             value = run.group(0)
             start, end = run.start(), run.end()
             if value.startswith("(") and ")" not in value:
@@ -158,18 +164,55 @@ class PhoneDetector:
                 continue
             code = self._code.get(region)
             if code is not None and national:
+                # The national significant number phonenumbers builds from these digits.
                 zeros = len(national) - len(national.lstrip("0"))
-                number = phonenumbers.PhoneNumber(
-                    country_code=code,
-                    national_number=int(national),
-                    italian_leading_zero=zeros > 0 or None,
-                    number_of_leading_zeros=zeros if zeros > 1 else None,
-                )
-                if phonenumbers.is_valid_number_for_region(number, region):
+                if self._valid_for(region, "0" * zeros + str(int(national))):
                     return True
             elif _is_valid(value, region):
                 return True
         return False
+
+    def _valid_for(self, region: str, nsn: str) -> bool:
+        """phonenumbers.is_valid_number_for_region for a number of ``region``'s own country code:
+        the general pattern and one of the number types match."""
+        general, types = self._types[region]
+        return _matches(general, nsn) and any(_matches(desc, nsn) for desc in types)
+
+
+# A number type's possible lengths (empty: any) and pattern; None where the type has no pattern.
+_Desc = tuple[frozenset[int], re.Pattern[str]] | None
+
+
+def _desc(desc: phonenumbers.PhoneNumberDesc | None) -> _Desc:
+    if desc is None or not desc.national_number_pattern:
+        return None
+    return frozenset(desc.possible_length), re.compile(desc.national_number_pattern)
+
+
+def _matches(desc: _Desc, nsn: str) -> bool:
+    if desc is None:
+        return False
+    lengths, pattern = desc
+    return (not lengths or len(nsn) in lengths) and pattern.fullmatch(nsn) is not None
+
+
+def _number_types(md: phonenumbers.PhoneMetadata) -> tuple[_Desc, tuple[_Desc, ...]]:
+    """The general description and, in phonenumbers' order, the types that make a number valid;
+    mobile only where its pattern is not the fixed line's (phonenumbers does not try it then)."""
+    types = [
+        md.premium_rate,
+        md.toll_free,
+        md.shared_cost,
+        md.voip,
+        md.personal_number,
+        md.pager,
+        md.uan,
+        md.voicemail,
+        md.fixed_line,
+    ]
+    if not md.same_mobile_and_fixed_line_pattern:
+        types.append(md.mobile)
+    return _desc(md.general_desc), tuple(_desc(t) for t in types)
 
 
 def _is_valid(value: str, region: str | None) -> bool:
