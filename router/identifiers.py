@@ -282,6 +282,8 @@ def _bban_patterns() -> dict[str, re.Pattern[str] | None]:
     }
 
 
+# A letter as its ISO 13616 number (A = 10 ... Z = 35).
+_BASE36 = {ord(c): str(n) for n, c in enumerate("ABCDEFGHIJKLMNOPQRSTUVWXYZ", 10)}
 _BBAN_PART = re.compile(r"([1-9][0-9]*)!([nac])")
 _BBAN = _bban_patterns()
 
@@ -293,7 +295,7 @@ def _iban(value: str) -> bool:
     # ISO 13616 mod 97, then the country's BBAN structure: python-stdnum's checks, without its
     # per-call registry lookup and pattern building (most of the detector's time).
     rearranged = compact[4:] + compact[:4]
-    if int("".join(str(int(c, 36)) for c in rearranged)) % 97 != 1:
+    if int(rearranged.translate(_BASE36)) % 97 != 1:
         return False
     if not _BBAN:
         return iban.is_valid(compact)
@@ -513,11 +515,19 @@ class _Scope:
     def cut(self, spans: list[Span]) -> None:
         self.ranges = _without(self.ranges, spans)
         # A cut run keeps its length: an upper bound, so no run that could hold a match is skipped.
+        cuts = sorted((s, e) for s, e, _ in spans)
         runs: Runs = []
+        first = 0
         for start, end, length in self.runs:
-            if any(s < end and start < e for s, e, _ in spans):
-                runs.extend((s, e, length) for s, e in _without([(start, end)], spans))
-            else:
+            while first < len(cuts) and cuts[first][1] <= start:
+                first += 1
+            for s, e in cuts[first:]:
+                if s >= end:
+                    break
+                if s > start:
+                    runs.append((start, s, length))
+                start = max(start, e)
+            if start < end:
                 runs.append((start, end, length))
         self.runs = runs
 

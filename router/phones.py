@@ -139,9 +139,9 @@ class PhoneDetector:
         if international:
             if not value.startswith(("+", "(+")):
                 value = "+" + value.lstrip("(")[2:]
-            return _MIN_DIGITS <= len(digits) - 2 * (digits[:2] == "00") <= _MAX_DIGITS and _is_valid(
-                value, None
-            )
+            return _MIN_DIGITS <= len(digits) - 2 * (
+                digits[:2] == "00"
+            ) <= _MAX_DIGITS and self._international(value)
         if not _MIN_DIGITS <= len(digits) <= _MAX_DIGITS or _date_like(groups) or _holds_date(groups):
             return False
         if any(_date_like(_GROUPS.findall(token)) for token in value.split() if not token.isdigit()):
@@ -171,6 +171,18 @@ class PhoneDetector:
             elif _is_valid(value, region):
                 return True
         return False
+
+    def _international(self, value: str) -> bool:
+        """phonenumbers.parse then is_valid_number; a country code of one region that is
+        configured is checked against the patterns compiled here."""
+        try:
+            number = phonenumbers.parse(value, None)
+        except phonenumbers.NumberParseException:
+            return False
+        regions = phonenumbers.COUNTRY_CODE_TO_REGION_CODE.get(number.country_code, ())
+        if len(regions) == 1 and self._code.get(regions[0]) == number.country_code:
+            return self._valid_for(regions[0], phonenumbers.national_significant_number(number))
+        return bool(phonenumbers.is_valid_number(number))
 
     def _valid_for(self, region: str, nsn: str) -> bool:
         """phonenumbers.is_valid_number_for_region for a number of ``region``'s own country code:
