@@ -179,7 +179,7 @@ class PhoneDetector:
             number = phonenumbers.parse(value, None)
         except phonenumbers.NumberParseException:
             return False
-        regions = phonenumbers.COUNTRY_CODE_TO_REGION_CODE.get(number.country_code, ())
+        regions = phonenumbers.COUNTRY_CODE_TO_REGION_CODE.get(number.country_code or 0, ())
         if len(regions) == 1 and self._code.get(regions[0]) == number.country_code:
             return self._valid_for(regions[0], phonenumbers.national_significant_number(number))
         return bool(phonenumbers.is_valid_number(number))
