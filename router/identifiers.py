@@ -462,8 +462,10 @@ def scan(pattern: re.Pattern[str], text: str, ranges: Ranges) -> list[re.Match[s
 
 
 # A digit with what may stand around it in a number: the characters of every pattern that a
-# digit, "+" or "(" leads (a card, a phone number, an IPv4 address, most national ids).
-_RUN = re.compile(r"[+(]*\d[\d \t.,:/()+\-]*")
+# digit, "+" or "(" leads (a card, a phone number, an IPv4 address, most national ids). Runs
+# shorter than a digit and four more characters after their "+(" are left out: the shortest
+# such pattern (a phone number) needs six after them.
+_RUN = re.compile(r"[+(]*\d[\d \t.,:/()+\-]{4,}")
 # What such a pattern reads past a run: a letter (DNI) and a two-character lookahead.
 _RUN_PAD = 4
 
