@@ -16,7 +16,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Callable, Iterable, Iterator
-from importlib import resources
+from importlib import import_module, resources
 
 from email_validator import EmailNotValidError, validate_email
 from stdnum import ean, iban, isbn, luhn, numdb
@@ -263,11 +263,15 @@ def _cards(text: str, scope: _Scope) -> Iterator[Span]:
 _IBAN_NOISE = re.compile(r"[ -]")
 
 
-def _bban_patterns() -> dict[str, re.Pattern[str] | None]:
+def _bban_patterns() -> dict[str, re.Pattern[str] | Callable[[str], bool]]:
     """Each IBAN country's BBAN structure from python-stdnum's registry (``4!n4!n12!c``) as one
-    pattern, converted the way stdnum converts it; ``None`` for a country with a national check of
-    its own (BE, ES, ME, NO), which stdnum then runs in full."""
-    own = {d.name.upper() for d in resources.files("stdnum").iterdir() if d.joinpath("iban.py").is_file()}
+    pattern, converted the way stdnum converts it; for a country with a national check of its own
+    (BE, ES, ME, NO), that module's ``is_valid``, which runs stdnum's generic checks too."""
+    own = {
+        d.name.rstrip("_").upper(): import_module(f"stdnum.{d.name}.iban").is_valid
+        for d in resources.files("stdnum").iterdir()
+        if d.joinpath("iban.py").is_file()
+    }
     props: dict[str, dict[str, str]] = {}
     for length, low, high, found, _ in numdb.get("iban").prefixes:
         if length != 2 or low != high:
@@ -275,7 +279,7 @@ def _bban_patterns() -> dict[str, re.Pattern[str] | None]:
         props.setdefault(low, {}).update(found)
     shape = {"n": "[0-9]", "a": "[A-Z]", "c": "[A-Za-z0-9]"}
     return {
-        cc: None
+        cc: own[cc]
         if cc in own
         else re.compile(_BBAN_PART.sub(lambda m: f"{shape[m.group(2)]}{{{m.group(1)}}}", p.get("bban", "")))
         for cc, p in props.items()
@@ -301,8 +305,10 @@ def _iban(value: str) -> bool:
         return iban.is_valid(compact)
     if compact[:2] not in _BBAN:
         return False
-    bban = _BBAN[compact[:2]]
-    return iban.is_valid(compact) if bban is None else bban.fullmatch(compact[4:]) is not None
+    check = _BBAN[compact[:2]]
+    if isinstance(check, re.Pattern):
+        return check.fullmatch(compact[4:]) is not None
+    return check(compact)
 
 
 def _codice_fiscale(value: str) -> bool:
@@ -332,9 +338,11 @@ def _ninos(text: str, scope: _Scope) -> Iterator[Span]:
             yield m.start(), m.end(), "NATIONAL_ID"
 
 
-def _is_ip(value: str) -> bool:
+def _is_ipv6(value: str) -> bool:
+    # What ip_address accepts of a text with colons (never an IPv4 address), without the failing
+    # IPv4 attempt.
     try:
-        ipaddress.ip_address(value)
+        ipaddress.IPv6Address(value)
     except ValueError:
         return False
     return True
@@ -359,7 +367,7 @@ def _ips(text: str, scope: _Scope) -> Iterator[Span]:
             yield m.start(), m.end(), "IP_ADDRESS"
     if ":" in text:
         for m in scope.scan(_IPV6, text):
-            if _is_ip(m.group(0)) and m.group(0).count(":") >= 2 and any(c.isalnum() for c in m.group(0)):
+            if _is_ipv6(m.group(0)) and m.group(0).count(":") >= 2 and any(c.isalnum() for c in m.group(0)):
                 yield m.start(), m.end(), "IP_ADDRESS"
 
 
