@@ -29,6 +29,7 @@ from audit import AuditEvent, AuditLog
 from router import Router
 from router.config import RouteConfig, RouterConfig
 from router.limits import LimitState
+from serving.embedding import Embedder
 from serving.errors import AuthenticationError, EngineUnavailableError
 from serving.gpu import GpuSampler, load_nvml
 from serving.models import ModelsFile, load_models_file, resolve_model_dir
@@ -39,6 +40,7 @@ from .budgets import open_limits
 from .canaries import canary_job
 from .completions import handle_generation
 from .config import ConfigError, NodeConfig, resolve
+from .embeddings import handle_embeddings
 from .errors import AuditFailedError, exception_handlers
 from .fleet_feedback import open_feedback
 from .keystore import KeyStore, flush_key_uses
@@ -120,6 +122,11 @@ def served_models(config: NodeConfig, models: ModelsFile) -> list[str]:
                 f"route {route.alias!r} names local model {route.local!r}, which is not in the models file"
                 + _closest(route.local, known)
             )
+        elif route.local and models.get(route.local).task == "embed":
+            problems.append(
+                f"route {route.alias!r} names local model {route.local!r}, an embedding model: routes carry "
+                "chat and completions; tenants name embedding models directly"
+            )
     tenant_models = {m for t in config.tenants for m in t.models}
     # free-text redaction models run here, never elsewhere: each must be a served local model
     redacting = {t.redaction.ner_model for t in config.tenants if t.redaction.ner_model is not None}
@@ -150,7 +157,9 @@ def served_models(config: NodeConfig, models: ModelsFile) -> list[str]:
             )
     for tenant in config.tenants:
         ner = tenant.redaction.ner_model
-        if ner is not None and ner not in wanted:
+        if ner is not None and ner in known and models.get(ner).task == "embed":
+            problems.append(f"tenant {tenant.name!r} names redaction.ner_model {ner!r}, an embedding model")
+        elif ner is not None and ner not in wanted:
             where = "which `serve` leaves out" if ner in known else "which is not in the models file"
             problems.append(
                 f"tenant {tenant.name!r} names redaction.ner_model {ner!r}, {where}{_closest(ner, known)}"
@@ -168,11 +177,12 @@ def _closest(name: str, candidates: Sequence[str]) -> str:
 
 
 def router_config(config: NodeConfig, local: Mapping[str, Provider]) -> RouterConfig:
-    """The configured routes, plus one local-only alias per served model that no route names."""
+    """The configured routes, plus one local-only alias per served model that no route names
+    (generating models only: an embedding model answers ``/v1/embeddings``, never the router)."""
     routes = list(config.routes)
     aliased = {r.alias for r in routes}
-    for name in local:
-        if name not in aliased:
+    for name, engine in local.items():
+        if name not in aliased and not isinstance(engine, Embedder):
             routes.append(msgspec.convert({"alias": name, "local": name}, RouteConfig))
     return msgspec.convert(
         {
@@ -188,6 +198,7 @@ async def start_engines(
     config: NodeConfig, base: Path, models: ModelsFile, stack: AsyncExitStack
 ) -> dict[str, Provider]:
     """Verify and start every served model's engine; each is closed when ``stack`` unwinds."""
+    from serving.embedding import LocalEmbedder
     from serving.engine import LocalEngine  # vLLM is heavy: import it only to serve
 
     data_dir = resolve(base, config.data_dir)
@@ -195,7 +206,8 @@ async def start_engines(
     local: dict[str, Provider] = {}
     for name in served_models(config, models):
         spec = models.get(name)
-        engine = LocalEngine(spec, resolve_model_dir(spec, data_dir=data_dir, models_file_dir=models_dir))
+        kind = LocalEmbedder if spec.task == "embed" else LocalEngine
+        engine = kind(spec, resolve_model_dir(spec, data_dir=data_dir, models_file_dir=models_dir))
         await engine.start()  # verifies every pinned file first; a mismatch never loads
         stack.push_async_callback(engine.aclose)
         local[name] = engine
@@ -239,8 +251,11 @@ def create_app(
                 config.tenants, await asyncio.to_thread(key_store.active), uses=key_uses
             )
             await stack.enter_async_context(flush_key_uses(key_store, key_uses))
+            # embedding engines answer /v1/embeddings only: the router (chat, completions) never sees them
+            embedders: dict[str, Embedder] = {n: e for n, e in local.items() if isinstance(e, Embedder)}
+            generating = {name: e for name, e in local.items() if name not in embedders}
             routing = router_config(config, local)
-            router = Router(routing, local=local, external=providers, limits=counters)
+            router = Router(routing, local=generating, external=providers, limits=counters)
             stack.push_async_callback(router.aclose)
             metrics = Metrics(
                 tenants=[t.name for t in config.tenants],
@@ -260,6 +275,7 @@ def create_app(
                 tenants=registry,
                 models=models,
                 engines=local,
+                embedders=embedders,
                 router=router,
                 audit=log,
                 metrics=metrics,
@@ -308,11 +324,15 @@ def create_app(
     async def completions(request: Request[Any, Any, Any]) -> Response[Any]:
         return await handle_generation(_state(request), request, chat=False)
 
+    @post("/v1/embeddings", status_code=200)
+    async def embeddings(request: Request[Any, Any, Any]) -> Response[Any]:
+        return await handle_embeddings(_state(request), request)
+
     @get("/v1/models")
     async def list_models(request: Request[Any, Any, Any]) -> dict[str, Any]:
         state = _state(request)
         principal = state.tenants.authenticate(request.headers.get("authorization"))
-        aliases = set(state.router.aliases())
+        aliases = set(state.router.aliases()) | set(state.embedders)
         data = []
         for name in principal.tenant.models:
             if name in aliases:
@@ -374,6 +394,7 @@ def create_app(
         route_handlers=[
             chat_completions,
             completions,
+            embeddings,
             list_models,
             healthz,
             readyz,

@@ -71,7 +71,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             from serving.model_commands import ensure_model
             from serving.models import load_models_file
 
-            from .devmode import TINY_MODEL
+            from .devmode import DEV_MODELS
 
             models_file = _repo_models_file()
             setup = dev_config(  # refuses a non-loopback host before anything is built
@@ -80,7 +80,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
                 host=args.host or "127.0.0.1",
                 port=args.port or 8000,
             )
-            ensure_model(load_models_file(models_file).get(TINY_MODEL), models_file, data_dir)
+            models = load_models_file(models_file)
+            for name in DEV_MODELS:
+                ensure_model(models.get(name), models_file, data_dir)
             config, config_dir, key_banner = setup.config, Path.cwd(), banner(setup)
         else:
             config = load_config(path)
@@ -218,8 +220,8 @@ def _cmd_models(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         return _fail(str(exc))
     if args.models_cmd == "build-dev":
-        out = mc.build_dev(data_dir, models_file)
-        print(f"built the tiny dev model into {out} (verified against its pins)")
+        for name, out in mc.build_dev(data_dir, models_file).items():
+            print(f"built the dev model {name!r} into {out} (verified against its pins)")
         return 0
     if args.models_cmd == "verify":
         results = [r for r in mc.verify_all(models_file, data_dir) if not args.names or r.name in args.names]

@@ -111,6 +111,10 @@ async def _decode(
     else:
         wire = decode_request(body, CompletionRequest)
     state.tenants.check_model(principal, wire.model)
+    if wire.model in state.embedders:
+        raise BadRequestError(
+            f"The model '{wire.model}' is an embedding model; use /v1/embeddings.", param="model"
+        )
     if wire.model not in state.router.aliases():
         raise ModelNotFoundError(
             f"The model '{wire.model}' does not exist or you do not have access to it.", param="model"

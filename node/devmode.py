@@ -1,6 +1,6 @@
 """Dev mode: ``bastion serve`` with no ``node.toml``.
 
-Loopback only, the built-in tiny model (built if missing), one ``dev`` tenant
+Loopback only, the built-in tiny chat and embedding models (built if missing), one ``dev`` tenant
 whose key is printed, an audit log with keys generated under the data folder,
 and a banner that says all of this loudly. The config is still built by
 decoding a generated TOML document, like any other.
@@ -17,10 +17,13 @@ from audit import generate_kek_file, generate_signing_key, private_dir
 from .config import NodeConfig, decode_config
 from .tenancy import NewKey, create_key
 
-__all__ = ["DevSetup", "banner", "dev_config"]
+__all__ = ["DEV_MODELS", "DevSetup", "banner", "dev_config"]
 
 DEV_TENANT = "dev"
 TINY_MODEL = "bastion-tiny"
+TINY_EMBED_MODEL = "bastion-tiny-embed"
+#: what dev mode serves and lets the dev tenant use
+DEV_MODELS = (TINY_MODEL, TINY_EMBED_MODEL)
 
 
 @dataclass(frozen=True)
@@ -44,11 +47,12 @@ def dev_config(*, data_dir: Path, models_file: Path, host: str, port: int) -> De
     if not signing.exists():
         generate_signing_key(signing)
     key = create_key()
+    models = ", ".join(_toml_str(m) for m in DEV_MODELS)
     text = f"""
 dev_mode = true
 models_file = {_toml_str(str(models_file))}
 data_dir = {_toml_str(str(data_dir))}
-serve = [{_toml_str(TINY_MODEL)}]
+serve = [{models}]
 
 [server]
 host = {_toml_str(host)}
@@ -63,7 +67,7 @@ origin = "bastion.dev/audit"
 
 [[tenants]]
 name = {_toml_str(DEV_TENANT)}
-models = [{_toml_str(TINY_MODEL)}]
+models = [{models}]
 residency = "local-only"
 keys = [{key.config_line()}]
 """
@@ -77,7 +81,8 @@ def banner(setup: DevSetup) -> str:
         [
             line,
             "  BASTION DEV MODE - not for production",
-            f"  no node.toml found: serving the built-in tiny model '{TINY_MODEL}' (random weights)",
+            f"  no node.toml found: serving the built-in tiny models '{TINY_MODEL}' and "
+            f"'{TINY_EMBED_MODEL}' (random weights)",
             f"  listening on http://{host}:{port} (loopback only)",
             f"  tenant '{DEV_TENANT}', API key (shown once, new on every start):",
             f"      {setup.key.key}",
@@ -87,6 +92,10 @@ def banner(setup: DevSetup) -> str:
             f"      -H 'Authorization: Bearer {setup.key.key}' \\",
             f'      -H \'content-type: application/json\' -d \'{{"model": "{TINY_MODEL}", '
             '"messages": [{"role": "user", "content": "hello"}], "max_tokens": 16}\'',
+            f"    curl http://{host}:{port}/v1/embeddings \\",
+            f"      -H 'Authorization: Bearer {setup.key.key}' \\",
+            f'      -H \'content-type: application/json\' -d \'{{"model": "{TINY_EMBED_MODEL}", '
+            '"input": "hello"}\'',
             line,
         ]
     )

@@ -51,6 +51,8 @@ _log = logging.getLogger("bastion.metrics")
 
 #: the label value of every name that is not configured
 OTHER = "other"
+#: the API endpoints a request record names (``bastion_endpoint_requests``' ``endpoint`` label)
+ENDPOINTS = ("chat", "completions", "embeddings", "feedback")
 
 # Bucket bounds for LLM latencies. Time to first token spans a cached short prompt
 # (ms) to a long prefill behind a queue (a minute); inter-token latency is ms-scale
@@ -305,6 +307,13 @@ class Metrics:
             [*req, "source"],
             registry=r,
         )
+        self._endpoint = _Bound(ENDPOINTS)
+        self.endpoint_requests = Counter(
+            "bastion_endpoint_requests",
+            "Requests finished, by API endpoint (chat, completions, embeddings, feedback), route and status",
+            ["endpoint", "route", "status"],
+            registry=r,
+        )
         self.gpu_seconds = Counter(
             "bastion_gpu_seconds", "GPU-seconds used by local requests", req, registry=r
         )
@@ -417,6 +426,12 @@ class Metrics:
             self.cost.labels(tenant, model, route, "external_tokens").inc(external_cost)
             cost += external_cost
         return cost
+
+    def observe_endpoint(self, *, endpoint: str, route: str, status: int | str) -> None:
+        """Count one finished request by its endpoint (``observe_request`` counts it by tenant and model)."""
+        self.endpoint_requests.labels(
+            self._endpoint(endpoint), self._route(route), _status_label(status)
+        ).inc()
 
     def observe_canary(
         self, *, model: str, provider: str, match_ratio: float | None, mismatches: int

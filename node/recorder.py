@@ -51,6 +51,10 @@ class RequestRecord:
     alias: str = ""
     subject: str | None = None
     generation: GenerationRequest | None = None
+    #: what the start record encrypts for a request that is not a generation (embeddings' input)
+    content: dict[str, Any] | None = None
+    #: what the start and end records say of such a request's parameters
+    params: dict[str, Any] = field(default_factory=dict)
     route: str = "none"
     reason: str = "rejected"
     provider: str = ""
@@ -118,6 +122,8 @@ class RequestRecord:
                     if g.messages is not None
                     else {"prompt": g.prompt}
                 )
+            elif event_type == "request.start":
+                content = self.content
             event = AuditEvent(
                 type=event_type, tenant=self.tenant, subject=self.subject, meta=self._meta(), content=content
             )
@@ -143,7 +149,7 @@ class RequestRecord:
             "model": self.model,
             "revision": self.revision,
             "redactions": self.redactions,
-        }
+        } | self.params
         if self.generation is not None:
             s = self.generation.sampling
             meta["sampling"] = {
@@ -179,6 +185,10 @@ class RequestRecord:
 
     def route_headers(self, routed: RoutedStream) -> dict[str, str]:
         self.apply_route(routed)
+        return self.headers()
+
+    def headers(self) -> dict[str, str]:
+        """The response headers that say where the request ran."""
         headers = {
             "x-request-id": self.request_id,
             "x-bastion-route": self.route,
@@ -226,6 +236,7 @@ class RequestRecord:
             "e2e_ms": round(e2e * 1000, 3),
         }
         timings = self._observe(http_status, prompt_tokens, completion_tokens)
+        self.state.metrics.observe_endpoint(endpoint=self.endpoint, route=self.route, status=http_status)
         log_request(
             _log,
             request_id=self.request_id,
@@ -246,7 +257,8 @@ class RequestRecord:
         if audit is None:
             return
         event_type = "request.end" if self.forwarded else "request.rejected"
-        content = {"completion": text} if self.forwarded else None
+        # an output that is not text (embedding vectors) is not stored
+        content = {"completion": text} if self.forwarded and self.generation is not None else None
         await audit.append(
             AuditEvent(type=event_type, tenant=self.tenant, subject=self.subject, meta=meta, content=content)
         )

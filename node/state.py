@@ -16,6 +16,7 @@ from .config import NodeConfig
 from .tenancy import TenantRegistry
 
 if TYPE_CHECKING:
+    from serving.embedding import Embedder
     from serving.gpu import GpuSampler
 
     from .feedback import FeedbackIndex
@@ -30,11 +31,14 @@ class NodeState:
     config_dir: Path
     tenants: TenantRegistry
     models: ModelsFile
+    #: every local engine, generating and embedding ones alike (health, revisions, metrics)
     engines: dict[str, Provider]
     router: Router
     audit: AuditLog | None
     metrics: Metrics
     gpu: GpuSampler | None = None
+    #: the local embedding models (``/v1/embeddings``); the router never sees them
+    embedders: dict[str, Embedder] = field(default_factory=dict)
     feedback: FeedbackIndex | None = None
     #: per local model: splits engine time among concurrent requests (GPU-seconds per request)
     gpu_meters: dict[str, GpuTimeMeter] = field(default_factory=dict)

@@ -124,11 +124,26 @@ class LocalEngine:
             structured_outputs_config=StructuredOutputsConfig(
                 backend="xgrammar", disable_any_whitespace=True
             ),
+            **self._runner_args(),
         )
         self._llm = AsyncLLM.from_engine_args(args, stat_loggers=[self._stats.logger_factory()])
         # vLLM reads its environment variables through os.getenv on the per-token path (stats);
         # its own engine processes freeze them once started, and so does the node.
         vllm_envs.enable_envs_cache()
+
+    def _runner_args(self) -> dict[str, Any]:
+        """Engine arguments of this engine's task (generation: vLLM's defaults)."""
+        return {}
+
+    def _forward_once(self, request_id: str) -> AsyncIterator[Any]:
+        """One forward pass over the probe prompt: a one-token greedy generation."""
+        from vllm.sampling_params import RequestOutputKind, SamplingParams
+
+        params = SamplingParams(max_tokens=1, temperature=0.0, output_kind=RequestOutputKind.FINAL_ONLY)
+        gen: AsyncIterator[Any] = self._llm.generate(
+            {"prompt_token_ids": self._probe_ids}, params, request_id
+        )
+        return gen
 
     async def aclose(self) -> None:
         """Stop probing, abort what is in flight, shut vLLM down and reap its processes."""
@@ -215,16 +230,14 @@ class LocalEngine:
         self._check_alive()
         if self._health.terminal or self._llm is None:
             return
-        from vllm.sampling_params import RequestOutputKind, SamplingParams
         from vllm.v1.engine.exceptions import EngineDeadError
 
-        params = SamplingParams(max_tokens=1, temperature=0.0, output_kind=RequestOutputKind.FINAL_ONLY)
         request_id = f"bastion-probe-{uuid.uuid4().hex}"
         t0 = time.monotonic()
         self._probes_inflight += 1
         try:
             async with asyncio.timeout(timeout_s):
-                async for _ in self._llm.generate({"prompt_token_ids": self._probe_ids}, params, request_id):
+                async for _ in self._forward_once(request_id):
                     pass
         except TimeoutError:
             if self._last_output_s >= t0:

@@ -16,7 +16,7 @@ from serving.errors import PinMismatchError
 from serving.hub import HubUnavailableError, download_pinned
 from serving.models import ModelsConfigError, ModelsFile, ModelSpec, load_models_file, resolve_model_dir
 from serving.pins import how_to_get, verify_model
-from serving.tiny import build_tiny
+from serving.tiny import BUILDERS
 
 __all__ = [
     "HubUnavailableError",
@@ -68,24 +68,33 @@ def _make_data_dir(data_dir: Path) -> None:
     data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
 
 
-def _tiny_spec(models: ModelsFile, models_file: Path) -> ModelSpec:
-    for spec in models.models:
-        if spec.builder == "tiny":
-            return spec
-    raise ModelsConfigError(f'{models_file}: no model with `builder = "tiny"`; nothing to build')
+def _built_specs(models: ModelsFile, models_file: Path) -> list[ModelSpec]:
+    specs = [spec for spec in models.models if spec.builder is not None]
+    if not specs:
+        raise ModelsConfigError(f"{models_file}: no model with a `builder`; nothing to build")
+    return specs
 
 
-def build_dev(data_dir: Path, models_file: Path) -> Path:
-    """Build the tiny dev model into the data folder and verify it against its pins.
+def _build(spec: ModelSpec, model_dir: Path) -> Path:
+    if spec.builder is None:
+        raise ModelsConfigError(f"model {spec.name!r} has no `builder`: it cannot be built here")
+    return BUILDERS[spec.builder](model_dir)
+
+
+def build_dev(data_dir: Path, models_file: Path) -> dict[str, Path]:
+    """Build every built-in dev model (the tiny chat and embedding models) into the data
+    folder and verify each against its pins; returns each model's folder by name.
 
     A build that does not match the committed pins raises ``PinMismatchError``
     (different package versions can change the bytes; see ``serving.tiny``).
     """
-    spec = _tiny_spec(_load(models_file), models_file)
-    _make_data_dir(data_dir)
-    dest = build_tiny(model_dir_for(spec, models_file, data_dir))
-    verify_model(spec, dest)
-    return dest
+    built: dict[str, Path] = {}
+    for spec in _built_specs(_load(models_file), models_file):
+        _make_data_dir(data_dir)
+        dest = _build(spec, model_dir_for(spec, models_file, data_dir))
+        verify_model(spec, dest)
+        built[spec.name] = dest
+    return built
 
 
 def ensure_model(spec: ModelSpec, models_file: Path, data_dir: Path) -> Path:
@@ -98,10 +107,10 @@ def ensure_model(spec: ModelSpec, models_file: Path, data_dir: Path) -> Path:
     try:
         verify_model(spec, model_dir)
     except PinMismatchError:
-        if spec.builder != "tiny":
+        if spec.builder is None:
             raise
         _make_data_dir(data_dir)
-        build_tiny(model_dir)
+        _build(spec, model_dir)
         verify_model(spec, model_dir)
     return model_dir
 

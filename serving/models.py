@@ -55,7 +55,9 @@ class ModelSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     repo: str | None = None
     revision: str | None = None
     path: str | None = None
-    builder: Literal["tiny"] | None = None
+    builder: Literal["tiny", "tiny-embed"] | None = None
+    #: ``generate`` (chat and completions) or ``embed`` (``/v1/embeddings``, vLLM's pooling runner)
+    task: Literal["generate", "embed"] = "generate"
     #: relative path -> sha256 hex, for every file the engine reads
     files: dict[str, str] = {}
 
@@ -100,6 +102,8 @@ class ModelSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
                 )
         elif self.revision is not None:
             raise ValueError(f"{where}: `revision` only applies to `repo` models")
+        if self.task == "embed" and self.canaries:
+            raise ValueError(f"{where}: canaries replay generations; an embedding model has none")
         if not self.files:
             raise ValueError(f"{where}: `files` is empty; pin the sha256 of every file the engine reads")
         for rel, digest in self.files.items():

@@ -25,9 +25,11 @@ import tempfile
 from pathlib import Path
 from typing import Final
 
-__all__ = ["TINY_FILES", "TINY_SEED", "build_tiny"]
+__all__ = ["BUILDERS", "TINY_EMBED_SEED", "TINY_FILES", "TINY_SEED", "build_tiny", "build_tiny_embed"]
 
 TINY_SEED: Final = 20240611
+#: the tiny embedding model: the same architecture and tokenizer, its own weights
+TINY_EMBED_SEED: Final = 20240612
 #: every file the builder writes (and the engine reads)
 TINY_FILES: Final = (
     "config.json",
@@ -122,11 +124,11 @@ def _train_tokenizer(dest: Path) -> dict[str, int]:
     return ids
 
 
-def _weights(dest: Path) -> None:
+def _weights(dest: Path, seed: int) -> None:
     import torch
     from safetensors.torch import save_file
 
-    gen = torch.Generator(device="cpu").manual_seed(TINY_SEED)
+    gen = torch.Generator(device="cpu").manual_seed(seed)
 
     def uniform(*shape: int) -> torch.Tensor:
         bound = 1.0 / (shape[-1] ** 0.5)
@@ -153,10 +155,11 @@ def _weights(dest: Path) -> None:
     save_file(tensors, str(dest / "model.safetensors"), metadata={"format": "pt"})
 
 
-def _configs(dest: Path, ids: dict[str, int]) -> None:
+def _configs(dest: Path, ids: dict[str, int], extra: dict[str, object]) -> None:
     _write_json(
         dest / "config.json",
-        {
+        extra
+        | {
             "architectures": ["LlamaForCausalLM"],
             "attention_bias": False,
             "bos_token_id": ids[_BOS],
@@ -211,15 +214,29 @@ def _configs(dest: Path, ids: dict[str, int]) -> None:
 
 
 def build_tiny(dest: Path) -> Path:
-    """Build the tiny model into ``dest`` (replaced atomically if it exists) and return it."""
+    """Build the tiny chat model into ``dest`` (replaced atomically if it exists) and return it."""
+    return _build(dest, seed=TINY_SEED, extra={})
+
+
+def build_tiny_embed(dest: Path) -> Path:
+    """Build the tiny embedding model: served by vLLM's pooling runner (last token, normalised),
+    and Matryoshka-capable, so ``dimensions`` truncates and renormalises."""
+    return _build(dest, seed=TINY_EMBED_SEED, extra={"is_matryoshka": True})
+
+
+#: ``builder`` in ``models.toml`` -> the function that builds it
+BUILDERS: Final = {"tiny": build_tiny, "tiny-embed": build_tiny_embed}
+
+
+def _build(dest: Path, *, seed: int, extra: dict[str, object]) -> Path:
     dest = dest.resolve()
     dest.parent.mkdir(parents=True, exist_ok=True)
     # Build beside the destination, then swap, so a crash never leaves half a model.
     work = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
     try:
         ids = _train_tokenizer(work)
-        _weights(work)
-        _configs(work, ids)
+        _weights(work, seed)
+        _configs(work, ids, extra)
         for name in TINY_FILES:
             os.chmod(work / name, 0o644)
         # mkdtemp makes the folder private; a model folder is read by the serving user

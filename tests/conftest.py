@@ -15,6 +15,7 @@ import msgspec
 import pytest
 import pytest_asyncio
 
+from serving.embedding import LocalEmbedder
 from serving.engine import LocalEngine
 from serving.model_commands import ensure_model
 from serving.models import ModelSpec, load_models_file
@@ -22,6 +23,7 @@ from tests.postgres import PostgresServer, postgres_available
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY_NAME = "bastion-tiny"
+TINY_EMBED_NAME = "bastion-tiny-embed"
 
 
 @pytest.fixture(scope="session")
@@ -59,6 +61,21 @@ async def local_engine(eager_tiny_spec: ModelSpec, tiny_model_dir: Path) -> Asyn
     """One started engine on the tiny model for the whole session. Do not break it:
     start your own ``LocalEngine`` for fault drills."""
     async with LocalEngine(eager_tiny_spec, tiny_model_dir) as engine:
+        yield engine
+
+
+@pytest.fixture(scope="session")
+def tiny_embed_spec(models_file: Path) -> ModelSpec:
+    return load_models_file(models_file).get(TINY_EMBED_NAME)
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def embed_engine(
+    tiny_embed_spec: ModelSpec, models_file: Path, data_dir: Path
+) -> AsyncIterator[LocalEmbedder]:
+    """One started engine on the tiny embedding model for the whole session (pooling runner)."""
+    model_dir = ensure_model(tiny_embed_spec, models_file, data_dir)
+    async with LocalEmbedder(tiny_embed_spec, model_dir) as engine:
         yield engine
 
 

@@ -92,6 +92,8 @@ def test_dev_mode_on_loopback_builds_a_local_only_tenant(tmp_path: Path) -> None
     assert setup.config.dev_mode
     (tenant,) = setup.config.tenants
     assert tenant.residency == "local-only"
+    # the newcomer's first chat and first embedding both work
+    assert tenant.models == setup.config.serve == ("bastion-tiny", "bastion-tiny-embed")
     assert setup.config.audit is not None
     assert (tmp_path / "dev" / "audit-kek.key").stat().st_mode & 0o077 == 0
 

@@ -6,8 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from node.app import served_models
+from node.app import router_config, served_models
 from node.config import ConfigError, decode_config
+from serving.embedding import LocalEmbedder
+from serving.engine import LocalEngine
 from serving.models import ModelsFile, load_models_file
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -48,7 +50,7 @@ def test_the_named_models_are_served(models: ModelsFile) -> None:
             "tenant 'globex' names model 'bastoin-tiny'",
         ),
         ({"acme": '["chta"]'}, "did you mean 'chat'?"),
-        ({"acme": '["zzz-unrelated"]'}, "(known: bastion-tiny, chat)"),
+        ({"acme": '["zzz-unrelated"]'}, "(known: bastion-tiny, bastion-tiny-embed, chat)"),
     ],
 )
 def test_a_name_no_model_or_alias_has_fails_naming_tenant_name_and_closest(
@@ -95,3 +97,26 @@ def test_a_free_text_redaction_model_is_served_or_refused(models: ModelsFile) ->
         served_models(decode_config(tenant.format(model="bastion-tiyn")), models)
     with pytest.raises(ConfigError, match=r"redaction\.ner_model 'bastion-tiny', which `serve` leaves out"):
         served_models(decode_config("serve = []\n" + tenant.format(model="bastion-tiny")), models)
+
+
+def test_a_tenant_may_name_an_embedding_model_and_it_is_served(models: ModelsFile) -> None:
+    config = decode_config(_config({"acme": '["bastion-tiny", "bastion-tiny-embed"]'}))
+    assert served_models(config, models) == ["bastion-tiny", "bastion-tiny-embed"]
+
+
+def test_a_route_to_an_embedding_model_is_refused(models: ModelsFile) -> None:
+    config = decode_config(
+        _config({"acme": '["chat"]'}, '[[routes]]\nalias = "chat"\nlocal = "bastion-tiny-embed"\n')
+    )
+    with pytest.raises(ConfigError, match="names local model 'bastion-tiny-embed', an embedding model"):
+        served_models(config, models)
+
+
+def test_the_router_gets_no_alias_for_an_embedding_model(models: ModelsFile, tmp_path: Path) -> None:
+    """At start-up and on every reload: chat never reaches an embedding engine through the router."""
+    config = decode_config(_config({"acme": '["bastion-tiny", "bastion-tiny-embed"]'}))
+    local = {
+        "bastion-tiny": LocalEngine(models.get("bastion-tiny"), tmp_path),
+        "bastion-tiny-embed": LocalEmbedder(models.get("bastion-tiny-embed"), tmp_path),
+    }
+    assert [r.alias for r in router_config(config, local).routes] == ["bastion-tiny"]

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from serving.model_commands import build_dev, describe_models, ensure_model, pull, verify_all
-from serving.models import ModelSpec
+from serving.models import ModelSpec, load_models_file
 from serving.pins import sha256_file
 from tests.fakes.hub import FakeHub
 
@@ -43,9 +43,15 @@ max_model_len = 128
 def test_build_dev_builds_into_the_data_folder_and_verifies(
     tmp_path: Path, models_file: Path, tiny_spec: ModelSpec
 ) -> None:
-    dest = build_dev(tmp_path / "data", models_file)
-    assert dest == tmp_path / "data" / "models" / "bastion-tiny"
-    assert {p.name: sha256_file(p) for p in dest.iterdir()} == tiny_spec.files
+    built = build_dev(tmp_path / "data", models_file)
+    assert built == {
+        "bastion-tiny": tmp_path / "data" / "models" / "bastion-tiny",
+        "bastion-tiny-embed": tmp_path / "data" / "models" / "bastion-tiny-embed",
+    }
+    assert {p.name: sha256_file(p) for p in built["bastion-tiny"].iterdir()} == tiny_spec.files
+    embed = load_models_file(models_file).get("bastion-tiny-embed")
+    assert embed.task == "embed"
+    assert {p.name: sha256_file(p) for p in built["bastion-tiny-embed"].iterdir()} == embed.files
 
 
 def test_verify_all_reports_each_model(tmp_path: Path, models_file: Path, tiny_model_dir: Path) -> None:
@@ -59,9 +65,11 @@ def test_verify_all_reports_each_model(tmp_path: Path, models_file: Path, tiny_m
 
 def test_verify_all_names_the_failing_file(tmp_path: Path, models_file: Path, tiny_spec: ModelSpec) -> None:
     data = tmp_path / "data"
-    dest = build_dev(data, models_file)
+    dest = build_dev(data, models_file)["bastion-tiny"]
     (dest / "generation_config.json").write_text("{}\n")
-    (result,) = verify_all(models_file, data)
+    results = {r.name: r for r in verify_all(models_file, data)}
+    assert results["bastion-tiny-embed"].ok
+    result = results["bastion-tiny"]
     assert result.status == "mismatch"
     assert "'generation_config.json'" in result.detail
     assert tiny_spec.files["generation_config.json"] in result.detail
@@ -71,7 +79,7 @@ def test_ensure_model_rebuilds_a_broken_tiny_model_but_never_a_hub_model(
     tmp_path: Path, models_file: Path, tiny_spec: ModelSpec
 ) -> None:
     data = tmp_path / "data"
-    dest = build_dev(data, models_file)
+    dest = build_dev(data, models_file)["bastion-tiny"]
     (dest / "model.safetensors").write_bytes(b"junk")
     assert ensure_model(tiny_spec, models_file, data) == dest
     assert sha256_file(dest / "model.safetensors") == tiny_spec.files["model.safetensors"]

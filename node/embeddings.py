@@ -1,0 +1,109 @@
+"""The request path of ``/v1/embeddings``.
+
+authenticate -> the request's record -> decode (400 naming the parameter) ->
+model access (the tenant's allow-list, then: the model must be an embedding
+model) -> start record (the input encrypted, like a prompt) -> the local
+embedding engine -> end record (usage; the vectors are not stored) -> response.
+
+Residency: embeddings are always computed by this node's own engine. There is
+no external embedding provider, so no request can leave the node and every
+residency policy (and ``x-bastion-residency`` header) is satisfied as it is;
+the route is always ``local``.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+from litestar import Request, Response
+
+from serving.embedding import Embedder, EmbeddingRequest
+from serving.errors import BadRequestError, ModelNotFoundError
+
+from .embedding_wire import EmbeddingsRequest, embeddings_body
+from .recorder import RequestRecord
+from .state import NodeState
+from .tenancy import Principal
+from .wire import decode_request
+
+__all__ = ["handle_embeddings"]
+
+#: the route reason every embedding request carries (``x-bastion-route-reason``)
+REASON = "embeddings-local"
+
+
+@dataclass(frozen=True)
+class _LocalDecision:
+    """What the record is told before the engine is asked (the router's decision, for chat)."""
+
+    model: str
+    revision: str
+    route: str = "local"
+    reason: str = REASON
+    provider: str = "local"
+
+
+async def handle_embeddings(state: NodeState, request: Request[Any, Any, Any]) -> Response[Any]:
+    started = time.monotonic()
+    request_id = "embd-" + uuid.uuid4().hex
+    request.scope["state"]["request_id"] = request_id
+    principal = state.tenants.authenticate(request.headers.get("authorization"))
+    record = RequestRecord(
+        state=state, principal=principal, request_id=request_id, endpoint="embeddings", started=started
+    )
+    async with record.refusals_recorded():
+        wire = decode_request(await request.body(), EmbeddingsRequest)
+        texts, token_ids = wire.inputs()
+        embedder = _embedder(state, principal, wire.model)
+        record.alias, record.subject = wire.model, wire.user
+        record.content = {"input": list(texts) if texts is not None else [list(t) for t in token_ids or ()]}
+        record.params = {
+            "embedding": {
+                "inputs": len(texts or token_ids or ()),
+                "encoding_format": wire.encoding_format,
+                "dimensions": wire.dimensions,
+            }
+        }
+        await record.started_forwarding(
+            _LocalDecision(model=wire.model, revision=state.revision_of(wire.model))
+        )
+        result = await embedder.embed(
+            EmbeddingRequest(
+                request_id=request_id,
+                model=wire.model,
+                texts=texts,
+                token_ids=token_ids,
+                dimensions=wire.dimensions,
+            )
+        )
+        record.charged_tokens = (result.prompt_tokens, 0)
+        with anyio.CancelScope(shield=True):
+            await record.ended(status="ok", text="", error=None)
+    body = embeddings_body(
+        model=wire.model,
+        vectors=result.vectors,
+        prompt_tokens=result.prompt_tokens,
+        encoding_format=wire.encoding_format,
+    )
+    return Response(body, media_type="application/json", headers=record.headers())
+
+
+def _embedder(state: NodeState, principal: Principal, model: str) -> Embedder:
+    """The tenant's embedding model ``model``: 404 outside its allow-list, 400 for a chat model."""
+    state.tenants.check_model(principal, model)
+    embedder = state.embedders.get(model)
+    if embedder is not None:
+        return embedder
+    if model in state.router.aliases():
+        raise BadRequestError(
+            f"The model '{model}' is not an embedding model; /v1/embeddings needs a model served with "
+            'task = "embed".',
+            param="model",
+        )
+    raise ModelNotFoundError(
+        f"The model '{model}' does not exist or you do not have access to it.", param="model"
+    )
