@@ -2,14 +2,15 @@
 
 A backup is a folder (0700, every file 0600): the audit log, its keys database
 and its latest signed checkpoint (``audit.backup.backup_log``), ``budgets.db``,
-``feedback.db`` with its key file, and ``manifest.json`` (each file's SHA-256,
-the log id, the host, the time), written last: a folder without a manifest is
-not a backup. The command copies the files itself, whether a node runs or
-not: SQLite's online backup API reads each database as one consistent snapshot
-while the node goes on writing, and the copy order keeps the log and its keys
-consistent (see ``audit.backup``). So the backup lands wherever the operator's
-command may write, not only where a sandboxed service (systemd
-``ProtectSystem=strict``, a container) lets the node write.
+``feedback.db`` with its key file, the tenants' ``api-keys.db``
+(``node.keystore``), and ``manifest.json`` (each file's SHA-256, the log id, the
+host, the time), written last: a folder without a manifest is not a backup. The
+command copies the files itself, whether a node runs or not: SQLite's online
+backup API reads each database as one consistent snapshot while the node goes on
+writing, and the copy order keeps the log and its keys consistent (see
+``audit.backup``). So the backup lands wherever the operator's command may
+write, not only where a sandboxed service (systemd ``ProtectSystem=strict``, a
+container) lets the node write.
 
 ``restore`` runs with the node stopped. It checks the manifest's hashes, then
 ``audit.backup.plan_restore`` verifies and stages the log and keys, and only
@@ -48,6 +49,7 @@ from audit.store import connect_ro, read_log_id
 
 from .budgets import BUDGETS_DB
 from .config import NodeConfig, resolve
+from .keystore import KEYS_DB
 
 __all__ = ["MANIFEST", "PARTS", "BackupError", "Manifest", "read_manifest", "restore", "take_backup"]
 
@@ -59,6 +61,7 @@ PARTS: Final = {
     "keys": (BACKUP_KEYS,),
     "budgets": (_BUDGETS,),
     "feedback": (_FEEDBACK, _FEEDBACK_KEY),
+    "api-keys": (KEYS_DB,),
 }
 _SHA256 = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}$")]
 
@@ -87,7 +90,7 @@ def _prepare(dest: Path) -> None:
 def _node_files(config: NodeConfig, config_dir: Path, dest: Path) -> list[str]:
     data = resolve(config_dir, config.data_dir)
     names = []
-    for name in (_BUDGETS, _FEEDBACK):
+    for name in (_BUDGETS, _FEEDBACK, KEYS_DB):
         if (data / name).exists():
             copy_database(data / name, dest / name)
             names.append(name)
@@ -167,7 +170,7 @@ def restore(config: NodeConfig, config_dir: Path, src: Path, parts: set[str] | N
         plan = plan_restore(config.audit, src, log="audit" in parts, keys="keys" in parts)
         try:
             extra: list[tuple[Path, Path]] = []
-            for part, name in (("budgets", _BUDGETS), ("feedback", _FEEDBACK)):
+            for part, name in (("budgets", _BUDGETS), ("feedback", _FEEDBACK), ("api-keys", KEYS_DB)):
                 if part in parts and name in manifest.files:
                     extra.append((stage_database(src / name, data / name), data / name))
             plan.staged += extra

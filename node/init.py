@@ -9,7 +9,7 @@ Writes, in ``D`` (made 0700 when new):
 - ``metrics.env``, ``BASTION_METRICS_TOKEN=...`` (a systemd ``EnvironmentFile``, ``docker --env-file``);
 - ``models.toml``, the shipped pins (the tiny model), unless one is there already;
 
-every secret 0600, folders 0700, and the tenant's first API key in ``data/keys.db``
+every secret 0600, folders 0700, and the tenant's first API key in ``data/api-keys.db``
 (printed once). Keys and files already there are never overwritten: an existing
 key file is kept (and said so), an existing ``node.toml`` stops ``init`` (exit 2)
 before anything is written.
@@ -46,7 +46,7 @@ _NODE_TOML = """\
 # documents every setting.
 
 models_file = "models.toml"        # pinned models: add yours with its full revision and file hashes
-data_dir = "data"                  # 0700: budgets, feedback, API keys (keys.db), models/NAME
+data_dir = "data"                  # 0700: budgets, feedback, API keys (api-keys.db), models/NAME
 
 [server]
 host = "127.0.0.1"                 # "0.0.0.0" to serve other hosts (behind your TLS proxy)
@@ -58,7 +58,7 @@ models = ["{model}"]               # the models (or route aliases) this tenant m
 residency = "local-only"           # never leaves this node; or a list of provider regions
 # rpm = 600                        # limits: requests per minute, tokens per day, spend per month
 # tokens_per_day = 2000000
-# API keys: `bastion keys create --tenant {tenant}` (kept in data/keys.db, hashed),
+# API keys: `bastion keys create --tenant {tenant}` (kept in data/api-keys.db, hashed),
 # then `bastion reload` applies them to the running node.
 
 [audit]

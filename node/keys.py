@@ -1,7 +1,7 @@
-"""``bastion keys create|revoke|list``: tenants' API keys in the keys database (``node.keystore``).
+"""``bastion keys create|revoke|list``: tenants' API keys in the API keys database (``node.keystore``).
 
 With a config (``--config``, ``$BASTION_CONFIG``, ``./node.toml``) keys go to
-``<data_dir>/keys.db``: ``create`` prints the new key once (only its SHA-256 is
+``<data_dir>/api-keys.db``: ``create`` prints the new key once (only its SHA-256 is
 stored), ``revoke`` marks one revoked, ``list`` shows every key (ids, tenant,
 created, expires, last used, state), ``node.toml``'s own included. A running node
 takes the change at its next reload (``bastion reload``, or SIGHUP). Without a

@@ -1,4 +1,4 @@
-"""The node's API keys: ``<data_dir>/keys.db``, a 0600 SQLite file beside the node's other data.
+"""The node's API keys: ``<data_dir>/api-keys.db``, a 0600 SQLite file beside the node's other data.
 
 ``bastion keys create|revoke|list`` write and read it; the node reads it at
 start-up and at every reload (``node.reload``), so operators never hand-edit
@@ -31,7 +31,7 @@ __all__ = ["KEYS_DB", "KeyStore", "KeyStoreError", "StoredKey", "flush_key_uses"
 
 _log = logging.getLogger("bastion.keys")
 
-KEYS_DB = "keys.db"
+KEYS_DB = "api-keys.db"
 
 # Forward-only: MIGRATIONS[n] takes user_version n to n + 1.
 _MIGRATIONS = (
@@ -50,7 +50,7 @@ _MIGRATIONS = (
 
 
 class KeyStoreError(Exception):
-    """The keys database cannot be read or written; the message names it."""
+    """The API keys database cannot be read or written; the message names it."""
 
 
 class StoredKey(msgspec.Struct, frozen=True, kw_only=True):
@@ -67,7 +67,7 @@ class StoredKey(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class KeyStore:
-    """``keys.db``: short connections, one per operation (the CLI and a running node share it)."""
+    """``api-keys.db``: short connections, one per operation (the CLI and a running node share it)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -83,7 +83,7 @@ class KeyStore:
                 private_sqlite(self.path)  # 0600 in a 0700 folder, before SQLite opens it
             conn = sqlite3.connect(f"file:{self.path}?mode={'rwc' if create else 'ro'}", uri=True, timeout=10)
         except (sqlite3.Error, OSError) as exc:
-            raise KeyStoreError(f"{self.path}: cannot open the keys database: {exc}") from None
+            raise KeyStoreError(f"{self.path}: cannot open the API keys database: {exc}") from None
         try:
             with conn:
                 if create:

@@ -1,7 +1,7 @@
 """Reload: apply tenant, key, limit and route changes to a running node, without a restart.
 
 SIGHUP, or ``bastion reload`` (through the admin socket, ``node.admin``), re-reads
-``node.toml`` and the keys database and validates all of it with the functions
+``node.toml`` and the API keys database and validates all of it with the functions
 start-up uses (``load_config``, ``served_models``, ``router_config``, the
 registry). Only then, in one step of the event loop, the node takes the new
 tenants (their keys, models and limits), the new routes and ``[limits]``;
@@ -49,7 +49,7 @@ class _Refused(Exception):
 
 
 class Reloader:
-    """Reloads ``path`` (and the keys database) into ``state``, one reload at a time."""
+    """Reloads ``path`` (and the API keys database) into ``state``, one reload at a time."""
 
     def __init__(self, state: NodeState, path: Path, store: KeyStore, uses: KeyUses) -> None:
         self._state = state

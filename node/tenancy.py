@@ -62,7 +62,7 @@ def _key_id_of(key: str) -> str | None:
 
 
 class StoredKeyLike(Protocol):
-    """A key from the keys database (``node.keystore.StoredKey``)."""
+    """A key from the API keys database (``node.keystore.StoredKey``)."""
 
     @property
     def id(self) -> str: ...
@@ -105,7 +105,7 @@ class _Entry(msgspec.Struct, frozen=True):
 class TenantRegistry:
     """Looks up the tenant of a bearer key and checks model access.
 
-    Keys come from ``node.toml`` (``keys = [...]``) and from the keys database
+    Keys come from ``node.toml`` (``keys = [...]``) and from the API keys database
     (``stored``); an id may appear once across both. A stored key of a tenant the
     config no longer has is left out. A key past its ``expires`` gets a 401.
     """
@@ -128,7 +128,9 @@ class TenantRegistry:
                 self._by_key_id[key.id] = _Entry(tenant, key.sha256, None)
         for stored_key in stored:
             if stored_key.id in self._by_key_id:
-                raise ValueError(f"API key id {stored_key.id} is both in node.toml and in the keys database")
+                raise ValueError(
+                    f"API key id {stored_key.id} is both in node.toml and in the API keys database"
+                )
             owner = self._by_name.get(stored_key.tenant)
             if owner is not None:
                 self._by_key_id[stored_key.id] = _Entry(owner, stored_key.sha256, stored_key.expires)

@@ -48,7 +48,7 @@ def test_init_writes_a_node_that_serves_and_reloads_keys(tmp_path: Path, tiny_mo
     first_key = _key_of(init.stdout)
     assert "bastion serve --config" in init.stdout and "bastion models pull" in init.stdout
     assert stat.S_IMODE(etc.stat().st_mode) == 0o700
-    for name in ("audit-kek.key", "audit-signing.key", "metrics.env", "data/keys.db"):
+    for name in ("audit-kek.key", "audit-signing.key", "metrics.env", "data/api-keys.db"):
         assert stat.S_IMODE((etc / name).stat().st_mode) == 0o600, name
     kek = (etc / "audit-kek.key").read_bytes()
     again = _run(tmp_path, "init", "--dir", str(etc), cwd=elsewhere)

@@ -40,7 +40,7 @@ def test_keys_create_list_revoke(tmp_path: Path) -> None:
     key = next(word for word in made.stdout.split() if word.startswith("bst_"))
     key_id = next(word for word in made.stdout.split() if word.startswith("k_"))
     assert "2099-06-30T00:00:00Z" in made.stdout
-    db = tmp_path / "data" / "keys.db"
+    db = tmp_path / "data" / "api-keys.db"
     assert stat.S_IMODE(os.stat(db).st_mode) == 0o600
     assert stat.S_IMODE(os.stat(db.parent).st_mode) == 0o700
     assert key.encode() not in db.read_bytes()  # printed once, never stored
@@ -68,7 +68,10 @@ def test_keys_create_refuses_an_unknown_tenant_and_a_past_expiry(tmp_path: Path)
     past = _keys(tmp_path, "create", "--tenant", "acme", "--expires", "2020-01-01")
     assert past.returncode == 2 and "in the past" in past.stderr
     assert _keys(tmp_path, "revoke", "k_000000000000").returncode == 2
-    assert not (tmp_path / "data" / "keys.db").exists() or KeyStore(tmp_path / "data" / "keys.db").all() == []
+    assert (
+        not (tmp_path / "data" / "api-keys.db").exists()
+        or KeyStore(tmp_path / "data" / "api-keys.db").all() == []
+    )
 
 
 async def test_an_expired_key_gets_401_and_the_node_records_last_use(
@@ -93,3 +96,35 @@ async def test_an_expired_key_gets_401_and_the_node_records_last_use(
     rows = _rows(_keys(tmp_path, "list").stdout)
     assert rows[live.key_id][4] != "-" and rows[live.key_id][5] == "active"
     assert rows[expired.key_id][5] == "expired"
+
+
+def test_backup_and_restore_carry_the_api_keys(tmp_path: Path) -> None:
+    import asyncio
+
+    from audit import AuditLog
+
+    setup = node_setup(tmp_path)
+    (tmp_path / "node.toml").write_text(setup.toml)
+    assert setup.config.audit is not None
+    audit = setup.config.audit
+
+    async def make_log() -> None:
+        async with await AuditLog.open(audit):
+            pass
+
+    asyncio.run(make_log())
+    key = create_key()
+    db = tmp_path / "data" / "api-keys.db"
+    KeyStore(db).add("acme", key, expires=None)
+
+    def bastion(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [*BASTION, *args, "--config", str(tmp_path / "node.toml")]
+        return subprocess.run(command, env=_env(tmp_path), capture_output=True, text=True, timeout=120)
+
+    made = bastion("backup", "--to", str(tmp_path / "backup"))
+    assert made.returncode == 0, made.stderr
+    assert stat.S_IMODE((tmp_path / "backup" / "api-keys.db").stat().st_mode) == 0o600
+    db.unlink()
+    restored = bastion("restore", "--from", str(tmp_path / "backup"), "--only", "api-keys")
+    assert restored.returncode == 0, restored.stderr
+    assert [k.id for k in KeyStore(db).active()] == [key.key_id]

@@ -18,11 +18,15 @@ from tests.e2e.test_routing_and_faults import _export
 from tests.harness import TINY, NodeSetup, bearer, chat, node_setup, running_node
 
 _NEW_TENANT = f"""
+[[routes]]
+alias = "chat"
+local = "{TINY}"
+
 [[tenants]]
 name = "initech"
-models = ["{TINY}"]
+models = ["{TINY}", "chat"]
 residency = "local-only"
-rpm = 1
+rpm = 2
 """
 
 
@@ -62,9 +66,16 @@ async def test_a_reload_applies_tenants_keys_and_limits_while_a_stream_finishes(
                 assert first.startswith("data: "), first
                 reply = await asyncio.to_thread(_reload, setup)
                 assert reply["reloaded"] is True, reply
-                # the new tenant, its stored key and its limit, while the stream still runs
+                # the new tenant, its stored key, its route and its limit, while the stream still runs
                 assert await _models(http, new.key) == 200
                 await chat(http, new.key)
+                routed = await http.post(
+                    "/v1/chat/completions",
+                    headers=bearer(new.key),
+                    json={"model": "chat", "messages": [{"role": "user", "content": "x"}], "max_tokens": 2},
+                )
+                assert routed.status_code == 200, routed.text
+                assert routed.headers["x-bastion-route"] == "local"
                 limited = await http.post(
                     "/v1/chat/completions",
                     headers=bearer(new.key),
