@@ -31,6 +31,10 @@ from serving.protocol import Delta, GenerationRequest, Health, ProviderInfo
 
 __all__ = ["EngineStats", "LocalEngine", "engine_args"]
 
+#: how long the engine core gets to stop its worker and release its resources before it is killed:
+#: its own grace for the worker (5 s) and for a SIGTERM to it (4 s), and a margin
+_SHUTDOWN_GRACE_S: Final = 15.0
+
 _FINISH: Final[dict[str, Literal["stop", "length", "abort"]]] = {
     "stop": "stop",
     "length": "length",
@@ -159,9 +163,17 @@ class LocalEngine:
         if self._inflight and not llm.errored:
             with contextlib.suppress(Exception):
                 await llm.abort(list(self._inflight))
-        # vLLM's default grace (~5 s) then SIGKILL: a longer one lets the engine core
-        # exit on its own, but its worker lingers another 5 s, so closing takes ~12 s
-        await asyncio.to_thread(llm.shutdown)
+        # Stop vLLM's output handler before its engine core goes: left running, it may see the
+        # core exit first and log that as an EngineDeadError at ERROR, on every clean stop.
+        handler = getattr(llm, "output_handler", None)
+        if isinstance(handler, asyncio.Task) and not handler.done():
+            handler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await handler
+        # The engine core unlinks its shared memory only after its worker exited, and the worker's
+        # exit (its final garbage collection) can take seconds on a busy host: vLLM's default grace
+        # (5 s, then SIGKILL) leaked that memory ("leaked shared_memory" at exit) in some stops.
+        await asyncio.to_thread(llm.shutdown, _SHUTDOWN_GRACE_S)
         # AsyncLLM sits in reference cycles; collect it now, while the modules its
         # __del__ needs still exist (at interpreter exit they are gone and it raises)
         del llm

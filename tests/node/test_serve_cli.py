@@ -207,3 +207,53 @@ def test_sigterm_stops_the_node_and_its_engine_processes(
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
+
+
+@pytest.mark.engine
+def test_a_clean_sigterm_logs_no_error(tmp_path: Path, tiny_spec: ModelSpec, tiny_model_dir: Path) -> None:
+    """A deploy stops the node with SIGTERM: log alerting must not fire on it."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    from node.tenancy import create_key
+
+    config = _node_toml(tmp_path, _path_model(tmp_path, tiny_spec, tiny_model_dir), port)
+    key = create_key()
+    config.write_text(
+        config.read_text()
+        + f'[[tenants]]\nname = "acme"\nmodels = ["bastion-tiny"]\nresidency = "local-only"\n'
+        f"keys = [{key.config_line()}]\n"
+    )
+    out, err = tmp_path / "stdout", tmp_path / "stderr"
+    with out.open("wb") as stdout, err.open("wb") as stderr:
+        proc = subprocess.Popen(
+            [*BASTION, "serve", "--config", str(config)],
+            env=_env(tmp_path),
+            stdout=stdout,
+            stderr=stderr,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 240
+        while f"serving on http://127.0.0.1:{port}" not in out.read_text(errors="replace"):
+            assert proc.poll() is None, err.read_text(errors="replace")
+            assert time.monotonic() < deadline, "the node did not say it was serving"
+            time.sleep(0.05)
+        body = {"model": "bastion-tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}
+        headers = {"authorization": f"Bearer {key.key}"}
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
+            assert http.post("/v1/chat/completions", json=body, headers=headers).status_code == 200
+            with http.stream(
+                "POST", "/v1/chat/completions", json={**body, "stream": True}, headers=headers
+            ) as streamed:
+                assert b"[DONE]" in streamed.read()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    logged = err.read_text(errors="replace")
+    for bad in ("ERROR", "Traceback", "EngineDeadError", "leaked shared_memory"):
+        assert bad not in logged, logged
