@@ -1,8 +1,10 @@
 """The ``bastion`` command line.
 
-``serve`` (dev mode without a config), ``models`` (build-dev, verify, list,
-pull, record-canaries), ``keys create``, ``audit`` (verify, export, prove,
-shred, ...), ``backup``, ``restore``, ``canary run`` and ``status``. Exit codes: ``serve``'s are
+``serve`` (dev mode without a config), ``init`` (``node.init``), ``config check``
+(``node.configcheck``), ``reload`` (``node.reloadcli``), ``models`` (build-dev,
+verify, list, pull, record-canaries), ``keys`` (create, revoke, list:
+``node.keys``), ``audit`` (verify, export, prove, shred, ...), ``backup``,
+``restore``, ``canary run`` and ``status``. Exit codes: ``serve``'s are
 ``node.startup.ExitCode`` (0 ok, 2 bad usage or config, 3 a model fails its
 pins, ...); other subcommands use 2 and 3 alike and document the rest.
 """
@@ -275,6 +277,7 @@ def _cmd_init(args: argparse.Namespace) -> int:
         tenant=args.tenant,
         model=args.model,
         port=args.port,
+        data_dir=args.data_dir,
         shipped_models=_repo_models_file(),
     )
 
@@ -429,6 +432,11 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--tenant", default="default", help="the first tenant's name (default: default)")
     init.add_argument("--model", help="the model it may use (default: the first in models.toml)")
     init.add_argument("--port", type=int, default=8000)
+    init.add_argument(
+        "--data-dir",
+        default="data",
+        help="the node's data folder, relative to --dir or absolute (default: data)",
+    )
     init.set_defaults(func=_cmd_init)
 
     reload = sub.add_parser("reload", help="the running node re-reads node.toml and its keys (no restart)")

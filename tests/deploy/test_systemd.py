@@ -52,6 +52,7 @@ def test_the_unit_is_hardened_and_stops_like_the_node() -> None:
         assert service[key] == value, key
     assert "PrivateDevices" not in service  # it would hide /dev/nvidia*
     assert "--config /etc/bastion/node.toml" in service["ExecStart"]
+    assert service["ExecReload"] == "/bin/kill -HUP $MAINPID"  # the node reloads on SIGHUP
     assert set(service["RestartPreventExitStatus"].split()) == {"2", "3", "4", "5", "6"}
 
 

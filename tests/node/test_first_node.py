@@ -48,7 +48,7 @@ def test_init_writes_a_node_that_serves_and_reloads_keys(tmp_path: Path, tiny_mo
     first_key = _key_of(init.stdout)
     assert "bastion serve --config" in init.stdout and "bastion models pull" in init.stdout
     assert stat.S_IMODE(etc.stat().st_mode) == 0o700
-    for name in ("audit-kek.key", "audit-signing.key", "metrics.env", "data/api-keys.db"):
+    for name in ("audit-kek.key", "audit-signing.key", "bastion.env", "data/api-keys.db"):
         assert stat.S_IMODE((etc / name).stat().st_mode) == 0o600, name
     kek = (etc / "audit-kek.key").read_bytes()
     again = _run(tmp_path, "init", "--dir", str(etc), cwd=elsewhere)
@@ -63,7 +63,7 @@ def test_init_writes_a_node_that_serves_and_reloads_keys(tmp_path: Path, tiny_mo
     assert check.returncode == 0, check.stdout + check.stderr
 
     env = _env(tmp_path)
-    name, _, token = (etc / "metrics.env").read_text().strip().partition("=")
+    name, _, token = (etc / "bastion.env").read_text().strip().partition("=")
     env[name] = token
     url = f"http://127.0.0.1:{port}"
     out = tmp_path / "stdout"
@@ -129,3 +129,36 @@ def test_init_writes_a_node_that_serves_and_reloads_keys(tmp_path: Path, tiny_mo
     assert rows[second_id][5] == "revoked"
     verify = _run(tmp_path, "audit", "--config", "../etc/node.toml", "verify", cwd=elsewhere)
     assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
+def test_init_keeps_existing_keys_and_folders_and_takes_a_data_dir(tmp_path: Path) -> None:
+    etc, data = tmp_path / "etc", tmp_path / "var" / "lib" / "bastion"
+    etc.mkdir(mode=0o755)
+    os.chmod(etc, 0o755)  # /etc/bastion under the systemd unit: root's, 0755
+    from audit import generate_kek_file
+
+    generate_kek_file(etc / "audit-kek.key")  # the operator's own KEK, made before
+    kek = (etc / "audit-kek.key").read_bytes()
+    init = _run(
+        tmp_path,
+        "init",
+        "--dir",
+        str(etc),
+        "--data-dir",
+        str(data),
+        "--port",
+        str(_free_port()),
+        cwd=tmp_path,
+    )
+    assert init.returncode == 0, init.stderr
+    assert "Kept what was there (never overwritten): audit-kek.key" in init.stdout
+    assert (etc / "audit-kek.key").read_bytes() == kek
+    assert stat.S_IMODE(etc.stat().st_mode) == 0o755  # left as it was
+    assert stat.S_IMODE(data.stat().st_mode) == 0o700
+    assert (data / "api-keys.db").exists()
+    check = _run(tmp_path, "config", "check", "--config", str(etc / "node.toml"), cwd=tmp_path)
+    problems = check.stdout.splitlines()[:-1]
+    assert problems == [p for p in problems if p.startswith("pin-mismatch: ")] and len(problems) == 1, (
+        check.stdout
+    )
+    assert str(data / "models" / "bastion-tiny") in problems[0]  # only the model is missing
