@@ -18,7 +18,7 @@ Only counts by type leave this module, never the values.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import msgspec
 
@@ -35,6 +35,11 @@ _PLACEHOLDER = re.compile(r"\[([A-Z]+(?:_[A-Z]+)*)_(\d+)\]")
 # What may stand between two words of one free-text entity ("Anna Schmidt", "Hauptstr. 5, Berlin").
 _ENTITY_GAP = re.compile(r"[\s,.\-/]{1,3}")
 _MASK = "\x00"
+# Between the texts of one request when they are scanned together: characters no detector
+# matches, longer than any context a detector reads around a candidate (an e-mail is looked for
+# up to 255 characters after its "@"; digit islands are padded and joined within 114), and a
+# line break last, which ends a label (router.identifiers.label_before).
+_SEPARATOR = _MASK * 319 + "\n"
 
 
 def request_texts(request: GenerationRequest) -> list[str]:
@@ -137,46 +142,76 @@ class Redactor:
         return taken
 
     def _redact(self, request: GenerationRequest, free_text: _FreeText) -> Redaction:
+        texts: list[str] = []
+
+        def collect(text: str) -> str:
+            texts.append(text)
+            return text
+
+        _rewrite(request, collect)
+        found = iter(self._spans(texts, free_text))
         table = _Table(request)
-        memo: dict[str, bool] = {}
-        messages = None
-        if request.messages is not None:
-            messages = tuple(self._message(m, table, memo, free_text) for m in request.messages)
-        prompt = None if request.prompt is None else self._text(request.prompt, table, memo, free_text)
-        redacted = msgspec.structs.replace(request, messages=messages, prompt=prompt)
+        redacted = _rewrite(request, lambda text: _replaced(text, next(found), table))
         return Redaction(request=redacted, counts=dict(table.counts), mapping=table.mapping)
 
-    def _message(
-        self, message: ChatMessage, table: _Table, memo: dict[str, bool], free_text: _FreeText
-    ) -> ChatMessage:
-        content = None if message.content is None else self._text(message.content, table, memo, free_text)
-        calls = message.tool_calls
-        if calls:
-            calls = tuple(
-                ToolCall(
-                    id=c.id,
-                    type=c.type,
-                    function=FunctionCall(
-                        name=c.function.name,
-                        arguments=self._text(c.function.arguments, table, memo, free_text),
-                    ),
-                )
-                for c in calls
-            )
-        return msgspec.structs.replace(message, content=content, tool_calls=calls)
+    def _spans(self, texts: list[str], free_text: _FreeText) -> list[list[Span]]:
+        """Each text's spans, in order; one ``memo`` for the request."""
+        memo: dict[str, bool] = {}
+        if self._keep is not None or free_text.pattern is not None or len(texts) < 2:
+            return [self.find(text, memo=memo, free_text=free_text) for text in texts]
+        # One pass over all texts: detection costs mostly per text and per detector, not per
+        # character. _SEPARATOR keeps each text's findings what they are alone (a tenant's keep
+        # patterns or a free-text model's words could reach across it: those go text by text).
+        ends: list[int] = []
+        end = -len(_SEPARATOR)
+        for text in texts:
+            end += len(_SEPARATOR) + len(text)
+            ends.append(end)
+        spans: list[list[Span]] = [[] for _ in texts]
+        i = 0
+        for start, stop, kind in self.find(_SEPARATOR.join(texts), memo=memo):
+            while start >= ends[i]:
+                i += 1
+            offset = ends[i] - len(texts[i])
+            spans[i].append((start - offset, stop - offset, kind))
+        return spans
 
-    def _text(self, text: str, table: _Table, memo: dict[str, bool], free_text: _FreeText) -> str:
-        spans = self.find(text, memo=memo, free_text=free_text)
-        if not spans:
-            return text
-        out: list[str] = []
-        last = 0
-        for start, end, kind in spans:
-            out.append(text[last:start])
-            out.append(table.placeholder(kind, text[start:end]))
-            last = end
-        out.append(text[last:])
-        return "".join(out)
+
+def _rewrite(request: GenerationRequest, text: Callable[[str], str]) -> GenerationRequest:
+    """``request`` with ``text`` applied to each text redaction covers, in a fixed order."""
+    messages = None
+    if request.messages is not None:
+        messages = tuple(_rewrite_message(m, text) for m in request.messages)
+    prompt = None if request.prompt is None else text(request.prompt)
+    return msgspec.structs.replace(request, messages=messages, prompt=prompt)
+
+
+def _rewrite_message(message: ChatMessage, text: Callable[[str], str]) -> ChatMessage:
+    content = None if message.content is None else text(message.content)
+    calls = message.tool_calls
+    if calls:
+        calls = tuple(
+            ToolCall(
+                id=c.id,
+                type=c.type,
+                function=FunctionCall(name=c.function.name, arguments=text(c.function.arguments)),
+            )
+            for c in calls
+        )
+    return msgspec.structs.replace(message, content=content, tool_calls=calls)
+
+
+def _replaced(text: str, spans: list[Span], table: _Table) -> str:
+    if not spans:
+        return text
+    out: list[str] = []
+    last = 0
+    for start, end, kind in spans:
+        out.append(text[last:start])
+        out.append(table.placeholder(kind, text[start:end]))
+        last = end
+    out.append(text[last:])
+    return "".join(out)
 
 
 class _Table:
