@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from bisect import bisect_left, insort
 from collections.abc import Callable, Iterable, Iterator
 from importlib import import_module, resources
 
@@ -526,17 +527,23 @@ class _Scope:
         self.ranges = _without(self.ranges, spans)
         # A cut run keeps its length: an upper bound, so no run that could hold a match is skipped.
         cuts = sorted((s, e) for s, e, _ in spans)
+        count = len(cuts)
         runs: Runs = []
         first = 0
-        for start, end, length in self.runs:
-            while first < len(cuts) and cuts[first][1] <= start:
+        for run in self.runs:
+            start, end, length = run
+            while first < count and cuts[first][1] <= start:
                 first += 1
-            for s, e in cuts[first:]:
-                if s >= end:
-                    break
+            if first == count or cuts[first][0] >= end:
+                runs.append(run)
+                continue
+            i = first
+            while i < count and cuts[i][0] < end:
+                s, e = cuts[i]
                 if s > start:
                     runs.append((start, s, length))
                 start = max(start, e)
+                i += 1
             if start < end:
                 runs.append((start, end, length))
         self.runs = runs
@@ -550,15 +557,26 @@ def find_identifiers(text: str, ranges: Ranges) -> list[Span]:
     for detect in _DETECTORS:
         if not scope.ranges:
             break
-        found = [s for s in detect(text, scope) if all(s[1] <= t[0] or s[0] >= t[1] for t in taken)]
+        found = [s for s in detect(text, scope) if _clear(s, taken)]
         kept: list[Span] = []
         for span in found:  # a detector's own candidates may overlap too: the first wins
             if all(span[1] <= k[0] or span[0] >= k[1] for k in kept):
                 kept.append(span)
         if kept:
-            taken.extend(kept)
+            for span in kept:
+                insort(taken, span)
             scope.cut(kept)
     return taken
+
+
+def _clear(span: Span, taken: list[Span]) -> bool:
+    """Whether ``span`` overlaps none of ``taken`` (sorted, not overlapping each other)."""
+    after = bisect_left(taken, span[1], key=_start)
+    return after == 0 or taken[after - 1][1] <= span[0]
+
+
+def _start(span: Span) -> int:
+    return span[0]
 
 
 def _without(ranges: Ranges, spans: list[Span]) -> Ranges:
