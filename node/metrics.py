@@ -180,7 +180,9 @@ class RequestTimer:
         exact_counts: bool = True,
     ) -> None:
         self._metrics = metrics
-        self._exact_counts = exact_counts
+        #: the provider reports every token as generated (see the class docstring); settable, as a
+        #: failover may end on another kind of provider than the first attempt
+        self.exact_counts = exact_counts
         self.tenant, self.model, self.route = metrics.bound_labels(tenant=tenant, model=model, route=route)
         self._clock = metrics.clock
         self._ttft = metrics.ttft.labels(self.model, self.route)
@@ -209,7 +211,7 @@ class RequestTimer:
         """A delta arrived; ``completion_tokens`` is the running total so far (0: not reported),
         ``output`` whether it carried text or tool calls."""
         new = completion_tokens - self._tokens
-        if not output and (new <= 0 or not self._exact_counts):
+        if not output and (new <= 0 or not self.exact_counts):
             return  # counted at finish
         new = max(1, new)
         now = self._clock()

@@ -182,6 +182,8 @@ class RequestRecord:
         self.provider, self.model = routed.provider, routed.model
         self.revision = routed.revision or self.revision
         self.redactions = dict(routed.redactions)
+        if self.timer is not None:  # the provider that streams may not be the first one tried
+            self.timer.exact_counts = self.route == "local"
 
     def route_headers(self, routed: RoutedStream) -> dict[str, str]:
         self.apply_route(routed)

@@ -75,6 +75,30 @@ def _series(m: Metrics) -> dict[str, list[dict[str, str]]]:
 # --- request metrics ---
 
 
+def test_an_external_stream_is_timed_on_its_output_and_counted_from_its_usage() -> None:
+    """External APIs report tokens only at the end: each chunk of output is a token event, and the
+    final usage is a count, never a burst of gaps at the end."""
+    clock = FakeClock()
+    m = _metrics(clock)
+    timer = m.track_request(tenant="acme", model="tiny", route="external:openai-eu", exact_counts=False)
+    timer.dequeued()
+    clock.advance(0.5)
+    timer.tokens(0, output=True)  # first chunk, no count yet: the first token at 0.5 s
+    clock.advance(0.25)
+    timer.tokens(0, output=True)
+    clock.advance(0.25)
+    timer.tokens(0, output=True)
+    timer.tokens(9, output=False)  # the usage arrives with the end
+    timings = timer.finish(status=200, prompt_tokens=5, completion_tokens=9)
+
+    mr = {"model": "tiny", "route": "external:openai-eu"}
+    assert _value(m, "bastion_time_to_first_token_seconds_sum", **mr) == 0.5
+    assert _value(m, "bastion_inter_token_latency_seconds_count", **mr) == 2
+    assert _value(m, "bastion_inter_token_latency_seconds_sum", **mr) == 0.5
+    assert timings.itl_mean_s == 0.25
+    assert _value(m, "bastion_tokens_total", direction="out", tenant="acme", **mr) == 9
+
+
 def test_a_streamed_request_fills_every_histogram_with_its_timings() -> None:
     clock = FakeClock()
     m = _metrics(clock)
