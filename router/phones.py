@@ -139,9 +139,8 @@ class PhoneDetector:
         if international:
             if not value.startswith(("+", "(+")):
                 value = "+" + value.lstrip("(")[2:]
-            return _MIN_DIGITS <= len(digits) - 2 * (
-                digits[:2] == "00"
-            ) <= _MAX_DIGITS and self._international(value)
+            significant = len(digits) - 2 * (digits[:2] == "00")
+            return _MIN_DIGITS <= significant <= _MAX_DIGITS and self._international(value)
         if not _MIN_DIGITS <= len(digits) <= _MAX_DIGITS or _date_like(groups) or _holds_date(groups):
             return False
         if any(_date_like(_GROUPS.findall(token)) for token in value.split() if not token.isdigit()):
