@@ -18,7 +18,7 @@ Only counts by type leave this module, never the values.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import msgspec
 
@@ -142,14 +142,7 @@ class Redactor:
         return taken
 
     def _redact(self, request: GenerationRequest, free_text: _FreeText) -> Redaction:
-        texts: list[str] = []
-
-        def collect(text: str) -> str:
-            texts.append(text)
-            return text
-
-        _rewrite(request, collect)
-        found = iter(self._spans(texts, free_text))
+        found = iter(self._spans(list(_texts(request)), free_text))
         table = _Table(request)
         redacted = _rewrite(request, lambda text: _replaced(text, next(found), table))
         return Redaction(request=redacted, counts=dict(table.counts), mapping=table.mapping)
@@ -177,8 +170,18 @@ class Redactor:
         return spans
 
 
+def _texts(request: GenerationRequest) -> Iterator[str]:
+    """The texts redaction covers, in the order ``_rewrite`` visits them."""
+    for m in request.messages or ():
+        if m.content is not None:
+            yield m.content
+        yield from (c.function.arguments for c in m.tool_calls or ())
+    if request.prompt is not None:
+        yield request.prompt
+
+
 def _rewrite(request: GenerationRequest, text: Callable[[str], str]) -> GenerationRequest:
-    """``request`` with ``text`` applied to each text redaction covers, in a fixed order."""
+    """``request`` with ``text`` applied to each text redaction covers, in the order of ``_texts``."""
     messages = None
     if request.messages is not None:
         messages = tuple(_rewrite_message(m, text) for m in request.messages)
