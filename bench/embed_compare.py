@@ -111,14 +111,30 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--kv-cache-bytes", type=int, default=64 * 1024 * 1024)
     p.add_argument("--start-timeout-s", type=float, default=300.0)
     p.add_argument("--log-dir", default=tempfile.gettempdir())
+    p.add_argument("--models-file", default="models.toml", help="for bastion-noaudit's generated config")
+    p.add_argument(
+        "--targets",
+        default="vllm,bastion",
+        help="comma list of vllm, bastion (dev mode, audit log on), bastion-noaudit (only the embedding "
+        "model, [audit] enabled = false); ratios are against vllm",
+    )
     args = p.parse_args(argv)
     model_dir = Path(args.model_dir).resolve()
     if not (model_dir / "config.json").exists():
         print(f"no model at {model_dir}: run `bastion models build-dev` first", file=sys.stderr)
         return 2
-    results: dict[str, list[dict[str, float]]] = {"vllm": [], "bastion": []}
+    starters = {
+        "vllm": lambda: _vllm_embed(model_dir, args),
+        "bastion": lambda: _bastion(args),
+        "bastion-noaudit": lambda: _bastion(args, audit=False),
+    }
+    order = [t.strip() for t in args.targets.split(",") if t.strip()]
+    if "vllm" not in order or any(t not in starters for t in order):
+        print(f"targets must include vllm and be among {sorted(starters)}", file=sys.stderr)
+        return 2
+    results: dict[str, list[dict[str, float]]] = {t: [] for t in order}
     with ExitStack() as stack:
-        servers = [stack.enter_context(_vllm_embed(model_dir, args)), stack.enter_context(_bastion(args))]
+        servers = [stack.enter_context(starters[t]()) for t in order]
         for server in servers:
             asyncio.run(_load(server, args, seed=1000))  # warm-up pass
         for rnd in range(args.rounds):
@@ -137,10 +153,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'':16}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}")
     for name in results:
         print(f"{name:16}{med(name, 'req_s'):9.1f}{med(name, 'p50_ms'):9.1f}{med(name, 'p99_ms'):9.1f}")
-    ratios = sorted(b["req_s"] / v["req_s"] for b, v in zip(results["bastion"], results["vllm"], strict=True))
-    print(f"bastion/vllm req/s per round, paired: median {statistics.median(ratios):.2f} "
-          f"(min {ratios[0]:.2f}, max {ratios[-1]:.2f}); p99 ratio of medians "
-          f"{med('bastion', 'p99_ms') / med('vllm', 'p99_ms'):.2f}")  # fmt: skip
+    for name in order:
+        if name == "vllm":
+            continue
+        pairs = zip(results[name], results["vllm"], strict=True)
+        ratios = sorted(b["req_s"] / v["req_s"] for b, v in pairs)
+        print(f"{name}/vllm req/s per round, paired: median {statistics.median(ratios):.2f} "
+              f"(min {ratios[0]:.2f}, max {ratios[-1]:.2f}); p99 ratio of medians "
+              f"{med(name, 'p99_ms') / med('vllm', 'p99_ms'):.2f}")  # fmt: skip
     return 0
 
 
