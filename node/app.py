@@ -40,6 +40,7 @@ from .budgets import open_limits
 from .canaries import canary_job
 from .completions import handle_generation
 from .config import ConfigError, NodeConfig, resolve
+from .drain import Drain
 from .embeddings import handle_embeddings
 from .errors import AuditFailedError, exception_handlers
 from .fleet_feedback import open_feedback
@@ -223,14 +224,17 @@ def create_app(
     audit: AuditLog | None = None,
     limits: LimitState | None = None,
     config_file: Path | None = None,
+    drain: Drain | None = None,
 ) -> Litestar:
     """Build the node. ``engines``/``providers``/``audit``/``limits`` replace what config would start.
 
     With ``config_file`` (the ``node.toml`` that ``config`` came from) the node reloads it on
-    SIGHUP and on the admin socket's ``reload`` (``node.reload``)."""
+    SIGHUP and on the admin socket's ``reload`` (``node.reload``). ``drain``: the state that
+    ``bastion serve``'s SIGTERM handler turns to draining (``node.drain``)."""
     base = config_dir or Path.cwd()
     # without a log only when the config says so (``[audit] enabled = false``)
     audit_enabled = audit is not None or config.audit is not None
+    node_drain = drain if drain is not None else Drain(timeout_s=config.server.drain_timeout_s)
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -281,6 +285,7 @@ def create_app(
                 metrics=metrics,
                 gpu=gpu,
                 gpu_meters={name: GpuTimeMeter(gpus=_gpus_held(models, name)) for name in local},
+                drain=node_drain,
             )
             if log is not None:
                 state.feedback = await stack.enter_async_context(
@@ -354,6 +359,8 @@ def create_app(
     @get("/readyz")
     async def readyz(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
         state = _state(request)
+        if state.drain.draining:  # out of rotation at once; /healthz (liveness) stays 200
+            return Response({"status": "draining"}, status_code=503, headers={"retry-after": "5"})
         engines = {}
         for name, engine in state.engines.items():
             h = await engine.health()

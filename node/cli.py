@@ -21,6 +21,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import AsyncExitStack
 from pathlib import Path
+from types import FrameType
 from typing import TYPE_CHECKING
 
 from serving.egress import apply_no_egress_env
@@ -29,6 +30,8 @@ if TYPE_CHECKING:
     from .config import NodeConfig
 
 __all__ = ["main"]
+
+_log = logging.getLogger("bastion.node")
 
 
 def _find_config(explicit: str | None) -> Path | None:
@@ -111,6 +114,7 @@ async def _serve(config: object, config_dir: Path, key_banner: str | None, confi
 
     from .app import create_app, start_engines
     from .config import ConfigError, NodeConfig
+    from .drain import Drain
     from .logs import configure_node_logging
     from .server import uvicorn_config
     from .startup import ExitCode, StartupError, listen_socket, preflight
@@ -145,9 +149,13 @@ async def _serve(config: object, config_dir: Path, key_banner: str | None, confi
         except StartupError as exc:
             return _fail(exc.message, exc.code)
         # with a config file: SIGHUP and `bastion reload` re-read it (node.reload)
-        app = create_app(config, config_dir=config_dir, engines=engines, audit=audit, config_file=config_file)
+        drain = Drain(timeout_s=config.server.drain_timeout_s)  # SIGTERM's drain (node.drain)
+        app = create_app(
+            config, config_dir=config_dir, engines=engines, audit=audit, config_file=config_file, drain=drain
+        )
         host, port = sock.getsockname()[:2]
         server = _NodeServer(uvicorn_config(app, config.server, port=port))
+        server.drain = drain
         server.announcement = key_banner or f"bastion: serving on http://{host}:{port}"
         try:
             await server.serve(sockets=[sock])
@@ -159,13 +167,59 @@ async def _serve(config: object, config_dir: Path, key_banner: str | None, confi
 def _node_server_class() -> type:
     import uvicorn
 
+    from .drain import Drain
+
     class NodeServer(uvicorn.Server):
         """Uvicorn re-raises a caught SIGTERM/SIGINT once HTTP has drained, which would kill
         the process before the engines and the audit log are closed. The node takes the
         signal as its cue to shut down in order instead, and exits 0. ``announcement`` is
-        printed once the sockets listen."""
+        printed once the sockets listen.
+
+        The first SIGTERM or SIGINT starts ``drain`` (``node.drain``): the node turns
+        unready and refuses new requests at once, and uvicorn is told to stop only once
+        the generations in flight have ended or been cut at the drain timeout. A second
+        signal cuts them at once. Either way the lifespan, the engines and the audit log
+        then close in order."""
 
         announcement = ""
+        drain: Drain | None = None
+        _loop: asyncio.AbstractEventLoop | None = None
+        _draining: asyncio.Task[None] | None = None
+
+        async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+            self._loop = asyncio.get_running_loop()
+            await super().serve(sockets)
+
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            # a signal handler: only flags here, the rest on the event loop
+            drain, loop = self.drain, self._loop
+            if drain is None or loop is None or not self.started:
+                self.should_exit = True  # before serving: nothing to drain
+                return
+            if drain.draining:
+                loop.call_soon_threadsafe(self._stop_now)
+                return
+            drain.begin()  # /readyz and new requests answer 503 from now on
+            loop.call_soon_threadsafe(self._start_drain)
+
+        def _start_drain(self) -> None:
+            self._draining = asyncio.ensure_future(self._drain_then_exit())
+
+        async def _drain_then_exit(self) -> None:
+            assert self.drain is not None
+            _log.warning("draining: waiting up to %g s for requests in flight", self.drain.timeout_s)
+            await self.drain.wait()
+            if cut := self.drain.cut():
+                _log.warning("drain timeout passed: %d request(s) in flight were cut", cut)
+            self.should_exit = True
+
+        def _stop_now(self) -> None:
+            assert self.drain is not None
+            if self._draining is not None:
+                self._draining.cancel()
+            if cut := self.drain.cut():
+                _log.warning("a second signal: %d request(s) in flight were cut", cut)
+            self.should_exit = True
 
         async def startup(self, sockets: list[socket.socket] | None = None) -> None:
             await super().startup(sockets)

@@ -10,6 +10,7 @@ before its stream ends it through the record: ``request.rejected`` at least.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import time
@@ -138,18 +139,22 @@ async def _collect(
     parts: list[str] = []
     last = Delta()
     tool_calls: tuple[ToolCall, ...] | None = None
+    drain = record.state.drain
     try:
-        async for delta in routed:
-            record.on_delta(delta)
-            if delta.text:
-                parts.append(delta.text)
-            if delta.tool_calls:
-                tool_calls = (tool_calls or ()) + delta.tool_calls
-            last = delta
+        with drain.in_flight():
+            async for delta in routed:
+                record.on_delta(delta)
+                if delta.text:
+                    parts.append(delta.text)
+                if delta.tool_calls:
+                    tool_calls = (tool_calls or ()) + delta.tool_calls
+                last = delta
     except BaseException as exc:
         await _close_quietly(routed)
         record.charged(routed)
         err = to_bastion_error(exc) if isinstance(exc, Exception) else None
+        if isinstance(exc, asyncio.CancelledError) and drain.was_cut():
+            err = drain.cut_error()  # the drain timeout passed: a 503, recorded
         with anyio.CancelScope(shield=True):
             await record.ended(
                 status="cancelled" if err is None else err.code, text="".join(parts), error=err
@@ -185,19 +190,27 @@ async def _sse(record: RequestRecord, routed: RoutedStream, encoder: StreamEncod
     last = Delta()
     status = "ok"
     error: BastionError | None = None
+    drain = record.state.drain
     try:
-        if encoder.chat:
-            yield encoder.role()
-        async for delta in routed:
-            record.on_delta(delta)
-            if delta.text:
-                parts.append(delta.text)
-                yield encoder.text(delta.text, delta)
-            if delta.tool_calls:
-                yield encoder.tool_calls(delta.tool_calls)
-            last = delta
+        with drain.in_flight():
+            if encoder.chat:
+                yield encoder.role()
+            async for delta in routed:
+                record.on_delta(delta)
+                if delta.text:
+                    parts.append(delta.text)
+                    yield encoder.text(delta.text, delta)
+                if delta.tool_calls:
+                    yield encoder.tool_calls(delta.tool_calls)
+                last = delta
     except Exception as exc:  # a failure after the first token: an error event, never a silent cut
         error = to_bastion_error(exc)
+        status = error.code
+    except asyncio.CancelledError:
+        if not drain.was_cut():  # the client went away: abort upstream, record, re-raise
+            status = "cancelled"
+            raise
+        error = drain.cut_error()  # the drain timeout passed: an error event, recorded
         status = error.code
     except BaseException:  # the client went away: abort upstream, record, re-raise
         status = "cancelled"

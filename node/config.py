@@ -53,6 +53,8 @@ class ServerConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     body_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 30.0
     #: connections served at once; a request on a connection beyond them gets 503
     max_connections: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 1024
+    #: after SIGTERM: seconds generations in flight may take to finish before they are cut (``node.drain``)
+    drain_timeout_s: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 30.0
 
     def __post_init__(self) -> None:
         try:

@@ -80,8 +80,10 @@ class RequestRecord:
     @contextlib.asynccontextmanager
     async def refusals_recorded(self) -> AsyncIterator[None]:
         """Around everything between authentication and the response (or the stream): whatever
-        raises there ends the request through this record, so it is never left unrecorded."""
+        raises there ends the request through this record, so it is never left unrecorded.
+        A node that is draining refuses the request here (503 ``draining``, recorded)."""
         try:
+            self.state.drain.refuse_if_draining()
             yield
         except BaseException as exc:
             await self.failed_before_stream(exc)

@@ -34,8 +34,10 @@ from .errors import RequestTimeoutError
 
 __all__ = ["read_deadline_middleware", "uvicorn_config"]
 
-#: after SIGTERM, how long requests in flight may take to finish before they are cancelled
-_GRACEFUL_SHUTDOWN_S = 10
+#: once the drain (``node.drain``, ``[server] drain_timeout_s``) has ended or cut every generation:
+#: how long requests still in flight (a cut stream's error event and end record) may take to
+#: finish before uvicorn cancels them
+_GRACEFUL_SHUTDOWN_S = 5
 #: set in a request's ASGI ``state`` by the protocol when its read deadline passed
 _READ_TIMED_OUT = "bastion.read_timed_out"
 _TIMEOUT_MESSAGE = "The request was not received in time; send headers and body promptly."

@@ -13,6 +13,7 @@ from serving.models import ModelsFile
 from serving.protocol import Provider
 
 from .config import NodeConfig
+from .drain import Drain
 from .tenancy import TenantRegistry
 
 if TYPE_CHECKING:
@@ -43,6 +44,8 @@ class NodeState:
     #: per local model: splits engine time among concurrent requests (GPU-seconds per request)
     gpu_meters: dict[str, GpuTimeMeter] = field(default_factory=dict)
     started_at: float = field(default_factory=time.time)
+    #: SIGTERM's drain: ``/readyz`` and new requests answer 503 while it lasts
+    drain: Drain = field(default_factory=lambda: Drain(timeout_s=30.0))
 
     def revision_of(self, model: str) -> str:
         engine = self.engines.get(model)

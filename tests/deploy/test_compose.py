@@ -10,6 +10,8 @@ import pytest
 import yaml
 from compose_spec import PyCompose
 
+from node.config import ServerConfig
+
 from .conftest import DEPLOY, ROOT
 
 COMPOSE = DEPLOY / "compose.yaml"
@@ -54,8 +56,10 @@ def test_health_check_and_stop_match_the_image() -> None:
     check = service["healthcheck"]
     assert check["test"][0] == "CMD" and "http://127.0.0.1:8000/readyz" in check["test"][-1]
     assert check["start_period"] == "600s"
-    assert service["stop_signal"] == "SIGTERM" and service["stop_grace_period"] == "30s"
-    assert "TimeoutStopSec=30\n" in (DEPLOY / "systemd" / "bastion.service").read_text()
+    # the node's drain timeout (its default), then 30 s to close the engines and the audit log
+    grace = int(ServerConfig().drain_timeout_s) + 30
+    assert service["stop_signal"] == "SIGTERM" and service["stop_grace_period"] == f"{grace}s"
+    assert f"TimeoutStopSec={grace}\n" in (DEPLOY / "systemd" / "bastion.service").read_text()
 
 
 def test_the_compose_spec_parser_accepts_it() -> None:

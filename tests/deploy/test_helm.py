@@ -21,7 +21,7 @@ import yaml
 
 from audit.checkpoint import generate_signing_key, load_signing_key
 from audit.kek import generate_kek_file, kek_from_file
-from node.config import decode_config
+from node.config import ServerConfig, decode_config
 
 from .conftest import DEPLOY, ROOT, require_tool
 
@@ -146,7 +146,8 @@ def test_the_deployment_requests_a_gpu_probes_readyz_and_drains_on_stop() -> Non
     assert container["startupProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
     assert container["lifecycle"]["preStop"]["exec"]["command"] == ["sleep", "10"]
-    assert pod["terminationGracePeriodSeconds"] >= 10 + 30  # preStop, then the node's own stop
+    # preStop, the node's drain timeout (its default), then its own stop
+    assert pod["terminationGracePeriodSeconds"] >= 10 + ServerConfig().drain_timeout_s + 30
     assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] == 10001
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert container["args"] == ["serve", "--config", "/etc/bastion/node.toml"]

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from node.config import ServerConfig
+
 from .conftest import DEPLOY, require_tool
 
 UNIT = DEPLOY / "systemd" / "bastion.service"
@@ -45,7 +47,7 @@ def test_the_unit_is_hardened_and_stops_like_the_node() -> None:
         "StateDirectory": "bastion",
         "ConfigurationDirectory": "bastion",
         "KillSignal": "SIGTERM",
-        "TimeoutStopSec": "30",
+        "TimeoutStopSec": str(int(ServerConfig().drain_timeout_s) + 30),  # drain, then close
         "UMask": "0077",
         "StateDirectoryMode": "0700",  # the node refuses a data folder open to group or others
     }.items():

@@ -75,6 +75,9 @@ class Reply:
     itl_s: tuple[float, ...] = ()
     #: send the whole stream in one write (its events then arrive in one read)
     one_write: bool = False
+    #: hold the stream before event ``after_chunks`` until this is set (from any thread; at most
+    #: ``stall_s``): a stream the test keeps in flight as long as it needs
+    hold: threading.Event | None = None
 
 
 @dataclass(frozen=True)
@@ -307,6 +310,8 @@ class FakeUpstream:
                 outputs += 1
                 if due_at > clock():
                     await asyncio.sleep(due_at - clock())
+            if reply.hold is not None and i == reply.after_chunks:
+                await asyncio.to_thread(reply.hold.wait, reply.stall_s)
             if faulty and i == reply.after_chunks:
                 if reply.fault == "stall-mid":
                     await self._stall(receive, reply.stall_s)
