@@ -8,7 +8,8 @@ embedding engine -> end record (usage; the vectors are not stored) -> response.
 Residency: embeddings are always computed by this node's own engine. There is
 no external embedding provider, so no request can leave the node and every
 residency policy (and ``x-bastion-residency`` header) is satisfied as it is;
-the route is always ``local``.
+the route is always ``local``. A header that cannot be read is still a 400
+``bad_residency_header``, as on chat: a client's typo is never read loosely.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any
 import anyio
 from litestar import Request, Response
 
+from router.policy import RESIDENCY_HEADER, effective_residency
 from serving.embedding import Embedder, EmbeddingRequest
 from serving.errors import BadRequestError, ModelNotFoundError
 
@@ -59,6 +61,11 @@ async def handle_embeddings(state: NodeState, request: Request[Any, Any, Any]) -
         wire = decode_request(await request.body(), EmbeddingsRequest)
         texts, token_ids = wire.inputs()
         embedder = _embedder(state, principal, wire.model)
+        effective_residency(
+            principal.tenant,
+            tuple(request.headers.getall(RESIDENCY_HEADER, [])),
+            regions={p.region for p in state.config.providers},
+        )
         record.alias, record.subject = wire.model, wire.user
         record.content = {"input": list(texts) if texts is not None else [list(t) for t in token_ids or ()]}
         record.params = {

@@ -257,3 +257,24 @@ async def test_metrics_count_embedding_requests_by_route(node: tuple[RunningNode
     after = await scrape()
     assert count(after, "local", "200") == count(before, "local", "200") + 1
     assert count(after, "local", "400") == count(before, "local", "400") + 1
+
+
+async def test_any_readable_residency_header_holds_and_an_unreadable_one_is_a_400(
+    node: tuple[RunningNode, NodeSetup],
+) -> None:
+    running, setup = node
+    async with httpx.AsyncClient(base_url=running.url) as http:
+        body = {"model": EMBED, "input": "where", "encoding_format": "float"}
+        ok = await http.post(
+            "/v1/embeddings",
+            json=body,
+            headers={**bearer(setup.keys["acme"]), "x-bastion-residency": "local-only"},
+        )
+        assert ok.status_code == 200 and ok.headers["x-bastion-route"] == "local"
+        bad = await http.post(
+            "/v1/embeddings",
+            json=body,
+            headers={**bearer(setup.keys["acme"]), "x-bastion-residency": "mars,"},
+        )
+    assert bad.status_code == 400
+    assert bad.json()["error"]["code"] == "bad_residency_header"
