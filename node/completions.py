@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
+import msgspec
 from litestar import Request, Response
 from litestar.response import Stream
 from litestar.response.base import ASGIResponse
@@ -128,8 +129,15 @@ async def _decode(
         sampling=wire.sampling(state.config.limits.max_tokens_cap),
         tenant=principal.tenant.name,
         cache_salt=cache_salt(principal.tenant.name),
-        tools=tuple(wire.tools) if isinstance(wire, ChatCompletionRequest) and wire.tools else None,
+        fields=wire.fields_set(),
     )
+    if isinstance(wire, ChatCompletionRequest):
+        generation = msgspec.structs.replace(
+            generation,
+            tools=tuple(wire.tools) if wire.tools else None,
+            tool_choice=wire.tool_choice,
+            parallel_tool_calls=wire.parallel_tool_calls,
+        )
     return wire, generation
 
 

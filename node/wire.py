@@ -96,6 +96,19 @@ class _Common(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
             return ()
         return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
 
+    def fields_set(self) -> frozenset[str]:
+        """The route-dependent optional fields (``serving.contract.FIELDS``) this request sets."""
+        values: dict[str, object] = {
+            "max_tokens": self.max_tokens,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "stop": self.stop,
+            "seed": self.seed,
+            "ignore_eos": self.ignore_eos or None,
+            "min_tokens": self.min_tokens or None,
+        }
+        return frozenset(name for name, value in values.items() if value is not None)
+
     def include_usage(self) -> bool:
         return self.stream_options is not None and self.stream_options.include_usage
 
@@ -109,6 +122,15 @@ class ChatCompletionRequest(_Common, frozen=True, kw_only=True, forbid_unknown_f
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
     parallel_tool_calls: bool | None = None
+
+    def fields_set(self) -> frozenset[str]:
+        values: dict[str, object] = {
+            "max_completion_tokens": self.max_completion_tokens,
+            "tools": self.tools or None,
+            "tool_choice": self.tool_choice,
+            "parallel_tool_calls": self.parallel_tool_calls,
+        }
+        return super().fields_set() | {name for name, value in values.items() if value is not None}
 
     def sampling(self, cap: int) -> SamplingOptions:
         max_tokens = self.max_completion_tokens or self.max_tokens

@@ -111,7 +111,8 @@ def _blocks(message: ChatMessage) -> tuple[str, list[dict[str, Any]]]:
 
 
 def build_messages_body(request: GenerationRequest, *, default_max_tokens: int) -> bytes:
-    """The Messages API body for an OpenAI-style request."""
+    """The Messages API body for an OpenAI-style request, translated as ``serving.contract`` says
+    (the planner never sends here a request with a field marked unsupported for ``anthropic``)."""
     messages = request.messages
     if messages is None:
         messages = (ChatMessage(role="user", content=request.prompt or ""),)
@@ -145,7 +146,38 @@ def build_messages_body(request: GenerationRequest, *, default_max_tokens: int) 
         body["stop_sequences"] = list(s.stop)
     if request.tools:
         body["tools"] = [_tool(t) for t in request.tools]
+    choice = _tool_choice(request.tool_choice, request.parallel_tool_calls)
+    if choice is not None:
+        body["tool_choice"] = choice
     return _encode(body)
+
+
+def _tool_choice(choice: str | dict[str, object] | None, parallel: bool | None) -> dict[str, object] | None:
+    """OpenAI's ``tool_choice`` and ``parallel_tool_calls`` as one Messages ``tool_choice``."""
+    out: dict[str, object]
+    if choice is None:
+        out = {"type": "auto"}
+    elif choice == "auto":
+        out = {"type": "auto"}
+    elif choice == "required":
+        out = {"type": "any"}
+    elif choice == "none":
+        out = {"type": "none"}
+    elif (
+        isinstance(choice, dict)
+        and isinstance(fn := choice.get("function"), dict)
+        and isinstance(name := fn.get("name"), str)
+    ):
+        out = {"type": "tool", "name": name}
+    else:
+        raise BadRequestError(
+            "tool_choice must be 'auto', 'required', 'none' or a named function", param="tool_choice"
+        )
+    if parallel is False and out["type"] != "none":
+        out["disable_parallel_tool_use"] = True
+    if choice is None and parallel is not False:
+        return None  # nothing asked beyond the API's own default
+    return out
 
 
 def _tool(tool: dict[str, object]) -> dict[str, object]:

@@ -117,7 +117,10 @@ def _message(m: ChatMessage) -> dict[str, Any]:
 
 
 def build_body(request: GenerationRequest) -> tuple[str, bytes]:
-    """The path and JSON body for ``request`` (the tenant and cache salt never leave the node)."""
+    """The path and JSON body for ``request`` (the tenant and cache salt never leave the node).
+
+    Every field ``serving.contract`` marks honoured for ``openai`` is sent as the client set it;
+    the planner never sends here a request with a field marked unsupported."""
     s = request.sampling
     body: dict[str, Any] = {"model": request.model, "stream": True, "stream_options": {"include_usage": True}}
     if request.messages is not None:
@@ -125,6 +128,10 @@ def build_body(request: GenerationRequest) -> tuple[str, bytes]:
         body["messages"] = [_message(m) for m in request.messages]
         if request.tools:
             body["tools"] = list(request.tools)
+        if request.tool_choice is not None:
+            body["tool_choice"] = request.tool_choice
+        if request.parallel_tool_calls is not None:
+            body["parallel_tool_calls"] = request.parallel_tool_calls
     else:
         path = "/completions"
         body["prompt"] = request.prompt or ""

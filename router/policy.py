@@ -5,6 +5,10 @@ state, breakers, cooldowns, spend), so every rule is testable without I/O.
 
 Residency is decided first and structurally: ``plan_local_only`` never sees
 an external provider, so a ``local-only`` request cannot be planned outward.
+Then the request's fields (``serving.contract``): a candidate whose kind cannot
+honour a field the client set is skipped as ``unsupported:<field>``, before any
+passing state (health, breakers, budgets) is looked at, so a plan left empty by
+fields alone says so (``Plan.unsupported``) and the request is refused, not retried.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import msgspec
 
 from router.config import LOCAL_ONLY, ProviderConfig, RouteConfig, TenantPolicy
 from router.errors import BadResidencyHeaderError
+from serving.contract import Needs, lacking
 
 __all__ = [
     "RESIDENCY_HEADER",
@@ -138,12 +143,17 @@ class Plan(msgspec.Struct, frozen=True, kw_only=True):
     retry_after_s: float = 1.0
     #: when nothing is left because of the monthly spend budget
     budget_exhausted: bool = False
+    #: when nothing is left because every candidate residency allows lacks a field: that field
+    unsupported: str | None = None
 
 
-def plan_local_only(local: LocalState | None) -> Plan:
+def plan_local_only(local: LocalState | None, needs: Needs = Needs()) -> Plan:
     """A plan from the local engine alone: the only planner a ``local-only`` request reaches."""
     if local is None:
         return Plan(candidates=(), reason="no-local", skipped=(("local", "no-local"),))
+    if (field := lacking("local", needs)) is not None:
+        lacks = _unsupported(field)
+        return Plan(candidates=(), reason=lacks, skipped=(("local", lacks),), unsupported=field)
     why = local.unavailable_reason
     if why is None:
         return Plan(candidates=(Candidate(provider="local", model=local.model, local=True),), reason="ok")
@@ -159,20 +169,21 @@ def plan_with_fallbacks(
     external: Mapping[str, ExternalState],
     *,
     spend_left: float | None,
+    needs: Needs = Needs(),
 ) -> Plan:
     """Local first when it can take the request in budget, then eligible fallbacks in order.
 
     An overloaded (but healthy) local engine goes last: better late than failed.
     """
     if residency.local_only or residency.regions is None:
-        return plan_local_only(local)
-    head = plan_local_only(local)
+        return plan_local_only(local, needs)
+    head = plan_local_only(local, needs)
     skipped = list(head.skipped)
     candidates = list(head.candidates)
     retry_after = [head.retry_after_s] if not candidates else []
     budget_exhausted = False
     for fb in route.fallbacks:
-        why = _ineligible(fb.provider, residency, policy, providers, external, spend_left)
+        why = _ineligible(fb.provider, residency, policy, providers, external, spend_left, needs)
         state = external.get(fb.provider)
         if why is None and state is not None:
             candidates.append(Candidate(provider=fb.provider, model=fb.model, local=False))
@@ -183,7 +194,7 @@ def plan_with_fallbacks(
             retry_after.append(state.breaker_retry_after_s)
         elif state is not None and why == "upstream-rate-limited":
             retry_after.append(state.cooldown_s)
-    if local is not None and local.unavailable_reason == "overflow":
+    if local is not None and local.unavailable_reason == "overflow" and head.unsupported is None:
         candidates.append(Candidate(provider="local", model=local.model, local=True))
     reason = head.reason if local is not None else "no-local"
     return Plan(
@@ -192,7 +203,21 @@ def plan_with_fallbacks(
         skipped=tuple(skipped),
         retry_after_s=max(0.001, min(retry_after, default=1.0)),
         budget_exhausted=budget_exhausted and not candidates,
+        unsupported=None if candidates else _only_fields(skipped),
     )
+
+
+def _unsupported(field: str) -> str:
+    return f"unsupported:{field}"
+
+
+def _only_fields(skipped: Sequence[tuple[str, str]]) -> str | None:
+    """The first field lacking when every candidate residency (or the tenant) allows lacks one."""
+    fields = [why.removeprefix("unsupported:") for _, why in skipped if why.startswith("unsupported:")]
+    structural = {"no-local", "no-provider", "residency", "not-allowed"}
+    if fields and all(why.startswith("unsupported:") or why in structural for _, why in skipped):
+        return fields[0]
+    return None
 
 
 def _ineligible(
@@ -202,6 +227,7 @@ def _ineligible(
     providers: Mapping[str, ProviderConfig],
     external: Mapping[str, ExternalState],
     spend_left: float | None,
+    needs: Needs,
 ) -> str | None:
     config = providers.get(name)
     state = external.get(name)
@@ -211,6 +237,8 @@ def _ineligible(
         return "residency"
     if policy.allowed_providers is not None and name not in policy.allowed_providers:
         return "not-allowed"
+    if (field := lacking(config.kind, needs)) is not None:
+        return _unsupported(field)
     if spend_left is not None and spend_left <= 0:
         return "budget"
     if state.breaker_open:

@@ -43,6 +43,7 @@ from router.policy import (
 )
 from router.redaction import Redaction, Redactor, request_texts
 from router.stream import Attempt, Charge, Outcome, RoutedStream
+from serving.contract import needs
 from serving.errors import (
     BastionError,
     BudgetExceededError,
@@ -51,6 +52,7 @@ from serving.errors import (
     RedactionError,
     ResidencyRejectedError,
     ServiceUnavailableError,
+    UnsupportedFieldError,
     UpstreamError,
 )
 from serving.protocol import Delta, GenerationRequest, Provider
@@ -211,8 +213,9 @@ class Router:
 
     async def _plan(self, route: RouteConfig, residency: Residency, request: RouteRequest) -> Plan:
         local = await self._local_state(route)
+        wants = needs(request.generation)
         if residency.local_only:
-            return plan_local_only(local)
+            return plan_local_only(local, wants)
         now = self._clock()
         external = {
             name: ExternalState(
@@ -231,6 +234,7 @@ class Router:
             self._providers,
             external,
             spend_left=await self._limits.spend_left(request.tenant, request.policy),
+            needs=wants,
         )
 
     async def _local_state(self, route: RouteConfig) -> LocalState | None:
@@ -271,6 +275,19 @@ class Router:
                 return plan
 
     def _rejection(self, plan: Plan, residency: Residency, request: RouteRequest) -> BastionError:
+        if plan.unsupported is not None:
+            lacks = "; ".join(
+                f"{_route_name(name)} cannot honour `{why.removeprefix('unsupported:')}`"
+                for name, why in plan.skipped
+                if why.startswith("unsupported:")
+            )
+            scope = " (the request is local-only)" if residency.local_only else ""
+            return UnsupportedFieldError(
+                f"`{plan.unsupported}` is not supported by any route this request may take{scope}: "
+                f"{lacks}; nothing was forwarded",
+                param=plan.unsupported,
+                reason=f"unsupported:{plan.unsupported}",
+            )
         if residency.local_only:
             return ResidencyRejectedError(
                 f"the local engine cannot take this local-only request now ({plan.reason}); "
@@ -546,6 +563,10 @@ def estimate_prompt_tokens(generation: GenerationRequest) -> int:
             len(c.function.name) + len(c.function.arguments) for c in m.tool_calls or ()
         )
     return max(1, -(-size // _BYTES_PER_TOKEN))
+
+
+def _route_name(provider: str) -> str:
+    return "local" if provider == "local" else f"external:{provider}"
 
 
 async def _aclose(stream: AsyncIterator[Delta]) -> None:

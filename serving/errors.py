@@ -30,6 +30,7 @@ __all__ = [
     "RedactionError",
     "ResidencyRejectedError",
     "ServiceUnavailableError",
+    "UnsupportedFieldError",
     "UpstreamError",
 ]
 
@@ -70,6 +71,12 @@ class BadRequestError(BastionError):
 
 class ContextLengthExceededError(BadRequestError):
     code = "context_length_exceeded"
+
+
+class UnsupportedFieldError(BadRequestError):
+    """No route this request may take honours a field it sets (``serving.contract``)."""
+
+    code = "unsupported_field"
 
 
 class AuthenticationError(BastionError):

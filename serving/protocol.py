@@ -78,8 +78,14 @@ class GenerationRequest(msgspec.Struct, frozen=True, kw_only=True):
     sampling: SamplingOptions = SamplingOptions()
     tenant: str = ""
     cache_salt: str | None = None
-    #: extra OpenAI fields passed through to external providers only (e.g. ``tools``)
+    #: OpenAI function tools, and how the model may call them (``serving.contract`` says which
+    #: routes honour them)
     tools: tuple[dict[str, object], ...] | None = None
+    tool_choice: str | dict[str, object] | None = None
+    parallel_tool_calls: bool | None = None
+    #: the optional fields the client set (``serving.contract.FIELDS``): a route that cannot honour
+    #: one of them is never asked, so an absent field is never mistaken for an unsupported one
+    fields: frozenset[str] = frozenset()
 
 
 class Delta(msgspec.Struct, frozen=True, kw_only=True):

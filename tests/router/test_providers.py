@@ -8,7 +8,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from router.anthropic_provider import AnthropicProvider
+from router.anthropic_provider import AnthropicProvider, build_messages_body
 from router.config import ProviderConfig
 from router.errors import UpstreamRateLimitedError, UpstreamTimeoutError
 from router.openai_provider import OpenAIProvider
@@ -293,3 +293,44 @@ async def test_anthropic_stop_reasons(
     finally:
         await provider.aclose()
     assert deltas[-1].finish_reason == finish
+
+
+@pytest.mark.parametrize(
+    ("choice", "parallel", "sent"),
+    [
+        (None, None, None),
+        (None, True, None),
+        ("auto", None, {"type": "auto"}),
+        ("required", None, {"type": "any"}),
+        ("none", False, {"type": "none"}),
+        ({"type": "function", "function": {"name": "f"}}, None, {"type": "tool", "name": "f"}),
+        (
+            {"type": "function", "function": {"name": "f"}},
+            False,
+            {"type": "tool", "name": "f", "disable_parallel_tool_use": True},
+        ),
+        (None, False, {"type": "auto", "disable_parallel_tool_use": True}),
+    ],
+)
+def test_tool_choice_and_parallel_tool_calls_become_one_messages_tool_choice(
+    choice: str | dict[str, object] | None, parallel: bool | None, sent: dict[str, object] | None
+) -> None:
+    request = GenerationRequest(
+        request_id="r",
+        model=CLAUDE,
+        messages=(ChatMessage(role="user", content="hi"),),
+        tool_choice=choice,
+        parallel_tool_calls=parallel,
+    )
+    body = json.loads(build_messages_body(request, default_max_tokens=16))
+    assert body.get("tool_choice") == sent
+
+
+@pytest.mark.parametrize("choice", ["sometimes", {"type": "function"}, {"type": "function", "function": {}}])
+def test_a_tool_choice_the_messages_api_cannot_express_is_a_400(choice: str | dict[str, object]) -> None:
+    request = GenerationRequest(
+        request_id="r", model=CLAUDE, messages=(ChatMessage(role="user", content="hi"),), tool_choice=choice
+    )
+    with pytest.raises(BastionError) as raised:
+        build_messages_body(request, default_max_tokens=16)
+    assert (raised.value.status_code, raised.value.param) == (400, "tool_choice")

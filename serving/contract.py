@@ -1,0 +1,153 @@
+"""The request-field contract: what each kind of route does with each optional field.
+
+One table, ``CONTRACT``: for every route kind (the local vLLM engine, an
+OpenAI-compatible provider, the Anthropic Messages API) and every optional
+request field whose fate depends on the route, whether it is honoured
+(passed on as is), translated (passed on in the provider's own terms, the note
+says how) or unsupported. The router plans with it (``router.policy``): a
+candidate that cannot honour a field the client set is skipped, and a request
+no candidate can honour is refused naming the field. Nothing is silently
+dropped. The README's table is this one.
+
+Fields the node itself handles alike on every route (``model``, ``messages``,
+``prompt``, ``stream``, ``stream_options``, ``user``) are not in the table;
+neither are values the wire schema refuses outright (``n`` above 1, non-zero
+penalties, ``echo``).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from typing import Final, Literal
+
+import msgspec
+
+from serving.protocol import GenerationRequest
+
+__all__ = [
+    "CONTRACT",
+    "FIELDS",
+    "Needs",
+    "RouteKind",
+    "Rule",
+    "Support",
+    "lacking",
+    "needs",
+]
+
+RouteKind = Literal["local", "openai", "anthropic"]
+
+
+class Support(enum.Enum):
+    HONOURED = "honoured"
+    TRANSLATED = "translated"
+    UNSUPPORTED = "unsupported"
+
+
+class Rule(msgspec.Struct, frozen=True, kw_only=True):
+    support: Support
+    #: how a translated field is sent, or why a field is unsupported
+    note: str = ""
+    #: the largest value the route takes (a larger one is unsupported there, never sent to fail)
+    max_value: float | None = None
+
+
+_H: Final = Rule(support=Support.HONOURED)
+_NOT_LOCAL: Final = Rule(support=Support.UNSUPPORTED, note="the local engine has no tool-call parser")
+_VLLM_ONLY: Final = Rule(support=Support.UNSUPPORTED, note="a vLLM extension; external APIs refuse it")
+
+#: the optional fields whose fate depends on the route, in the order the README shows them
+FIELDS: Final = (
+    "max_tokens",
+    "max_completion_tokens",
+    "temperature",
+    "top_p",
+    "stop",
+    "seed",
+    "tools",
+    "tool_choice",
+    "parallel_tool_calls",
+    "ignore_eos",
+    "min_tokens",
+)
+
+CONTRACT: Final[Mapping[RouteKind, Mapping[str, Rule]]] = {
+    "local": {
+        "max_tokens": _H,
+        "max_completion_tokens": Rule(support=Support.TRANSLATED, note="the engine's `max_tokens`"),
+        "temperature": _H,
+        "top_p": _H,
+        "stop": _H,
+        "seed": _H,
+        "tools": _NOT_LOCAL,
+        "tool_choice": _NOT_LOCAL,
+        "parallel_tool_calls": _NOT_LOCAL,
+        "ignore_eos": _H,
+        "min_tokens": _H,
+    },
+    "openai": {
+        "max_tokens": _H,
+        "max_completion_tokens": Rule(support=Support.TRANSLATED, note="sent as `max_tokens`"),
+        "temperature": _H,
+        "top_p": _H,
+        "stop": _H,
+        "seed": _H,
+        "tools": _H,
+        "tool_choice": _H,
+        "parallel_tool_calls": _H,
+        "ignore_eos": _VLLM_ONLY,
+        "min_tokens": _VLLM_ONLY,
+    },
+    "anthropic": {
+        "max_tokens": _H,
+        "max_completion_tokens": Rule(support=Support.TRANSLATED, note="sent as `max_tokens`"),
+        "temperature": Rule(
+            support=Support.TRANSLATED,
+            note="0 to 1 only: above 1 the route is skipped (`unsupported:temperature`)",
+            max_value=1.0,
+        ),
+        "top_p": _H,
+        "stop": Rule(support=Support.TRANSLATED, note="sent as `stop_sequences`"),
+        "seed": Rule(support=Support.UNSUPPORTED, note="the Messages API has no seed"),
+        "tools": Rule(support=Support.TRANSLATED, note="function tools become `input_schema` tools"),
+        "tool_choice": Rule(
+            support=Support.TRANSLATED,
+            note="`auto`/`required`/`none`/a named function become `auto`/`any`/`none`/`tool`",
+        ),
+        "parallel_tool_calls": Rule(
+            support=Support.TRANSLATED, note="`false` becomes `tool_choice.disable_parallel_tool_use`"
+        ),
+        "ignore_eos": _VLLM_ONLY,
+        "min_tokens": _VLLM_ONLY,
+    },
+}
+
+
+class Needs(msgspec.Struct, frozen=True, kw_only=True):
+    """What a request asks of a route: the optional fields the client set, and their values
+    where a route has a limit (``Rule.max_value``)."""
+
+    fields: frozenset[str] = frozenset()
+    values: Mapping[str, float] = {}
+
+
+def lacking(kind: RouteKind, needs: Needs) -> str | None:
+    """The first field (in ``FIELDS`` order) a route of ``kind`` cannot honour, if any."""
+    table = CONTRACT[kind]
+    for name in FIELDS:
+        if name not in needs.fields:
+            continue
+        rule = table[name]
+        if rule.support is Support.UNSUPPORTED:
+            return name
+        value = needs.values.get(name)
+        if rule.max_value is not None and value is not None and value > rule.max_value:
+            return name
+    return None
+
+
+def needs(request: GenerationRequest) -> Needs:
+    """What ``request`` asks of a route."""
+    temperature = request.sampling.temperature
+    return Needs(fields=request.fields, values={} if temperature is None else {"temperature": temperature})

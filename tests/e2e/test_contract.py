@@ -1,0 +1,311 @@
+"""The request-field contract walked end to end: nothing a client sets is silently dropped.
+
+For every route kind and every field of ``serving.contract.CONTRACT``, a request
+that sets the field, over real HTTP, either shows its effect where the route
+takes it (the vLLM ``SamplingParams`` the real engine built, or the body the
+fake upstream received, verbatim or translated) or is a 400 naming the field
+and the route that lacks it, with nothing forwarded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import json
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import pytest_asyncio
+
+from audit.cli import run_audit_command
+from node.cli import build_parser
+from serving.contract import CONTRACT, FIELDS, RouteKind, Support
+from serving.engine import LocalEngine
+from serving.protocol import Delta, GenerationRequest, Health, ProviderInfo
+from tests.fakes.upstream import FakeUpstream
+from tests.harness import TINY, NodeSetup, RunningNode, bearer, node_setup, running_node
+
+pytestmark = pytest.mark.engine
+
+MODEL = "fake-model-2024-08-06"
+#: route kind -> the alias served by a route of that kind only
+ALIAS: dict[RouteKind, str] = {"local": "via-local", "openai": "via-openai", "anthropic": "via-anthropic"}
+TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather in a city.",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+    },
+}
+#: the value each case sets
+VALUES: dict[str, object] = {
+    "max_tokens": 5,
+    "max_completion_tokens": 6,
+    "temperature": 0.5,
+    "top_p": 0.9,
+    "stop": ["zz"],
+    "seed": 7,
+    "tools": [TOOL],
+    "tool_choice": "required",
+    "parallel_tool_calls": False,
+    "ignore_eos": True,
+    "min_tokens": 2,
+}
+#: (kind, field) -> (where it shows: a SamplingParams attribute or a key of the upstream body, the value)
+EFFECTS: dict[tuple[RouteKind, str], tuple[str, object]] = {
+    ("local", "max_tokens"): ("max_tokens", 5),
+    ("local", "max_completion_tokens"): ("max_tokens", 6),
+    ("local", "temperature"): ("temperature", 0.5),
+    ("local", "top_p"): ("top_p", 0.9),
+    ("local", "stop"): ("stop", ["zz"]),
+    ("local", "seed"): ("seed", 7),
+    ("local", "ignore_eos"): ("ignore_eos", True),
+    ("local", "min_tokens"): ("min_tokens", 2),
+    ("openai", "max_tokens"): ("max_tokens", 5),
+    ("openai", "max_completion_tokens"): ("max_tokens", 6),
+    ("openai", "temperature"): ("temperature", 0.5),
+    ("openai", "top_p"): ("top_p", 0.9),
+    ("openai", "stop"): ("stop", ["zz"]),
+    ("openai", "seed"): ("seed", 7),
+    ("openai", "tools"): ("tools", [TOOL]),
+    ("openai", "tool_choice"): ("tool_choice", "required"),
+    ("openai", "parallel_tool_calls"): ("parallel_tool_calls", False),
+    ("anthropic", "max_tokens"): ("max_tokens", 5),
+    ("anthropic", "max_completion_tokens"): ("max_tokens", 6),
+    ("anthropic", "temperature"): ("temperature", 0.5),
+    ("anthropic", "top_p"): ("top_p", 0.9),
+    ("anthropic", "stop"): ("stop_sequences", ["zz"]),
+    ("anthropic", "tools"): (
+        "tools",
+        [
+            {
+                "name": "get_weather",
+                "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}},
+                "description": "The weather in a city.",
+            }
+        ],
+    ),
+    ("anthropic", "tool_choice"): ("tool_choice", {"type": "any"}),
+    ("anthropic", "parallel_tool_calls"): (
+        "tool_choice",
+        {"type": "auto", "disable_parallel_tool_use": True},
+    ),
+}
+CASES = [(kind, name) for kind in CONTRACT for name in FIELDS]
+
+
+def test_the_table_covers_every_field_and_every_honoured_one_has_a_check() -> None:
+    for kind, table in CONTRACT.items():
+        assert tuple(table) == FIELDS, kind
+    supported = {(k, f) for k, f in CASES if CONTRACT[k][f].support is not Support.UNSUPPORTED}
+    assert supported == set(EFFECTS)
+    assert set(VALUES) == set(FIELDS)
+
+
+class Observed:
+    """The session's real engine, keeping the vLLM ``SamplingParams`` it built for each request."""
+
+    def __init__(self, engine: LocalEngine) -> None:
+        self.engine = engine
+        self.params: list[Any] = []
+
+    def describe(self) -> ProviderInfo:
+        return self.engine.describe()
+
+    async def health(self) -> Health:
+        return await self.engine.health()
+
+    def stream(self, request: GenerationRequest) -> AsyncIterator[Delta]:
+        self.params.append(self.engine._prepare(request)[1])
+        return self.engine.stream(request)
+
+
+@pytest.fixture(scope="module")
+def fake() -> Iterator[FakeUpstream]:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FAKE_UPSTREAM_KEY", "sk-fake-secret-123")
+        with FakeUpstream() as upstream:
+            yield upstream
+
+
+def _setup(tmp_path: Path, fake: FakeUpstream, *, audit: bool) -> NodeSetup:
+    aliases = json.dumps([*ALIAS.values(), "fallback"])
+    return node_setup(
+        tmp_path,
+        audit=audit,
+        tenants={"acme": f'models = {aliases}\nresidency = ["eu-west"]'},
+        extra=f"""
+[[providers]]
+name = "fake-openai"
+kind = "openai"
+base_url = "{fake.openai_base}"
+region = "eu-west"
+api_key_env = "FAKE_UPSTREAM_KEY"
+[providers.models."{MODEL}"]
+input_per_mtok = 1.0
+output_per_mtok = 2.0
+
+[[providers]]
+name = "fake-anthropic"
+kind = "anthropic"
+base_url = "{fake.anthropic_base}"
+region = "eu-west"
+api_key_env = "FAKE_UPSTREAM_KEY"
+[providers.models."{MODEL}"]
+input_per_mtok = 1.0
+output_per_mtok = 2.0
+
+[[routes]]
+alias = "via-local"
+local = "{TINY}"
+fallbacks = []
+
+[[routes]]
+alias = "via-openai"
+fallbacks = [{{ provider = "fake-openai", model = "{MODEL}" }}]
+
+[[routes]]
+alias = "via-anthropic"
+fallbacks = [{{ provider = "fake-anthropic", model = "{MODEL}" }}]
+
+[[routes]]
+alias = "fallback"
+local = "{TINY}"
+fallbacks = [{{ provider = "fake-openai", model = "{MODEL}" }}]
+ttft_budget_ms = 60000
+""",
+    )
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def node(
+    tmp_path_factory: pytest.TempPathFactory, fake: FakeUpstream, local_engine: LocalEngine
+) -> AsyncIterator[tuple[RunningNode, Observed, str]]:
+    setup = _setup(tmp_path_factory.mktemp("contract"), fake, audit=False)
+    engine = Observed(local_engine)
+    async with running_node(setup, {TINY: engine}) as running:
+        yield running, engine, setup.keys["acme"]
+
+
+def _body(alias: str, **fields: object) -> dict[str, object]:
+    body: dict[str, object] = {"model": alias, "messages": [{"role": "user", "content": "hi"}]}
+    if not {"max_tokens", "max_completion_tokens"} & set(fields):
+        body["max_tokens"] = 4
+    return body | fields
+
+
+@pytest.mark.parametrize(("kind", "name"), CASES, ids=[f"{k}-{f}" for k, f in CASES])
+async def test_every_field_on_every_route_shows_its_effect_or_is_refused(
+    node: tuple[RunningNode, Observed, str], fake: FakeUpstream, kind: RouteKind, name: str
+) -> None:
+    running, engine, key = node
+    seen_upstream, seen_engine = len(fake.requests), len(engine.params)
+    async with httpx.AsyncClient(base_url=running.url, timeout=60) as http:
+        r = await http.post(
+            "/v1/chat/completions", headers=bearer(key), json=_body(ALIAS[kind], **{name: VALUES[name]})
+        )
+    if CONTRACT[kind][name].support is Support.UNSUPPORTED:
+        assert r.status_code == 400, r.text
+        error = r.json()["error"]
+        assert (error["code"], error["param"]) == ("unsupported_field", name)
+        route = "local" if kind == "local" else f"external:fake-{kind}"
+        assert f"{route} cannot honour `{name}`" in error["message"]
+        assert r.headers["x-bastion-route-reason"] == f"unsupported:{name}"
+        assert (len(fake.requests), len(engine.params)) == (seen_upstream, seen_engine)  # nothing forwarded
+        return
+    assert r.status_code == 200, r.text
+    where, value = EFFECTS[(kind, name)]
+    if kind == "local":
+        assert len(engine.params) == seen_engine + 1
+        assert getattr(engine.params[-1], where) == value
+    else:
+        received = fake.requests[seen_upstream:]
+        assert len(received) == 1
+        assert received[0].json()[where] == value
+
+
+async def test_temperature_above_one_is_refused_by_anthropic_and_sent_to_openai(
+    node: tuple[RunningNode, Observed, str], fake: FakeUpstream
+) -> None:
+    running, _, key = node
+    seen = len(fake.requests)
+    async with httpx.AsyncClient(base_url=running.url, timeout=60) as http:
+        refused = await http.post(
+            "/v1/chat/completions", headers=bearer(key), json=_body("via-anthropic", temperature=1.5)
+        )
+        sent = await http.post(
+            "/v1/chat/completions", headers=bearer(key), json=_body("via-openai", temperature=1.5)
+        )
+    assert refused.status_code == 400, refused.text
+    assert refused.json()["error"]["param"] == "temperature"
+    assert sent.status_code == 200, sent.text
+    received = fake.requests[seen:]
+    assert [r.json()["temperature"] for r in received] == [1.5]
+
+
+async def test_a_field_only_external_routes_honour_skips_local_and_local_only_is_refused(
+    tmp_path: Path, fake: FakeUpstream, local_engine: LocalEngine
+) -> None:
+    setup = _setup(tmp_path, fake, audit=True)
+    key = setup.keys["acme"]
+    seen = len(fake.requests)
+    async with (
+        running_node(setup, {TINY: local_engine}) as running,
+        httpx.AsyncClient(base_url=running.url, timeout=60) as http,
+    ):
+        served = await http.post(
+            "/v1/chat/completions", headers=bearer(key), json=_body("fallback", tools=[TOOL])
+        )
+        kept = await http.post(
+            "/v1/chat/completions",
+            headers=bearer(key) | {"x-bastion-residency": "local-only"},
+            json=_body("fallback", tools=[TOOL]),
+        )
+    assert served.status_code == 200, served.text
+    assert served.headers["x-bastion-route"] == "external:fake-openai"
+    assert served.headers["x-bastion-route-reason"] == "unsupported:tools"
+    assert kept.status_code == 400, kept.text
+    error = kept.json()["error"]
+    assert (error["code"], error["param"]) == ("unsupported_field", "tools")
+    assert "local-only" in error["message"] and "local cannot honour `tools`" in error["message"]
+    received = fake.requests[seen:]
+    assert [r.json()["tools"] for r in received] == [[TOOL]]  # the local-only one never left
+    records = await _records(setup)
+    start, end = records[served.json()["id"]]
+    assert (start["type"], start["meta"]["route"], start["meta"]["reason"]) == (
+        "request.start",
+        "external:fake-openai",
+        "unsupported:tools",
+    )
+    assert end["type"] == "request.end"
+    [rejected] = records[kept.headers["x-request-id"]]
+    assert rejected["type"] == "request.rejected"
+    meta = rejected["meta"]
+    assert (meta["http_status"], meta["error_code"], meta["param"], meta["reason"]) == (
+        400,
+        "unsupported_field",
+        "tools",
+        "unsupported:tools",
+    )
+
+
+async def _records(setup: NodeSetup) -> dict[str, list[dict[str, Any]]]:
+    """The decrypted export of the log (as ``bastion audit export --decrypt``), by request id."""
+    assert setup.config.audit is not None
+    args = build_parser().parse_args(["audit", "export", "--decrypt"])
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = await asyncio.to_thread(run_audit_command, args, setup.config.audit)
+    assert code == 0
+    by_request: dict[str, list[dict[str, Any]]] = {}
+    for line in out.getvalue().splitlines():
+        record = json.loads(line)
+        request_id = (record.get("meta") or {}).get("request_id")
+        if request_id:
+            by_request.setdefault(request_id, []).append(record)
+    return by_request
