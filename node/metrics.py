@@ -316,6 +316,13 @@ class Metrics:
             ["endpoint", "route", "status"],
             registry=r,
         )
+        # reasons are the router's own fixed words and ``unsupported:<field>`` of the contract's fields
+        self.route_skips = Counter(
+            "bastion_route_skips",
+            "Candidates left out of a request's plan, by route and reason (e.g. unsupported:tools)",
+            ["route", "reason"],
+            registry=r,
+        )
         self.gpu_seconds = Counter(
             "bastion_gpu_seconds", "GPU-seconds used by local requests", req, registry=r
         )
@@ -428,6 +435,11 @@ class Metrics:
             self.cost.labels(tenant, model, route, "external_tokens").inc(external_cost)
             cost += external_cost
         return cost
+
+    def observe_skips(self, skipped: Iterable[tuple[str, str]]) -> None:
+        """Count the candidates one request's plan left out, each with its reason."""
+        for route, reason in skipped:
+            self.route_skips.labels(self._route(route), reason).inc()
 
     def observe_endpoint(self, *, endpoint: str, route: str, status: int | str) -> None:
         """Count one finished request by its endpoint (``observe_request`` counts it by tenant and model)."""

@@ -26,7 +26,7 @@ import anyio
 
 from audit import AuditEvent
 from router import RoutedStream
-from serving.errors import BastionError
+from serving.errors import BastionError, UnsupportedFieldError
 from serving.protocol import Delta, GenerationRequest
 
 from .errors import to_bastion_error
@@ -61,6 +61,8 @@ class RequestRecord:
     model: str = ""
     revision: str = ""
     redactions: dict[str, int] = field(default_factory=dict)
+    #: [route, reason] of every candidate the plan left out
+    skipped: list[list[str]] = field(default_factory=list)
     external_cost: float = 0.0
     #: (prompt, completion) tokens the tenant was charged once the stream ended (``None``: the last
     #: delta's counts)
@@ -104,6 +106,8 @@ class RequestRecord:
         if isinstance(redactions, dict):
             self.redactions = {str(k): int(v) for k, v in redactions.items()}
         event_type = "request.failover" if self.forwarded else "request.start"
+        if event_type == "request.start":
+            self._skipped(tuple(getattr(decision, "skipped", ())))
         if self.timer is None:
             meter = self.state.gpu_meters.get(self.model) if self.route == "local" else None
             self.timer = self.state.metrics.track_request(
@@ -139,6 +143,11 @@ class RequestRecord:
                 tenant=self.tenant, request_id=self.request_id, model=self.alias
             )
 
+    def _skipped(self, skipped: tuple[tuple[str, str], ...]) -> None:
+        """The candidates the plan left out: in the records and counted in the metrics."""
+        self.skipped = [[str(route), str(why)] for route, why in skipped]
+        self.state.metrics.observe_skips((route, why) for route, why in self.skipped)
+
     def _meta(self) -> dict[str, Any]:
         meta: dict[str, Any] = {
             "request_id": self.request_id,
@@ -152,6 +161,8 @@ class RequestRecord:
             "revision": self.revision,
             "redactions": self.redactions,
         } | self.params
+        if self.skipped:
+            meta["skipped"] = self.skipped
         if self.generation is not None:
             s = self.generation.sampling
             meta["sampling"] = {
@@ -208,6 +219,8 @@ class RequestRecord:
         reason = getattr(err, "reason", None)
         if reason:
             self.reason = reason
+        if isinstance(err, UnsupportedFieldError):
+            self._skipped(err.skipped)
         status = "cancelled" if err is None else err.code
         try:
             with anyio.CancelScope(shield=True):  # a cancelled request is recorded all the same

@@ -88,6 +88,8 @@ class ForwardDecision(msgspec.Struct, frozen=True, kw_only=True):
     redactions: dict[str, int]
     #: 0 for the first attempt, then 1, 2, ... for failovers
     attempt: int
+    #: (route, reason) of every candidate left out so far (``unsupported:<field>``, ``breaker-open``, ...)
+    skipped: tuple[tuple[str, str], ...] = ()
 
 
 BeforeForward = Callable[[ForwardDecision], Awaitable[None]]
@@ -287,6 +289,7 @@ class Router:
                 f"{lacks}; nothing was forwarded",
                 param=plan.unsupported,
                 reason=f"unsupported:{plan.unsupported}",
+                skipped=tuple((_route_name(name), why) for name, why in plan.skipped),
             )
         if residency.local_only:
             return ResidencyRejectedError(
@@ -388,6 +391,7 @@ class Router:
                             revision=info.revisions.get(candidate.model, candidate.model),
                             redactions=dict(used.counts) if used is not None else {},
                             attempt=tries,
+                            skipped=tuple((a.route, a.reason) for a in attempts if a.outcome == "skipped"),
                         )
                     )
                 except BaseException:

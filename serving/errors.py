@@ -78,6 +78,13 @@ class UnsupportedFieldError(BadRequestError):
 
     code = "unsupported_field"
 
+    def __init__(
+        self, message: str, *, param: str, reason: str, skipped: tuple[tuple[str, str], ...] = ()
+    ) -> None:
+        super().__init__(message, param=param, reason=reason)
+        #: (route, reason) of every candidate left out of the plan
+        self.skipped = skipped
+
 
 class AuthenticationError(BastionError):
     status_code = 401

@@ -266,6 +266,7 @@ async def test_a_field_only_external_routes_honour_skips_local_and_local_only_is
             headers=bearer(key) | {"x-bastion-residency": "local-only"},
             json=_body("fallback", tools=[TOOL]),
         )
+        metrics = (await http.get("/metrics")).text
     assert served.status_code == 200, served.text
     assert served.headers["x-bastion-route"] == "external:fake-openai"
     assert served.headers["x-bastion-route-reason"] == "unsupported:tools"
@@ -282,6 +283,7 @@ async def test_a_field_only_external_routes_honour_skips_local_and_local_only_is
         "external:fake-openai",
         "unsupported:tools",
     )
+    assert start["meta"]["skipped"] == [["local", "unsupported:tools"]]
     assert end["type"] == "request.end"
     [rejected] = records[kept.headers["x-request-id"]]
     assert rejected["type"] == "request.rejected"
@@ -292,6 +294,9 @@ async def test_a_field_only_external_routes_honour_skips_local_and_local_only_is
         "tools",
         "unsupported:tools",
     )
+    assert meta["skipped"] == [["local", "unsupported:tools"]]
+    skips = 'bastion_route_skips_total{reason="unsupported:tools",route="local"} 2.0'
+    assert skips in metrics, metrics
 
 
 async def _records(setup: NodeSetup) -> dict[str, list[dict[str, Any]]]:
