@@ -2,8 +2,10 @@
 
 authenticate -> the request's record -> decode (400 naming the parameter) ->
 model access (the tenant's allow-list, then: the model must be an embedding
-model) -> start record (the input encrypted, like a prompt) -> the local
-embedding engine -> end record (usage; the vectors are not stored) -> response.
+model) -> the tenant's limits (``rpm``, ``tpm``, ``tokens_per_day``: the same
+counters chat draws on, so embeddings are no way around them) -> start record
+(the input encrypted, like a prompt) -> the local embedding engine -> the input
+tokens charged -> end record (usage; the vectors are not stored) -> response.
 
 Residency: embeddings are always computed by this node's own engine. There is
 no external embedding provider, so no request can leave the node and every
@@ -66,6 +68,8 @@ async def handle_embeddings(state: NodeState, request: Request[Any, Any, Any]) -
             tuple(request.headers.getall(RESIDENCY_HEADER, [])),
             regions={p.region for p in state.config.providers},
         )
+        limits = state.router.limits
+        await limits.admit(principal.tenant.name, principal.tenant)
         record.alias, record.subject = wire.model, wire.user
         record.content = {"input": list(texts) if texts is not None else [list(t) for t in token_ids or ()]}
         record.params = {
@@ -88,6 +92,7 @@ async def handle_embeddings(state: NodeState, request: Request[Any, Any, Any]) -
             )
         )
         record.charged_tokens = (result.prompt_tokens, 0)
+        limits.record(principal.tenant.name, tokens=result.prompt_tokens)
         with anyio.CancelScope(shield=True):
             await record.ended(status="ok", text="", error=None)
     body = embeddings_body(

@@ -39,6 +39,8 @@ async def node(
         tenants={
             "acme": f'models = ["{TINY}", "{EMBED}"]\nresidency = "local-only"',
             "globex": f'models = ["{TINY}"]\nresidency = "local-only"',
+            "metered": f'models = ["{EMBED}"]\nresidency = "local-only"\nrpm = 3',
+            "daily": f'models = ["{EMBED}"]\nresidency = "local-only"\ntokens_per_day = 5',
         },
     )
     async with running_node(setup, {TINY: local_engine, EMBED: embed_engine}) as running:
@@ -278,3 +280,28 @@ async def test_any_readable_residency_header_holds_and_an_unreadable_one_is_a_40
         )
     assert bad.status_code == 400
     assert bad.json()["error"]["code"] == "bad_residency_header"
+
+
+async def test_embeddings_draw_on_the_tenants_rate_limit_and_token_budget(
+    node: tuple[RunningNode, NodeSetup],
+) -> None:
+    """The counters chat draws on: a tenant cannot get around ``rpm`` or ``tokens_per_day``
+    by calling /v1/embeddings, and the input tokens it embedded are charged."""
+    running, setup = node
+    metered = _client(running, setup.keys["metered"])
+    for _ in range(3):
+        await metered.embeddings.create(model=EMBED, input="hello", encoding_format="float")
+    with pytest.raises(openai.RateLimitError) as limited:
+        await metered.embeddings.create(model=EMBED, input="hello", encoding_format="float")
+    assert limited.value.status_code == 429
+    assert limited.value.code == "rate_limit_exceeded"
+    assert float(limited.value.response.headers["retry-after"]) > 0
+
+    daily = _client(running, setup.keys["daily"])
+    first = await daily.embeddings.create(
+        model=EMBED, input="one two three four five six seven eight", encoding_format="float"
+    )
+    assert first.usage.prompt_tokens > 5
+    with pytest.raises(openai.RateLimitError) as spent:
+        await daily.embeddings.create(model=EMBED, input="nine", encoding_format="float")
+    assert spent.value.code == "budget_exceeded"
