@@ -22,10 +22,10 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
+import tomlkit
 
 from serving.egress import NO_EGRESS_ENV
-from serving.models import ModelSpec
-from tests.node.test_serve_cli import ROOT, _path_model
+from tests.node.test_serve_cli import ROOT
 
 _INET = re.compile(r'sa_family=AF_INET, .*?inet_addr\("([^"]+)"\)')
 _INET6 = re.compile(r'sa_family=AF_INET6, .*?inet_pton\(AF_INET6, "([^"]+)"')
@@ -88,10 +88,18 @@ def test_the_no_egress_environment_pins_vllms_host_address() -> None:
     assert ipaddress.ip_address(NO_EGRESS_ENV["VLLM_LOOPBACK_IP"]).is_loopback
 
 
+def _eager_models_file(tmp_path: Path) -> Path:
+    """The committed models.toml (same pins, same builders), every model with enforce_eager."""
+    doc = tomlkit.parse((ROOT / "models.toml").read_text(encoding="utf-8"))
+    for entry in doc["models"]:
+        entry["enforce_eager"] = True
+    path = tmp_path / "models.toml"
+    path.write_text(tomlkit.dumps(doc), encoding="utf-8")
+    return path
+
+
 @pytest.mark.engine
-def test_a_dev_node_connects_nothing_beyond_loopback(
-    tmp_path: Path, tiny_spec: ModelSpec, tiny_model_dir: Path
-) -> None:
+def test_a_dev_node_connects_nothing_beyond_loopback(tmp_path: Path) -> None:
     strace = _strace()
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -100,8 +108,9 @@ def test_a_dev_node_connects_nothing_beyond_loopback(
     env.update(
         PYTHONPATH=str(ROOT),
         BASTION_DATA_DIR=str(tmp_path / "data"),
-        # dev mode on an eager copy of the tiny model (same pins): no torch.compile on a test machine
-        BASTION_MODELS_FILE=str(_path_model(tmp_path, tiny_spec, tiny_model_dir)),
+        # dev mode's models (the chat and the embedding model, built into the data folder), the chat
+        # model eager: no torch.compile on a test machine
+        BASTION_MODELS_FILE=str(_eager_models_file(tmp_path)),
     )
     trace_file, out_file = tmp_path / "connect.trace", tmp_path / "stdout"
     with out_file.open("wb") as out:

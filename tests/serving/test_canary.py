@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import shutil
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import msgspec
 import pytest
+import tomlkit
 
 from serving.canary import (
     CANARY_SEED,
@@ -233,15 +233,17 @@ class ResampledEngine:
 @pytest.mark.engine
 async def test_record_replay_and_drift_on_the_tiny_model(local_engine: LocalEngine, tmp_path: Path) -> None:
     path = tmp_path / "models.toml"
-    shutil.copy(ROOT / "models.toml", path)
-    with path.open("a", encoding="utf-8") as f:
-        f.write(
-            "\n[[models.canaries]]\n"
-            'prompt = "The quick brown fox jumps over the lazy dog."\nmax_tokens = 12\n'
-            '\n[[models.canaries]]\nprompt = "1 2 3 4 5 6 7"\nmax_tokens = 8\n'
-            '\n[[models.canaries]]\nprompt = "Canary: hello"\nmax_tokens = 16\n'
-        )
     name = "bastion-tiny"
+    # three more canaries on the tiny chat model's own entry (models.toml holds other models too)
+    doc = tomlkit.parse((ROOT / "models.toml").read_text(encoding="utf-8"))
+    (entry,) = [m for m in doc["models"] if m["name"] == name]
+    for prompt, max_tokens in (
+        ("The quick brown fox jumps over the lazy dog.", 12),
+        ("1 2 3 4 5 6 7", 8),
+        ("Canary: hello", 16),
+    ):
+        entry["canaries"].append({"prompt": prompt, "max_tokens": max_tokens})
+    path.write_text(tomlkit.dumps(doc), encoding="utf-8")
     cases = load_models_file(path).get(name).canaries
     committed = len(load_models_file(ROOT / "models.toml").get(name).canaries)
     assert len(cases) == committed + 3
