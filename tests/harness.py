@@ -7,17 +7,23 @@ the session's engine (``local_engine`` in tests/conftest.py).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import io
+import json
 import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import uvicorn
 
 from audit import AuditLog, generate_kek_file, generate_signing_key
+from audit.cli import run_audit_command
 from node.app import create_app
+from node.cli import build_parser
 from node.config import NodeConfig, decode_config
 from node.server import uvicorn_config
 from node.state import NodeState
@@ -154,3 +160,20 @@ async def chat(client: httpx.AsyncClient, key: str, text: str = "hello") -> str:
     request_id = r.json()["id"]
     assert isinstance(request_id, str)
     return request_id
+
+
+async def audit_records_by_request(setup: NodeSetup) -> dict[str, list[dict[str, Any]]]:
+    """The decrypted export of the log (as ``bastion audit export --decrypt``), by request id."""
+    assert setup.config.audit is not None
+    args = build_parser().parse_args(["audit", "export", "--decrypt"])
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = await asyncio.to_thread(run_audit_command, args, setup.config.audit)
+    assert code == 0
+    by_request: dict[str, list[dict[str, Any]]] = {}
+    for line in out.getvalue().splitlines():
+        record = json.loads(line)
+        request_id = (record.get("meta") or {}).get("request_id")
+        if request_id:
+            by_request.setdefault(request_id, []).append(record)
+    return by_request

@@ -9,9 +9,6 @@ and the route that lacks it, with nothing forwarded.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import io
 import json
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -21,13 +18,19 @@ import httpx
 import pytest
 import pytest_asyncio
 
-from audit.cli import run_audit_command
-from node.cli import build_parser
 from serving.contract import CONTRACT, FIELDS, RouteKind, Support
 from serving.engine import LocalEngine
 from serving.protocol import Delta, GenerationRequest, Health, ProviderInfo
 from tests.fakes.upstream import FakeUpstream
-from tests.harness import TINY, NodeSetup, RunningNode, bearer, node_setup, running_node
+from tests.harness import (
+    TINY,
+    NodeSetup,
+    RunningNode,
+    audit_records_by_request,
+    bearer,
+    node_setup,
+    running_node,
+)
 
 pytestmark = pytest.mark.engine
 
@@ -276,7 +279,7 @@ async def test_a_field_only_external_routes_honour_skips_local_and_local_only_is
     assert "local-only" in error["message"] and "local cannot honour `tools`" in error["message"]
     received = fake.requests[seen:]
     assert [r.json()["tools"] for r in received] == [[TOOL]]  # the local-only one never left
-    records = await _records(setup)
+    records = await audit_records_by_request(setup)
     start, end = records[served.json()["id"]]
     assert (start["type"], start["meta"]["route"], start["meta"]["reason"]) == (
         "request.start",
@@ -298,19 +301,3 @@ async def test_a_field_only_external_routes_honour_skips_local_and_local_only_is
     skips = 'bastion_route_skips_total{reason="unsupported:tools",route="local"} 2.0'
     assert skips in metrics, metrics
 
-
-async def _records(setup: NodeSetup) -> dict[str, list[dict[str, Any]]]:
-    """The decrypted export of the log (as ``bastion audit export --decrypt``), by request id."""
-    assert setup.config.audit is not None
-    args = build_parser().parse_args(["audit", "export", "--decrypt"])
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        code = await asyncio.to_thread(run_audit_command, args, setup.config.audit)
-    assert code == 0
-    by_request: dict[str, list[dict[str, Any]]] = {}
-    for line in out.getvalue().splitlines():
-        record = json.loads(line)
-        request_id = (record.get("meta") or {}).get("request_id")
-        if request_id:
-            by_request.setdefault(request_id, []).append(record)
-    return by_request

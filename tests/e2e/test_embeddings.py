@@ -4,10 +4,6 @@ audit log read back through ``bastion audit export --decrypt``."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import io
-import json
 import math
 from collections.abc import AsyncIterator
 from typing import Any
@@ -17,12 +13,18 @@ import openai
 import pytest
 import pytest_asyncio
 
-from audit.cli import run_audit_command
-from node.cli import build_parser
 from serving.embedding import LocalEmbedder
 from serving.engine import LocalEngine
 from tests.conftest import TINY_EMBED_NAME
-from tests.harness import TINY, NodeSetup, RunningNode, bearer, node_setup, running_node
+from tests.harness import (
+    TINY,
+    NodeSetup,
+    RunningNode,
+    audit_records_by_request,
+    bearer,
+    node_setup,
+    running_node,
+)
 
 pytestmark = pytest.mark.engine
 
@@ -191,22 +193,6 @@ async def test_a_tenant_without_the_model_gets_404_and_does_not_see_it_listed(
     assert sorted([m.id async for m in acme.models.list()]) == sorted([TINY, EMBED])
 
 
-async def _records(setup: NodeSetup) -> dict[str, list[dict[str, Any]]]:
-    """The decrypted export of the log (as ``bastion audit export --decrypt``), by request id."""
-    assert setup.config.audit is not None
-    args = build_parser().parse_args(["audit", "export", "--decrypt"])
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        code = await asyncio.to_thread(run_audit_command, args, setup.config.audit)
-    assert code == 0
-    by_request: dict[str, list[dict[str, Any]]] = {}
-    for line in out.getvalue().splitlines():
-        record = json.loads(line)
-        request_id = (record.get("meta") or {}).get("request_id")
-        if request_id:
-            by_request.setdefault(request_id, []).append(record)
-    return by_request
-
 
 async def test_requests_are_audited_with_the_input_and_without_the_vectors(
     node: tuple[RunningNode, NodeSetup], embed_engine: LocalEmbedder
@@ -220,7 +206,7 @@ async def test_requests_are_audited_with_the_input_and_without_the_vectors(
     with pytest.raises(openai.BadRequestError) as caught:
         await client.embeddings.create(model=EMBED, input="x", extra_body={"truncate": 8})
     bad_id = caught.value.response.headers["x-request-id"]
-    records = await _records(setup)
+    records = await audit_records_by_request(setup)
 
     start, end = records[ok_id]
     assert (start["type"], end["type"]) == ("request.start", "request.end")

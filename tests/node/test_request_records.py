@@ -9,22 +9,16 @@ start record. The provider is the fake upstream (real HTTP on 127.0.0.1), so
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import io
 import json
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
 from audit import AuditEvent, AuditLog, AuditUnavailableError
-from audit.cli import run_audit_command
-from node.cli import build_parser
 from tests.fakes.upstream import FakeUpstream
-from tests.harness import NodeSetup, bearer, node_setup, running_node
+from tests.harness import NodeSetup, audit_records_by_request, bearer, node_setup, running_node
 
 FAKE_MODEL = "fake-model-2024-08-06"
 INT64_MAX = 2**63 - 1
@@ -63,22 +57,6 @@ fallbacks = [{{ provider = "fake", model = "{FAKE_MODEL}" }}]
 """,
     )
 
-
-async def _records(setup: NodeSetup) -> dict[str, list[dict[str, Any]]]:
-    """The decrypted export of the log (as ``bastion audit export --decrypt``), by request id."""
-    assert setup.config.audit is not None
-    args = build_parser().parse_args(["audit", "export", "--decrypt"])
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        code = await asyncio.to_thread(run_audit_command, args, setup.config.audit)
-    assert code == 0
-    by_request: dict[str, list[dict[str, Any]]] = {}
-    for line in out.getvalue().splitlines():
-        record = json.loads(line)
-        request_id = (record.get("meta") or {}).get("request_id")
-        if request_id:
-            by_request.setdefault(request_id, []).append(record)
-    return by_request
 
 
 def _chat(**fields: object) -> bytes:
@@ -128,7 +106,7 @@ async def test_every_malformed_body_leaves_a_rejected_record(tmp_path: Path, fak
             assert ok.status_code == 200, ok.text
             sent[ok.json()["id"]] = ("seed at the edge", 200, None)
     assert len(fake.requests) == 2  # only the two valid requests left the node
-    records = await _records(setup)
+    records = await audit_records_by_request(setup)
     for request_id, (case, status, param) in sent.items():
         types = [r["type"] for r in records.get(request_id, [])]
         if status == 200:
@@ -173,7 +151,7 @@ async def test_a_refused_start_record_forwards_nothing_and_leaves_no_end(
             assert r.status_code == 503, r.text
             assert r.json()["error"]["code"] == "audit_unavailable"
     assert fake.requests == []  # nothing forwarded without its durable start record
-    records = await _records(setup)
+    records = await audit_records_by_request(setup)
     assert len(records) == 2
     for request_id, rows in records.items():
         assert [r["type"] for r in rows] == ["request.rejected"], (request_id, rows)
@@ -205,7 +183,7 @@ async def test_every_refused_rating_leaves_a_rejected_record(tmp_path: Path, fak
         again = await http.post("/v1/feedback", headers=headers, json={"request_id": rated, "rating": -1})
         assert again.status_code == 409
         refused[again.headers["x-request-id"]] = (409, "request_id")
-    records = await _records(setup)
+    records = await audit_records_by_request(setup)
     assert [r["type"] for r in records[rated]] == ["request.start", "request.end", "feedback"]
     for request_id, (status, param) in refused.items():
         rows = records.get(request_id, [])
