@@ -40,6 +40,7 @@ from audit import AuditError, AuditLog, errors
 from audit.kek import kek_from_file
 
 from .config import NodeConfig, resolve
+from .periodic import every
 
 __all__ = ["AdminClient", "admin_channel", "admin_socket_path", "retention_schedule"]
 
@@ -200,22 +201,15 @@ async def _run(request: _Request, log: AuditLog) -> dict[str, Any]:
 async def retention_schedule(log: AuditLog, interval_s: float) -> AsyncIterator[None]:
     """Apply retention every ``interval_s`` while the node serves (opening the log applied it once)."""
 
-    async def loop() -> None:
-        while True:
-            await asyncio.sleep(interval_s)
-            try:
-                if seqs := await log.apply_retention():
-                    _log.warning("audit retention expired keys (recorded at seq %s)", seqs)
-            except Exception:  # the log refuses records, the keys database failed: the next run retries
-                _log.exception("audit retention failed")
+    async def retain() -> None:
+        try:
+            if seqs := await log.apply_retention():
+                _log.warning("audit retention expired keys (recorded at seq %s)", seqs)
+        except Exception:  # the log refuses records, the keys database failed: the next run retries
+            _log.exception("audit retention failed")
 
-    task = asyncio.create_task(loop(), name="bastion-audit-retention")
-    try:
+    async with every(interval_s, retain, name="bastion-audit-retention"):
         yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 # -- the CLI's side ----------------------------------------------------------------------------------

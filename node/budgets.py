@@ -15,6 +15,7 @@ from router.ledger import BudgetLedger
 from router.limits import Limiter, LimitState
 
 from .config import ConfigError, StateConfig, resolve
+from .periodic import every
 
 __all__ = ["BUDGETS_DB", "open_limits", "persisted_budgets", "postgres_url"]
 
@@ -78,18 +79,7 @@ async def persisted_budgets(limiter: Limiter, path: Path, *, interval_s: float =
                 _log.error("could not save budget counters: %s", exc)
                 limiter.mark_changed(row.tenant for row in rows)  # the next flush tries again
 
-        async def loop() -> None:
-            while True:
-                await asyncio.sleep(interval_s)
-                await flush()
-
-        task = asyncio.create_task(loop(), name="bastion-budget-flush")
-        try:
+        async with every(interval_s, flush, name="bastion-budget-flush", final=True):
             yield
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-            await flush()
     finally:
         await asyncio.to_thread(ledger.close)

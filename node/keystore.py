@@ -25,6 +25,7 @@ import msgspec
 
 from audit import private_sqlite
 
+from .periodic import every
 from .tenancy import KeyUses, NewKey
 
 __all__ = ["KEYS_DB", "KeyStore", "KeyStoreError", "StoredKey", "flush_key_uses"]
@@ -184,16 +185,5 @@ async def flush_key_uses(store: KeyStore, uses: KeyUses, *, interval_s: float = 
             _log.exception("could not record API key uses (kept for the next try)")
             uses.give_back(taken)
 
-    async def loop() -> None:
-        while True:
-            await asyncio.sleep(interval_s)
-            await flush()
-
-    task = asyncio.create_task(loop(), name="bastion-key-uses")
-    try:
+    async with every(interval_s, flush, name="bastion-key-uses", final=True):
         yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        await flush()
