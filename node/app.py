@@ -30,7 +30,7 @@ from router import Router
 from router.config import RouteConfig, RouterConfig
 from router.limits import LimitState
 from serving.embedding import Embedder
-from serving.errors import AuthenticationError, EngineUnavailableError
+from serving.errors import AuditFailedError, AuthenticationError, EngineUnavailableError
 from serving.gpu import GpuSampler, load_nvml
 from serving.models import ModelsFile, load_models_file, resolve_model_dir
 from serving.protocol import Provider
@@ -42,7 +42,7 @@ from .completions import handle_generation
 from .config import ConfigError, NodeConfig, resolve
 from .drain import Drain
 from .embeddings import handle_embeddings
-from .errors import AuditFailedError, exception_handlers
+from .errors import exception_handlers
 from .fleet_feedback import open_feedback
 from .keystore import KeyStore, flush_key_uses
 from .metrics import AuditStats, GpuTimeMeter, Metrics

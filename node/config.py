@@ -18,6 +18,7 @@ import msgspec
 
 from audit import AuditConfig
 from router.config import ProviderConfig, RouteConfig, RoutingOptions, TenantPolicy
+from serving.errors import StartupFailure
 
 __all__ = [
     "ApiKeyConfig",
@@ -38,7 +39,7 @@ _NAME = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9][a-z0-9_.-]{0,62}$")]
 _HEX64 = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}$")]
 
 
-class ConfigError(Exception):
+class ConfigError(StartupFailure):
     """The config file is missing, unreadable or invalid; the message names the location."""
 
 

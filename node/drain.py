@@ -18,19 +18,13 @@ import contextlib
 import time
 from collections.abc import Iterator
 
-from serving.errors import ServiceUnavailableError
+from serving.errors import DrainingError
 
-__all__ = ["Drain", "DrainingError"]
+__all__ = ["Drain"]
 
 #: what a client refused while the node drains should wait before retrying (another node, or this one
 #: once it is back)
 RETRY_AFTER_S = 5.0
-
-
-class DrainingError(ServiceUnavailableError):
-    """The node is shutting down: a new request is refused, one in flight past the drain timeout is cut."""
-
-    code = "draining"
 
 
 class Drain:

@@ -1,8 +1,9 @@
 """One exception handler: every failure becomes an OpenAI-style error body.
 
-``BastionError`` subclasses carry their own status and code; Litestar's own
-HTTP exceptions (413, 404 route, 405) and the audit log's errors are mapped
-into the same taxonomy here, so clients see one shape everywhere.
+``BastionError`` subclasses (the tree in ``serving.errors``) carry their own
+status and code; Litestar's own HTTP exceptions (413, 404 route, 405) and the
+audit log's errors are mapped into the same tree here, so clients see one
+shape everywhere.
 """
 
 from __future__ import annotations
@@ -16,40 +17,18 @@ from litestar.exceptions import HTTPException
 
 from audit import AuditError, AuditUnavailableError
 from serving.errors import (
+    AuditFailedError,
     BadRequestError,
     BastionError,
     InternalError,
-    ModelNotFoundError,
+    MethodNotAllowedError,
+    NotFoundError,
     PayloadTooLargeError,
-    ServiceUnavailableError,
 )
 
-__all__ = ["AuditFailedError", "RequestTimeoutError", "exception_handlers", "to_bastion_error"]
+__all__ = ["error_response", "exception_handlers", "to_bastion_error"]
 
 _log = logging.getLogger("bastion.errors")
-
-
-class AuditFailedError(ServiceUnavailableError):
-    """The audit log could not take the record: the request is refused (fail closed)."""
-
-    code = "audit_unavailable"
-
-
-class RequestTimeoutError(BadRequestError):
-    """The client did not send the request's headers or body within the server's deadlines."""
-
-    status_code = 408
-    code = "request_timeout"
-    retryable = True
-
-
-class _NotFound(ModelNotFoundError):
-    code = "not_found"
-
-
-class _MethodNotAllowed(BadRequestError):
-    status_code = 405
-    code = "method_not_allowed"
 
 
 def to_bastion_error(exc: BaseException) -> BastionError:
@@ -66,9 +45,9 @@ def to_bastion_error(exc: BaseException) -> BastionError:
         if exc.status_code == 413:
             return PayloadTooLargeError("The request body is larger than this node accepts.")
         if exc.status_code == 404:
-            return _NotFound("Unknown path.")
+            return NotFoundError("Unknown path.")
         if exc.status_code == 405:
-            return _MethodNotAllowed("Method not allowed for this path.")
+            return MethodNotAllowedError("Method not allowed for this path.")
         if 400 <= exc.status_code < 500:
             return BadRequestError(str(exc.detail))
         return InternalError("Internal server error.")

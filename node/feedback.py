@@ -40,7 +40,7 @@ import msgspec
 from litestar import Request, post
 
 from audit import AuditEvent, AuditLog, check_private, private_sqlite
-from serving.errors import BadRequestError, ModelNotFoundError, ServiceUnavailableError
+from serving.errors import FeedbackExistsError, FeedbackUnavailableError, RequestNotFoundError
 
 from .metrics import OTHER
 from .recorder import RequestRecord
@@ -49,12 +49,9 @@ from .wire import decode_request
 
 __all__ = [
     "MAX_COMMENT_CHARS",
-    "FeedbackExistsError",
     "FeedbackIndex",
     "FeedbackRequest",
     "FeedbackStore",
-    "FeedbackUnavailableError",
-    "RequestNotFoundError",
     "feedback_routes",
     "submit_feedback",
 ]
@@ -65,24 +62,6 @@ MAX_COMMENT_CHARS: Final = 2000
 #: audit event types that prove a request was made (and forwarded) by the tenant
 _RATABLE: Final = frozenset({"request.start", "request.end"})
 _FEEDBACK_EVENT: Final = "feedback"
-
-
-class RequestNotFoundError(ModelNotFoundError):
-    """Unknown request id, or another tenant's: the same answer for both."""
-
-    code = "request_not_found"
-
-
-class FeedbackExistsError(BadRequestError):
-    status_code = 409
-    code = "feedback_exists"
-
-
-class FeedbackUnavailableError(ServiceUnavailableError):
-    """Feedback is stored in the audit log; with the log off there is nowhere to keep it."""
-
-    code = "feedback_unavailable"
-    retryable = False
 
 
 class FeedbackRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

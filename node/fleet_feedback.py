@@ -26,9 +26,11 @@ from typing import Any
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
+from serving.errors import FeedbackExistsError, FeedbackUnavailableError
+
 from .budgets import postgres_url
 from .config import StateConfig
-from .feedback import FeedbackExistsError, FeedbackIndex, FeedbackStore, FeedbackUnavailableError
+from .feedback import FeedbackIndex, FeedbackStore
 
 __all__ = ["FleetFeedback", "open_feedback"]
 

@@ -29,8 +29,9 @@ import uvicorn
 from litestar.types import ASGIApp, Receive, ReceiveMessage, Scope, Send
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from serving.errors import RequestTimeoutError
+
 from .config import ServerConfig
-from .errors import RequestTimeoutError
 
 __all__ = ["read_deadline_middleware", "uvicorn_config"]
 

@@ -7,7 +7,7 @@ The node builds one ``Router(config, local=engines)`` per process and calls
 ``RoutedStream`` yields ``serving.protocol.Delta`` and says where the request
 went (``route``, ``reason``, ``provider``, ``model``, ``revision``), what was
 redacted (counts only) and what was tried (``attempts``). Failures raise from
-``serving.errors`` (plus ``router.errors`` subclasses), each with ``reason``
+``serving.errors`` (the one error tree), each with ``reason``
 and, where it applies, ``retry_after_s``.
 """
 
@@ -24,12 +24,6 @@ from router.config import (
     RoutingOptions,
     TenantPolicy,
 )
-from router.errors import (
-    BadResidencyHeaderError,
-    StateUnavailableError,
-    UpstreamRateLimitedError,
-    UpstreamTimeoutError,
-)
 from router.limits import Limiter, LimitState
 from router.openai_provider import OpenAIProvider
 from router.policy import RESIDENCY_HEADER
@@ -41,7 +35,6 @@ __all__ = [
     "RESIDENCY_HEADER",
     "AnthropicProvider",
     "Attempt",
-    "BadResidencyHeaderError",
     "BeforeForward",
     "BreakerConfig",
     "FallbackTarget",
@@ -60,8 +53,5 @@ __all__ = [
     "Router",
     "RouterConfig",
     "RoutingOptions",
-    "StateUnavailableError",
     "TenantPolicy",
-    "UpstreamRateLimitedError",
-    "UpstreamTimeoutError",
 ]

@@ -32,9 +32,8 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from router.config import TenantPolicy
-from router.errors import StateUnavailableError
 from router.limits import until_next_day, until_next_month
-from serving.errors import BudgetExceededError, RateLimitedError
+from serving.errors import BudgetExceededError, RateLimitedError, StateUnavailableError
 
 __all__ = ["PgLimits"]
 

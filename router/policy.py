@@ -19,8 +19,8 @@ from typing import Final
 import msgspec
 
 from router.config import LOCAL_ONLY, ProviderConfig, RouteConfig, TenantPolicy
-from router.errors import BadResidencyHeaderError
 from serving.contract import Needs, lacking
+from serving.errors import BadResidencyHeaderError
 
 __all__ = [
     "RESIDENCY_HEADER",

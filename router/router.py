@@ -27,7 +27,6 @@ import msgspec
 from router.anthropic_provider import AnthropicProvider
 from router.breaker import Breaker
 from router.config import RedactionConfig, RouteConfig, RouterConfig, TenantPolicy
-from router.errors import UpstreamRateLimitedError
 from router.free_text import FreeTextDetector, FreeTextEntity
 from router.limits import Limiter, LimitState
 from router.openai_provider import OpenAIProvider
@@ -54,6 +53,7 @@ from serving.errors import (
     ServiceUnavailableError,
     UnsupportedFieldError,
     UpstreamError,
+    UpstreamRateLimitedError,
 )
 from serving.protocol import Delta, GenerationRequest, Provider
 
@@ -426,7 +426,7 @@ class Router:
                 continue
             except BastionError as exc:
                 await _aclose(stream)
-                if 400 <= exc.status_code < 500:
+                if not exc.failover:
                     breaker.release()  # the request's fault: another provider would refuse it too
                     raise
                 breaker.record_failure()

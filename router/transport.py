@@ -26,9 +26,14 @@ from typing import Literal
 import aiohttp
 
 from router.config import ProviderConfig
-from router.errors import UpstreamRateLimitedError, UpstreamTimeoutError
 from router.sse import SseEvent, SseParser
-from serving.errors import BadRequestError, BastionError, UpstreamError
+from serving.errors import (
+    BadRequestError,
+    BastionError,
+    UpstreamError,
+    UpstreamRateLimitedError,
+    UpstreamTimeoutError,
+)
 from serving.protocol import Health, ProviderInfo
 
 __all__ = ["ExternalProvider", "Upstream", "fold_batch", "load_api_key", "parse_retry_after"]

@@ -1,13 +1,55 @@
-"""The one error taxonomy of Bastion.
+"""The one error tree of Bastion.
 
-Every failure that can reach a client is a ``BastionError`` subclass. Each class
-carries its HTTP status, its OpenAI-style ``type`` and ``code``, and whether a
-client may retry. ``node`` maps the tree to HTTP in one exception handler and to
-SSE error events mid-stream; ``serving`` and ``router`` raise from it. Decide by
-type, never by message text.
+Every failure that can reach a client is a ``BastionError`` subclass, defined
+here (the lowest layer ``serving``, ``router`` and ``node`` all import). Each
+class carries, as class attributes, its HTTP ``status_code``, its OpenAI-style
+``type`` and ``code``, whether a client may retry (``retryable``) and whether
+the router may try the next candidate after it (``failover``). ``node`` maps
+the tree to HTTP in one exception handler (``node.errors``) and to SSE error
+events mid-stream. Decide by type, never by status range or message text.
 
-``audit`` imports nothing of ours, so its own errors are mapped into this tree
-by ``node``.
+The hierarchy::
+
+    BastionError                      500 internal_error            failover
+    ├── ClientError                   4xx: the request's fault, every candidate would refuse it: no failover
+    │   ├── BadRequestError           400 invalid_request
+    │   │   ├── ContextLengthExceededError   context_length_exceeded
+    │   │   ├── UnsupportedFieldError        unsupported_field
+    │   │   └── BadResidencyHeaderError      bad_residency_header
+    │   ├── AuthenticationError       401 invalid_api_key
+    │   ├── NotFoundError             404 not_found (unknown path)
+    │   │   ├── ModelNotFoundError           model_not_found (also a model the key may not use)
+    │   │   └── RequestNotFoundError         request_not_found
+    │   ├── MethodNotAllowedError     405 method_not_allowed
+    │   ├── RequestTimeoutError       408 request_timeout           retryable
+    │   ├── ConflictError             409 conflict
+    │   │   └── FeedbackExistsError          feedback_exists
+    │   ├── PayloadTooLargeError      413 payload_too_large
+    │   └── RateLimitedError          429 rate_limit_exceeded       retryable
+    │       └── BudgetExceededError          budget_exceeded
+    ├── InternalError                 500 internal_error
+    ├── ServiceUnavailableError       503 service_unavailable       retryable
+    │   ├── EngineUnavailableError           engine_unavailable
+    │   ├── ResidencyRejectedError           residency_no_capacity
+    │   ├── RedactionError                   redaction_failed        (not retryable)
+    │   ├── DrainingError                    draining
+    │   ├── AuditFailedError                 audit_unavailable
+    │   ├── StateUnavailableError            state_unavailable
+    │   └── FeedbackUnavailableError         feedback_unavailable    (not retryable)
+    └── UpstreamError                 502 upstream_error            retryable
+        ├── UpstreamRateLimitedError  502 upstream_rate_limited (a cooldown, not a breaker failure)
+        └── UpstreamTimeoutError      504 upstream_timeout
+
+    StartupFailure                    never reaches HTTP: ``bastion serve`` exits (``node.startup.ExitCode``)
+    ├── PinMismatchError              exit 3: a model file fails its pin
+    ├── serving.models.ModelsConfigError     exit 2: models.toml unreadable, malformed or floating
+    └── node.config.ConfigError       exit 2: node.toml missing, unreadable or invalid
+
+There is no 403: a model a key may not use answers 404 ``model_not_found``, so
+other tenants' models are not revealed. Breakers, ports, audit keys and file
+modes fail start-up through ``node.startup.StartupError``; ``audit`` imports
+nothing of ours, so its own small tree (``audit.errors``) is mapped into
+``AuditFailedError`` by ``node.errors``.
 """
 
 from __future__ import annotations
@@ -15,33 +57,50 @@ from __future__ import annotations
 from typing import ClassVar
 
 __all__ = [
+    "AuditFailedError",
     "AuthenticationError",
     "BadRequestError",
+    "BadResidencyHeaderError",
     "BastionError",
     "BudgetExceededError",
+    "ClientError",
+    "ConflictError",
     "ContextLengthExceededError",
+    "DrainingError",
     "EngineUnavailableError",
+    "FeedbackExistsError",
+    "FeedbackUnavailableError",
     "InternalError",
+    "MethodNotAllowedError",
     "ModelNotFoundError",
+    "NotFoundError",
     "PayloadTooLargeError",
-    "PermissionDeniedError",
     "PinMismatchError",
     "RateLimitedError",
     "RedactionError",
+    "RequestNotFoundError",
+    "RequestTimeoutError",
     "ResidencyRejectedError",
     "ServiceUnavailableError",
+    "StartupFailure",
+    "StateUnavailableError",
     "UnsupportedFieldError",
     "UpstreamError",
+    "UpstreamRateLimitedError",
+    "UpstreamTimeoutError",
 ]
 
 
 class BastionError(Exception):
-    """Base of the taxonomy: status, OpenAI ``type`` and ``code``, retryability."""
+    """Base of the tree: status, OpenAI ``type`` and ``code``, retryability, failover."""
 
     status_code: ClassVar[int] = 500
     type: ClassVar[str] = "server_error"
     code: ClassVar[str] = "internal_error"
+    #: a client may send the same request again (with ``Retry-After`` where one is set)
     retryable: ClassVar[bool] = False
+    #: after this failure on one candidate, the router may try the next one
+    failover: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -63,10 +122,20 @@ class BastionError(Exception):
         return {"error": {"message": self.message, "type": self.type, "code": self.code, "param": self.param}}
 
 
-class BadRequestError(BastionError):
+# -- client errors (4xx) ---------------------------------------------------------------------------
+
+
+class ClientError(BastionError):
+    """The request itself is refused: another candidate would refuse it too, so no failover."""
+
     status_code = 400
     type = "invalid_request_error"
     code = "invalid_request"
+    failover = False
+
+
+class BadRequestError(ClientError):
+    pass
 
 
 class ContextLengthExceededError(BadRequestError):
@@ -86,31 +155,67 @@ class UnsupportedFieldError(BadRequestError):
         self.skipped = skipped
 
 
-class AuthenticationError(BastionError):
+class BadResidencyHeaderError(BadRequestError):
+    """``x-bastion-residency`` could not be read: refused, since a misread header could loosen residency."""
+
+    code = "bad_residency_header"
+
+
+class AuthenticationError(ClientError):
     status_code = 401
     type = "authentication_error"
     code = "invalid_api_key"
 
 
-class PermissionDeniedError(BastionError):
-    status_code = 403
-    type = "permission_error"
-    code = "model_not_allowed"
+class NotFoundError(ClientError):
+    """An unknown path."""
 
-
-class ModelNotFoundError(BastionError):
     status_code = 404
-    type = "invalid_request_error"
+    code = "not_found"
+
+
+class ModelNotFoundError(NotFoundError):
+    """An unknown model, or one the key may not use: the same answer for both."""
+
     code = "model_not_found"
 
 
-class PayloadTooLargeError(BastionError):
+class RequestNotFoundError(NotFoundError):
+    """Unknown request id, or another tenant's: the same answer for both."""
+
+    code = "request_not_found"
+
+
+class MethodNotAllowedError(ClientError):
+    status_code = 405
+    code = "method_not_allowed"
+
+
+class RequestTimeoutError(ClientError):
+    """The client did not send the request's headers or body within the server's deadlines."""
+
+    status_code = 408
+    code = "request_timeout"
+    retryable = True
+
+
+class ConflictError(ClientError):
+    status_code = 409
+    code = "conflict"
+
+
+class FeedbackExistsError(ConflictError):
+    """A request is rated once."""
+
+    code = "feedback_exists"
+
+
+class PayloadTooLargeError(ClientError):
     status_code = 413
-    type = "invalid_request_error"
     code = "payload_too_large"
 
 
-class RateLimitedError(BastionError):
+class RateLimitedError(ClientError):
     status_code = 429
     type = "rate_limit_error"
     code = "rate_limit_exceeded"
@@ -122,20 +227,16 @@ class BudgetExceededError(RateLimitedError):
     retryable = False
 
 
+# -- server errors (5xx) ---------------------------------------------------------------------------
+
+
 class InternalError(BastionError):
     status_code = 500
 
 
-class UpstreamError(BastionError):
-    """An external provider failed (5xx, bad stream, timeout) and no fallback was left."""
-
-    status_code = 502
-    type = "api_error"
-    code = "upstream_error"
-    retryable = True
-
-
 class ServiceUnavailableError(BastionError):
+    """This node cannot take the request now; another node (or this one later) may."""
+
     status_code = 503
     type = "server_error"
     code = "service_unavailable"
@@ -159,7 +260,68 @@ class RedactionError(ServiceUnavailableError):
     retryable = False
 
 
-class PinMismatchError(BastionError):
-    """A model file does not match its pin; never reaches a client (serve refuses to start)."""
+class DrainingError(ServiceUnavailableError):
+    """The node is shutting down: a new request is refused, one in flight past the drain timeout is cut."""
 
-    code = "pin_mismatch"
+    code = "draining"
+
+
+class AuditFailedError(ServiceUnavailableError):
+    """The audit log could not take the record: the request is refused (fail closed)."""
+
+    code = "audit_unavailable"
+
+
+class StateUnavailableError(ServiceUnavailableError):
+    """The fleet's shared limit state (PostgreSQL) cannot be reached: the request is refused
+    (fail closed), since admitting it could exceed a tenant's limits fleet-wide."""
+
+    code = "state_unavailable"
+
+
+class FeedbackUnavailableError(ServiceUnavailableError):
+    """Feedback is stored in the audit log; with the log off there is nowhere to keep it."""
+
+    code = "feedback_unavailable"
+    retryable = False
+
+
+class UpstreamError(BastionError):
+    """An external provider failed (5xx, bad stream, timeout) and no fallback was left."""
+
+    status_code = 502
+    type = "api_error"
+    code = "upstream_error"
+    retryable = True
+
+
+class UpstreamRateLimitedError(UpstreamError):
+    """An external provider answered 429; ``retry_after_s`` holds its ``Retry-After``.
+
+    The router treats it as a cooldown for that provider, not a breaker failure,
+    and never shows it to a client as the tenant's own rate limit.
+    """
+
+    code = "upstream_rate_limited"
+
+
+class UpstreamTimeoutError(UpstreamError):
+    """An external provider missed its connect, first-byte, between-chunk or total deadline."""
+
+    status_code = 504
+    code = "upstream_timeout"
+
+
+# -- start-up failures (never HTTP) ----------------------------------------------------------------
+
+
+class StartupFailure(Exception):
+    """A check before serving failed; ``bastion serve`` exits with its ``ExitCode``, no client sees it."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class PinMismatchError(StartupFailure):
+    """A model file does not match its pin (serve refuses to start)."""

@@ -19,6 +19,8 @@ from typing import Annotated, Final, Literal
 
 import msgspec
 
+from serving.errors import StartupFailure
+
 __all__ = [
     "CanaryCase",
     "ModelSpec",
@@ -35,7 +37,7 @@ _REPO: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-
 ModelName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")]
 
 
-class ModelsConfigError(ValueError):
+class ModelsConfigError(StartupFailure, ValueError):
     """``models.toml`` is unreadable, malformed or floating; the message names the location."""
 
 

@@ -8,8 +8,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from node.feedback import FeedbackExistsError, FeedbackRequest, FeedbackStore, submit_feedback
+from node.feedback import FeedbackRequest, FeedbackStore, submit_feedback
 from node.state import NodeState
+from serving.errors import FeedbackExistsError
 from serving.protocol import Provider
 from tests.harness import TINY, bearer, chat, node_setup, running_node
 

@@ -14,9 +14,8 @@ from contextlib import AsyncExitStack, asynccontextmanager
 import psycopg
 import pytest
 
-from router.errors import StateUnavailableError
 from router.pg_limits import PgLimits
-from serving.errors import BudgetExceededError, RateLimitedError
+from serving.errors import BudgetExceededError, RateLimitedError, StateUnavailableError
 from tests.postgres import PostgresServer
 from tests.router.conftest import FakeClock, policy
 

@@ -7,8 +7,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from router.config import TenantPolicy
-from router.errors import BadResidencyHeaderError
 from router.policy import Residency, effective_residency
+from serving.errors import BadResidencyHeaderError
 from tests.router.conftest import policy
 
 REGIONS = frozenset({"eu-west", "eu-central", "us-east"})

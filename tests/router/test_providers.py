@@ -10,9 +10,8 @@ import pytest
 
 from router.anthropic_provider import AnthropicProvider, build_messages_body
 from router.config import ProviderConfig
-from router.errors import UpstreamRateLimitedError, UpstreamTimeoutError
 from router.openai_provider import OpenAIProvider
-from serving.errors import BastionError, UpstreamError
+from serving.errors import BastionError, UpstreamError, UpstreamRateLimitedError, UpstreamTimeoutError
 from serving.protocol import ChatMessage, Delta, FunctionCall, GenerationRequest, SamplingOptions, ToolCall
 from tests.fakes import FakeUpstream, Reply, closed_port_url
 from tests.router.conftest import CLAUDE, GPT, SECRET, decode_config, provider_toml
