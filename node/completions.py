@@ -198,6 +198,7 @@ async def _sse(record: RequestRecord, routed: RoutedStream, encoder: StreamEncod
     last = Delta()
     status = "ok"
     error: BastionError | None = None
+    pieces_streamed = False
     drain = record.state.drain
     try:
         with drain.in_flight():
@@ -208,7 +209,11 @@ async def _sse(record: RequestRecord, routed: RoutedStream, encoder: StreamEncod
                 if delta.text:
                     parts.append(delta.text)
                     yield encoder.text(delta.text, delta)
-                if delta.tool_calls:
+                if delta.tool_call_deltas:
+                    pieces_streamed = True
+                    yield encoder.tool_call_pieces(delta.tool_call_deltas)
+                elif delta.tool_calls and not pieces_streamed:
+                    # a provider that streamed no pieces: the whole calls in one chunk
                     yield encoder.tool_calls(delta.tool_calls)
                 last = delta
     except Exception as exc:  # a failure after the first token: an error event, never a silent cut

@@ -175,14 +175,16 @@ class RequestRecord:
         return meta
 
     def on_delta(self, delta: Delta) -> None:
-        if delta.text or delta.tool_calls:
+        if delta.text or delta.tool_calls or delta.tool_call_deltas:
             now = time.monotonic()
             if self.first_token_at is None:
                 self.first_token_at = now
             self.last_token_at = now
             self.chunks += 1
         if self.timer is not None:
-            self.timer.tokens(delta.completion_tokens, output=bool(delta.text or delta.tool_calls))
+            self.timer.tokens(
+                delta.completion_tokens, output=bool(delta.text or delta.tool_calls or delta.tool_call_deltas)
+            )
 
     def charged(self, routed: RoutedStream) -> None:
         """Take the usage and spend the router charged for the ended stream, so the end record,

@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal, TypeVar
 import msgspec
 
 from serving.errors import BadRequestError
-from serving.protocol import ChatMessage, Delta, FunctionCall, SamplingOptions, ToolCall
+from serving.protocol import ChatMessage, Delta, FunctionCall, SamplingOptions, ToolCall, ToolCallDelta
 
 __all__ = [
     "ChatCompletionRequest",
@@ -317,6 +317,22 @@ class StreamEncoder:
 
     def tool_calls(self, calls: tuple[ToolCall, ...]) -> bytes:
         delta = {"tool_calls": [{"index": i, **c} for i, c in enumerate(_tool_calls_json(calls))]}
+        return self._chunk({"index": 0, "delta": delta, "logprobs": None, "finish_reason": None})
+
+    def tool_call_pieces(self, pieces: tuple[ToolCallDelta, ...]) -> bytes:
+        """Streamed tool-call pieces as OpenAI sends them: a call's first piece with its id, type
+        and name, later ones with argument fragments only; one entry per call in a chunk."""
+        calls: dict[int, dict[str, Any]] = {}
+        for p in pieces:
+            call = calls.get(p.index)
+            if call is None:
+                call = calls[p.index] = {"index": p.index, "function": {"arguments": ""}}
+            if p.id is not None:
+                call["id"], call["type"] = p.id, "function"
+            if p.name is not None:
+                call["function"] = {"name": p.name, **call["function"]}
+            call["function"]["arguments"] += p.arguments
+        delta = {"tool_calls": list(calls.values())}
         return self._chunk({"index": 0, "delta": delta, "logprobs": None, "finish_reason": None})
 
     def finish(self, last: Delta) -> bytes:

@@ -28,6 +28,7 @@ from serving.protocol import (
     FunctionCall,
     GenerationRequest,
     ToolCall,
+    ToolCallDelta,
 )
 from serving.protocol import FinishReason as _FinishReason
 
@@ -208,9 +209,13 @@ class AnthropicProvider(ExternalProvider):
         async for batch in self._upstream.batches("/v1/messages", body, terminal=_is_stop):
             # The text of every event that arrived in one read goes out as one delta.
             text, failure = fold_batch(batch, partial(self._absorb, state=state))
-            if text:
+            pieces, state.pieces = state.pieces, []
+            if text or pieces:
                 yield Delta(
-                    text=text, prompt_tokens=state.prompt_tokens, completion_tokens=state.completion_tokens
+                    text=text,
+                    prompt_tokens=state.prompt_tokens,
+                    completion_tokens=state.completion_tokens,
+                    tool_call_deltas=tuple(pieces) or None,
                 )
             if failure is not None:
                 raise failure
@@ -219,7 +224,13 @@ class AnthropicProvider(ExternalProvider):
                 self._last_ok = time.monotonic()
                 calls = tuple(
                     ToolCall(id=v[0], function=FunctionCall(name=v[1], arguments=v[2] or "{}"))
-                    for _, v in sorted(state.tools.items())
+                    for v in state.tools.values()
+                )
+                # a tool without input streamed none: its arguments are "{}" streamed too
+                empty = tuple(
+                    ToolCallDelta(index=i, arguments="{}")
+                    for i, v in enumerate(state.tools.values())
+                    if not v[2]
                 )
                 yield Delta(
                     finish_reason=stop_reason_to_finish(state.stop_reason),
@@ -227,6 +238,7 @@ class AnthropicProvider(ExternalProvider):
                     completion_tokens=state.completion_tokens,
                     cached_tokens=state.cached,
                     tool_calls=calls or None,
+                    tool_call_deltas=empty or None,
                 )
                 return
         raise UpstreamError(
@@ -246,12 +258,22 @@ class AnthropicProvider(ExternalProvider):
                 parts.append(event.delta.text)
                 state.count_output()
             elif event.delta.partial_json is not None and event.index in state.tools:
-                state.tools[event.index][2] += event.delta.partial_json
+                call = state.tools[event.index]
+                call[2] += event.delta.partial_json
+                if event.delta.partial_json:
+                    state.pieces.append(
+                        ToolCallDelta(index=state.ordinal[event.index], arguments=event.delta.partial_json)
+                    )
                 state.count_output()
         elif kind == "content_block_start" and event.content_block is not None:
             block = event.content_block
             if block.type == "tool_use":
+                # OpenAI numbers tool calls from 0; a Messages block index counts text blocks too
+                state.ordinal[event.index] = len(state.tools)
                 state.tools[event.index] = [block.id or "", block.name or "", ""]
+                state.pieces.append(
+                    ToolCallDelta(index=state.ordinal[event.index], id=block.id or "", name=block.name or "")
+                )
             elif block.text:
                 parts.append(block.text)
                 state.count_output()
@@ -280,6 +302,8 @@ class _StreamState:
         "cached",
         "completion_tokens",
         "counted",
+        "ordinal",
+        "pieces",
         "prompt_tokens",
         "stop_reason",
         "stopped",
@@ -294,7 +318,10 @@ class _StreamState:
         #: ``message_delta`` reported the output tokens
         self.usage_final = False
         self.stop_reason: str | None = None
-        self.tools: dict[int, list[str]] = {}  # block index -> [id, name, partial json]
+        self.tools: dict[int, list[str]] = {}  # block index -> [id, name, partial json], in order
+        self.ordinal: dict[int, int] = {}  # block index -> the tool call's OpenAI index
+        #: tool-call pieces not yet delivered
+        self.pieces: list[ToolCallDelta] = []
         self.stopped = False
 
     def count_output(self) -> None:

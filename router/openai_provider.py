@@ -2,7 +2,8 @@
 
 Streams ``/chat/completions`` (or ``/completions`` for a plain prompt) with
 ``stream_options.include_usage`` and turns chunks into ``Delta``s. Tool-call
-fragments are assembled and delivered whole on the last delta. A stream that
+fragments are passed on as they come (``Delta.tool_call_deltas``) and delivered
+whole on the last delta too. A stream that
 ends without a finish reason is an error, never a clean end (the cut-stream bug
 of other gateways).
 """
@@ -26,6 +27,7 @@ from serving.protocol import (
     FunctionCall,
     GenerationRequest,
     ToolCall,
+    ToolCallDelta,
 )
 from serving.protocol import FinishReason as _FinishReason
 
@@ -76,7 +78,7 @@ class _Chunk(msgspec.Struct):
 class _StreamState:
     """What one stream has told so far."""
 
-    __slots__ = ("counted", "done", "finish", "tools", "usage", "usage_seen")
+    __slots__ = ("counted", "done", "finish", "pieces", "tools", "usage", "usage_seen")
 
     def __init__(self) -> None:
         self.finish: _FinishReason | None = None
@@ -86,6 +88,8 @@ class _StreamState:
         #: chunks that carried output (text or a tool-call fragment): about one token each
         self.counted = 0
         self.tools: dict[int, list[str]] = {}  # index -> [id, name, arguments]
+        #: tool-call fragments not yet delivered (passed on as they came)
+        self.pieces: list[ToolCallDelta] = []
         self.done = False  # [DONE] seen
 
     @property
@@ -168,11 +172,13 @@ class OpenAIProvider(ExternalProvider):
         async for batch in self._upstream.batches(path, body, terminal=_is_done):
             # The text of every chunk that arrived in one read goes out as one delta.
             text, failure = fold_batch(batch, partial(self._absorb, state=state))
-            if text:
+            pieces, state.pieces = state.pieces, []
+            if text or pieces:
                 yield Delta(
                     text=text,
                     prompt_tokens=state.usage.prompt_tokens,
                     completion_tokens=state.completion_tokens,
+                    tool_call_deltas=tuple(pieces) or None,
                 )
             if failure is not None:
                 raise failure
@@ -206,6 +212,15 @@ class OpenAIProvider(ExternalProvider):
             text = choice.text if choice.delta is None else choice.delta.content
             if choice.delta is not None and choice.delta.tool_calls:
                 _merge_tools(state.tools, choice.delta.tool_calls)
+                state.pieces.extend(
+                    ToolCallDelta(
+                        index=f.index,
+                        id=f.id,
+                        name=None if f.function is None else f.function.name,
+                        arguments=(f.function.arguments or "") if f.function is not None else "",
+                    )
+                    for f in choice.delta.tool_calls
+                )
                 state.counted += 1
             elif text:
                 state.counted += 1

@@ -8,9 +8,14 @@ only when the tenant names a local model for it (``router.free_text``): its
 answer, a list of the text's own words per entity, is turned into spans here.
 A tenant's ``keep_patterns`` mark its own identifiers, which are never touched.
 
-Every message role is covered, with assistant tool-call arguments and tool
-results, and plain prompts. Values become typed placeholders (``[EMAIL_1]``),
-the same value the same placeholder within one request. Anything that goes
+Every place a request can carry personal data is covered
+(``router.redaction_fields``): each message role, message names, tool
+definitions, assistant tool calls (names, and arguments with the JSON kept
+valid), tool results, plain prompts. Values become typed placeholders
+(``[EMAIL_1]``; in a function or message name, where brackets are not allowed,
+``EMAIL_1``), the same value the same placeholder within one request. The
+``Restorer`` puts the values back into the answer's text, its tool calls'
+arguments (escaped for the JSON string they stand in) and function names. Anything that goes
 wrong raises ``RedactionError``: the request is not sent out (fail closed).
 Only counts by type leave this module, never the values.
 """
@@ -18,7 +23,7 @@ Only counts by type leave this module, never the values.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 
 import msgspec
 
@@ -26,12 +31,13 @@ from router.config import RedactionConfig
 from router.free_text import FreeTextEntity
 from router.identifiers import Span, find_identifiers, islands
 from router.phones import PhoneDetector
+from router.redaction_fields import Slot, rewrite, scanned, texts, tool_texts
+from router.restorer import PLACEHOLDER, Restorer
 from serving.errors import RedactionError
-from serving.protocol import ChatMessage, FunctionCall, GenerationRequest, ToolCall
+from serving.protocol import GenerationRequest
 
 __all__ = ["Redaction", "Redactor", "Restorer", "request_texts"]
 
-_PLACEHOLDER = re.compile(r"\[([A-Z]+(?:_[A-Z]+)*)_(\d+)\]")
 # What may stand between two words of one free-text entity ("Anna Schmidt", "Hauptstr. 5, Berlin").
 _ENTITY_GAP = re.compile(r"[\s,.\-/]{1,3}")
 _MASK = "\x00"
@@ -42,49 +48,9 @@ _MASK = "\x00"
 _SEPARATOR = _MASK * 319 + "\n"
 
 
-def request_texts(request: GenerationRequest) -> list[str]:
-    """Every text of a request that redaction covers: prompt, contents, tool-call arguments."""
-    texts = [request.prompt or ""]
-    for m in request.messages or ():
-        texts.append(m.content or "")
-        texts.extend(c.function.arguments for c in m.tool_calls or ())
-    return [t for t in texts if t]
-
-
-class Restorer:
-    """Puts original values back into an answer, also across delta boundaries."""
-
-    def __init__(self, mapping: dict[str, str]) -> None:
-        self._mapping = mapping
-        self._longest = max((len(p) for p in mapping), default=0)
-        self._pending = ""
-
-    def restore(self, text: str) -> str:
-        if not self._mapping or "[" not in text:
-            return text
-        return _PLACEHOLDER.sub(lambda m: self._mapping.get(m.group(0), m.group(0)), text)
-
-    def feed(self, text: str) -> str:
-        """Restored text that is safe to emit now; a possible placeholder prefix is held back."""
-        if not self._mapping:
-            return text
-        buffer = self._pending + text
-        cut = buffer.rfind("[")
-        if (
-            cut != -1
-            and "]" not in buffer[cut:]
-            and len(buffer) - cut < self._longest
-            and (re.fullmatch(r"\[[A-Z_]*\d*", buffer[cut:]))
-        ):
-            self._pending = buffer[cut:]
-            buffer = buffer[:cut]
-        else:
-            self._pending = ""
-        return self.restore(buffer)
-
-    def flush(self) -> str:
-        rest, self._pending = self._pending, ""
-        return self.restore(rest)
+def request_texts(request: GenerationRequest, tools: list[list[str]] | None = None) -> list[str]:
+    """Every distinct non-empty text of a request that redaction covers (``router.redaction_fields``)."""
+    return [t for t in dict.fromkeys(texts(request, tools)) if t]
 
 
 class Redaction(msgspec.Struct, frozen=True, kw_only=True):
@@ -92,9 +58,11 @@ class Redaction(msgspec.Struct, frozen=True, kw_only=True):
     counts: dict[str, int]
     #: placeholder -> original value; stays in memory for restoration only
     mapping: dict[str, str]
+    #: redacted function name -> original name (only names that changed)
+    names: dict[str, str] = {}
 
     def restorer(self) -> Restorer:
-        return Restorer(self.mapping)
+        return Restorer(self.mapping, self.names)
 
 
 class Redactor:
@@ -142,10 +110,30 @@ class Redactor:
         return taken
 
     def _redact(self, request: GenerationRequest, free_text: _FreeText) -> Redaction:
-        found = iter(self._spans(list(_texts(request)), free_text))
-        table = _Table(request)
-        redacted = _rewrite(request, lambda text: _replaced(text, next(found), table))
-        return Redaction(request=redacted, counts=dict(table.counts), mapping=table.mapping)
+        # Each distinct text is scanned once (a tool schema repeats "string", "type", ...).
+        per_tool = tool_texts(request)
+        unique = request_texts(request, per_tool)
+        found = dict(zip(unique, self._spans(unique, free_text), strict=True))
+        table = _Table(unique)
+
+        def replace(text: str, slot: Slot) -> str:
+            key = scanned(text, slot)
+            spans = found.get(key)
+            if spans is None:  # never expected: scan it rather than let it out unscanned
+                spans = found[key] = self.find(key, free_text=free_text)
+            if not spans:
+                return text
+            if slot == "text":
+                return _replaced(text, spans, table.placeholder)
+            redacted = _replaced(text, spans, table.name_placeholder)
+            table.names[redacted] = text
+            return redacted
+
+        hits = {text for text, spans in found.items() if spans}
+        redacted = rewrite(request, replace, hits, per_tool) if hits else request
+        return Redaction(
+            request=redacted, counts=dict(table.counts), mapping=table.mapping, names=table.names
+        )
 
     def _spans(self, texts: list[str], free_text: _FreeText) -> list[list[Span]]:
         """Each text's spans, in order; one ``memo`` for the request."""
@@ -170,48 +158,12 @@ class Redactor:
         return spans
 
 
-def _texts(request: GenerationRequest) -> Iterator[str]:
-    """The texts redaction covers, in the order ``_rewrite`` visits them."""
-    for m in request.messages or ():
-        if m.content is not None:
-            yield m.content
-        yield from (c.function.arguments for c in m.tool_calls or ())
-    if request.prompt is not None:
-        yield request.prompt
-
-
-def _rewrite(request: GenerationRequest, text: Callable[[str], str]) -> GenerationRequest:
-    """``request`` with ``text`` applied to each text redaction covers, in the order of ``_texts``."""
-    messages = None
-    if request.messages is not None:
-        messages = tuple(_rewrite_message(m, text) for m in request.messages)
-    prompt = None if request.prompt is None else text(request.prompt)
-    return msgspec.structs.replace(request, messages=messages, prompt=prompt)
-
-
-def _rewrite_message(message: ChatMessage, text: Callable[[str], str]) -> ChatMessage:
-    content = None if message.content is None else text(message.content)
-    calls = message.tool_calls
-    if calls:
-        calls = tuple(
-            ToolCall(
-                id=c.id,
-                type=c.type,
-                function=FunctionCall(name=c.function.name, arguments=text(c.function.arguments)),
-            )
-            for c in calls
-        )
-    return msgspec.structs.replace(message, content=content, tool_calls=calls)
-
-
-def _replaced(text: str, spans: list[Span], table: _Table) -> str:
-    if not spans:
-        return text
+def _replaced(text: str, spans: list[Span], placeholder: Callable[[str, str], str]) -> str:
     out: list[str] = []
     last = 0
     for start, end, kind in spans:
         out.append(text[last:start])
-        out.append(table.placeholder(kind, text[start:end]))
+        out.append(placeholder(kind, text[start:end]))
         last = end
     out.append(text[last:])
     return "".join(out)
@@ -220,12 +172,17 @@ def _replaced(text: str, spans: list[Span], table: _Table) -> str:
 class _Table:
     """Placeholders of one request; skips numbers already written literally in the input."""
 
-    def __init__(self, request: GenerationRequest) -> None:
+    def __init__(self, texts: list[str]) -> None:
         self.mapping: dict[str, str] = {}
+        self.names: dict[str, str] = {}
         self.counts: dict[str, int] = {}
         self._by_value: dict[tuple[str, str], str] = {}
         self._next: dict[str, int] = {}
-        self._literal = {p.group(0) for t in request_texts(request) for p in _PLACEHOLDER.finditer(t)}
+        self._literal = {p.group(0) for t in texts for p in PLACEHOLDER.finditer(t)}
+
+    def name_placeholder(self, kind: str, value: str) -> str:
+        """The placeholder without its brackets, for names that allow only ``[a-zA-Z0-9_-]``."""
+        return self.placeholder(kind, value)[1:-1]
 
     def placeholder(self, kind: str, value: str) -> str:
         self.counts[kind] = self.counts.get(kind, 0) + 1
@@ -266,7 +223,7 @@ class _FreeText:
         self._kind: dict[str, str] = {}
         for entity in entities:
             for word in entity.words:
-                if word.strip() and not _PLACEHOLDER.fullmatch(word):
+                if word.strip() and not PLACEHOLDER.fullmatch(word):
                     self._kind.setdefault(word, entity.type)
         words = sorted(self._kind, key=len, reverse=True)
         self.pattern = (

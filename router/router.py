@@ -545,9 +545,10 @@ class Router:
             detector = FreeTextDetector(engine, config.ner_model, timeout_s=config.ner_timeout_s)
             entities = await detector.detect(request_texts(generation))
         size = len(generation.prompt or "") + sum(len(m.content or "") for m in generation.messages or ())
-        if size < _REDACT_INLINE_CHARS:
+        if size < _REDACT_INLINE_CHARS and not generation.tools:
             return redactor.redact(generation, entities)
-        # Long prompts take milliseconds: let the event loop serve other streams meanwhile.
+        # Long prompts and tool definitions take milliseconds: let the event loop serve other
+        # streams meanwhile.
         return await asyncio.to_thread(redactor.redact, generation, entities)
 
     def _backoff(self, tries: int, remaining: float) -> float:

@@ -16,9 +16,9 @@ from typing import Literal
 
 import msgspec
 
-from router.redaction import Restorer
+from router.restorer import Restorer
 from serving.errors import BastionError, UpstreamError
-from serving.protocol import Delta, FunctionCall, ToolCall
+from serving.protocol import Delta
 
 __all__ = ["Attempt", "Charge", "Outcome", "RoutedStream"]
 
@@ -164,27 +164,10 @@ class RoutedStream:
             self.prompt_tokens = delta.prompt_tokens
         if delta.completion_tokens:
             self.completion_tokens = delta.completion_tokens
-        restorer = self._restorer
+        if self._restorer is not None:
+            delta = self._restorer.delta(delta)
         if delta.finish_reason is None:
-            if restorer is not None and delta.text:
-                delta = msgspec.structs.replace(delta, text=restorer.feed(delta.text))
             return delta
-        if restorer is not None:
-            calls = delta.tool_calls
-            if calls:
-                calls = tuple(
-                    ToolCall(
-                        id=c.id,
-                        type=c.type,
-                        function=FunctionCall(
-                            name=c.function.name, arguments=restorer.restore(c.function.arguments)
-                        ),
-                    )
-                    for c in calls
-                )
-            delta = msgspec.structs.replace(
-                delta, text=restorer.feed(delta.text) + restorer.flush(), tool_calls=calls
-            )
         if not self._done:
             self._done = True
             self._charge(Outcome(ok=True))

@@ -23,6 +23,7 @@ __all__ = [
     "ProviderInfo",
     "SamplingOptions",
     "ToolCall",
+    "ToolCallDelta",
 ]
 
 FinishReason = Literal["stop", "length", "tool_calls", "content_filter", "abort", "error"]
@@ -37,6 +38,16 @@ class ToolCall(msgspec.Struct, frozen=True, kw_only=True):
     id: str
     function: FunctionCall
     type: str = "function"
+
+
+class ToolCallDelta(msgspec.Struct, frozen=True, kw_only=True):
+    """A piece of a tool call as it streams (OpenAI's streamed tool-call delta): the first piece
+    of call ``index`` carries its ``id`` and ``name``, the later ones fragments of ``arguments``."""
+
+    index: int
+    id: str | None = None
+    name: str | None = None
+    arguments: str = ""
 
 
 class ChatMessage(msgspec.Struct, frozen=True, kw_only=True):
@@ -96,7 +107,9 @@ class Delta(msgspec.Struct, frozen=True, kw_only=True):
     not known yet); the last delta carries the final usage. An external API
     reports usage only at the end, so until then its provider counts the chunks
     that carried output, about one token each. ``finish_reason`` is set on the
-    last delta only.
+    last delta only. ``tool_call_deltas`` are the pieces of tool calls as they stream (from a
+    provider that streams them); the last delta carries the whole calls in ``tool_calls`` all the
+    same, for those that collect the answer.
     """
 
     text: str = ""
@@ -104,6 +117,7 @@ class Delta(msgspec.Struct, frozen=True, kw_only=True):
     completion_tokens: int = 0
     finish_reason: FinishReason | None = None
     tool_calls: tuple[ToolCall, ...] | None = None
+    tool_call_deltas: tuple[ToolCallDelta, ...] | None = None
     #: prompt tokens served from the prefix cache (local engines)
     cached_tokens: int = 0
 
