@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, Protocol, runtime_checkable
@@ -181,7 +180,7 @@ class LocalEmbedder(LocalEngine):
         finished = False
         try:
             async for out in self._llm.encode({"prompt_token_ids": ids}, params, request_id):
-                self._last_output_s = time.monotonic()
+                self._prober.note_output()
                 if out.finished:
                     finished = True
                     return _le_float32(out.outputs.data)

@@ -4,7 +4,8 @@
 model whose files fail their pins, switches off every egress path before vLLM
 starts, streams generations as deltas with running token counts, aborts a
 request in the engine when its consumer goes away, and proves readiness with
-real one-token generations (see ``serving.health``): a wedged or dead engine
+real one-token generations (the probe state machine is ``serving.prober``; the
+scheduler figures come from ``serving.engine_stats``): a wedged or dead engine
 fails requests fast with ``EngineUnavailableError`` instead of letting them hang.
 """
 
@@ -24,9 +25,9 @@ from serving.chat_template import PromptRenderer, budget_max_tokens
 from serving.egress import apply_no_egress_env
 from serving.engine_stats import EngineStats, StatsSink
 from serving.errors import BadRequestError, EngineUnavailableError, InternalError
-from serving.health import HealthState
 from serving.models import ModelSpec
 from serving.pins import verify_model
+from serving.prober import Prober, ProbeSettings
 from serving.protocol import Delta, GenerationRequest, Health, ProviderInfo
 
 __all__ = ["EngineStats", "LocalEngine", "engine_args"]
@@ -61,27 +62,26 @@ class LocalEngine:
         self.name = spec.name
         self.revision = spec.pinned_revision
         self.max_model_len = spec.max_model_len
-        self._probe_interval_s = probe_interval_s
-        self._probe_timeout_s = probe_timeout_s
-        # after a missed probe the next one comes soon: a wedge is confirmed, or a wedged
-        # engine serves again, within seconds rather than a whole interval
-        self._retry_probe_interval_s = min(retry_probe_interval_s, probe_interval_s)
-        self._wedge_after_misses = max(1, wedge_after_misses)
-        self._missed = 0
-        # the first forward pass may warm up or compile: it gets its own, longer deadline
-        self._start_probe_timeout_s = max(start_probe_timeout_s, probe_timeout_s)
-        self._health = HealthState(spec.name)
-        #: monotonic time of the last output any generation received (progress, for the probe)
-        self._last_output_s = float("-inf")
+        settings = ProbeSettings(
+            interval_s=probe_interval_s,
+            timeout_s=probe_timeout_s,
+            start_timeout_s=start_probe_timeout_s,
+            retry_interval_s=retry_probe_interval_s,
+            wedge_after_misses=wedge_after_misses,
+        )
+        self._prober = Prober(
+            spec.name,
+            settings,
+            forward=self._probe_forward,
+            errored=lambda: self._llm is not None and bool(self._llm.errored),
+            on_unready=self._abort_inflight,
+        )
+        self._health = self._prober.health
         self._stats = StatsSink()
         self._llm: Any = None
         self._renderer: PromptRenderer | None = None
         self._probe_ids: list[int] = []
-        self._probe_lock = asyncio.Lock()
-        self._probe_wake = asyncio.Event()
-        self._probe_task: asyncio.Task[None] | None = None
         self._inflight: set[str] = set()
-        self._probes_inflight = 0
         #: seconds the last ``start()`` took (pins + engine + first probe)
         self.start_seconds: float | None = None
 
@@ -104,13 +104,12 @@ class LocalEngine:
         tokenizer = self._llm.get_tokenizer()
         self._renderer = PromptRenderer(tokenizer)
         self._probe_ids = list(tokenizer.encode("ping", add_special_tokens=True)) or [0]
-        async with self._probe_lock:
-            await self._probe_once(self._start_probe_timeout_s)
+        await self._prober.first_probe()
         health = self._health_now()
         if not health.healthy:
             await self.aclose()
             raise EngineUnavailableError(f"model {self.name!r}: first probe failed: {health.detail}")
-        self._probe_task = asyncio.create_task(self._probe_loop(), name=f"probe:{self.name}")
+        self._prober.start()
         self.start_seconds = time.monotonic() - t0
 
     def _create_llm(self) -> None:
@@ -149,13 +148,20 @@ class LocalEngine:
         )
         return gen
 
+    async def _probe_forward(self) -> None:
+        """The prober's forward pass: one probe generation to its end (a dead engine is marked dead)."""
+        from vllm.v1.engine.exceptions import EngineDeadError
+
+        try:
+            async for _ in self._forward_once(f"bastion-probe-{uuid.uuid4().hex}"):
+                pass
+        except EngineDeadError:
+            self._health.dead("engine process died")
+            raise
+
     async def aclose(self) -> None:
         """Stop probing, abort what is in flight, shut vLLM down and reap its processes."""
-        if self._probe_task is not None:
-            self._probe_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._probe_task
-            self._probe_task = None
+        await self._prober.aclose()
         llm, self._llm = self._llm, None
         self._health.stopped()
         if llm is None:
@@ -208,9 +214,7 @@ class LocalEngine:
         )
 
     def _check_alive(self) -> None:
-        llm = self._llm
-        if llm is not None and not self._health.terminal and llm.errored:
-            self._health.dead("engine process died")
+        self._prober.check_alive()
 
     async def health(self) -> Health:
         """The last probe's verdict plus the scheduler's queue figures (no forward pass)."""
@@ -234,53 +238,9 @@ class LocalEngine:
     async def probe(self) -> Health:
         """Run a one-token generation now; mark the engine wedged if it misses the timeout
         while no generation progresses (a probe merely queued behind a busy batch is slow)."""
-        async with self._probe_lock:
-            await self._probe_once(self._probe_timeout_s)
+        if self._llm is not None:
+            await self._prober.probe()
         return self._health_now()
-
-    async def _probe_once(self, timeout_s: float) -> None:
-        self._check_alive()
-        if self._health.terminal or self._llm is None:
-            return
-        from vllm.v1.engine.exceptions import EngineDeadError
-
-        request_id = f"bastion-probe-{uuid.uuid4().hex}"
-        t0 = time.monotonic()
-        self._probes_inflight += 1
-        try:
-            async with asyncio.timeout(timeout_s):
-                async for _ in self._forward_once(request_id):
-                    pass
-        except TimeoutError:
-            if self._last_output_s >= t0:
-                # Queued behind a busy batch, but the engine computed while the probe waited:
-                # not wedged. (A stall that begins during this window is caught by the next probe.)
-                self._missed = 0
-                self._health.probe_slow(
-                    f"probe took over {timeout_s:g} s, but generations were progressing meanwhile"
-                )
-            else:
-                self._missed += 1
-                detail = f"probe did not finish within {timeout_s:g} s, no generation progressing"
-                if self._missed >= self._wedge_after_misses:
-                    self._health.wedged(f"{detail} ({self._missed} probes in a row)")
-                else:
-                    self._health.probe_missed(detail, self._retry_probe_interval_s)
-                    self._probe_wake.set()
-        except EngineDeadError:
-            self._health.dead("engine process died")
-        except Exception as exc:
-            self._check_alive()
-            self._health.wedged(f"probe failed: {type(exc).__name__}: {exc}")
-        else:
-            self._missed = 0
-            self._health.probe_ok(time.monotonic() - t0)
-        finally:
-            self._probes_inflight -= 1
-        if not self._health.ready:
-            if self._health.state == "wedged":
-                self._probe_wake.set()
-            await self._abort_inflight()
 
     async def _abort_inflight(self) -> None:
         """End every in-flight stream: each sees an abort and raises ``EngineUnavailableError``."""
@@ -289,22 +249,9 @@ class LocalEngine:
         with contextlib.suppress(Exception):
             await self._llm.abort(list(self._inflight))
 
-    async def _probe_loop(self) -> None:
-        while not self._health.terminal:
-            soon = self._missed > 0 or self._health.state == "wedged"
-            self._probe_wake.clear()
-            try:
-                interval = self._retry_probe_interval_s if soon else self._probe_interval_s
-                await asyncio.wait_for(self._probe_wake.wait(), interval)
-                continue  # an on-demand probe missed or found the engine wedged: probe again soon
-            except TimeoutError:
-                pass
-            async with self._probe_lock:
-                await self._probe_once(self._probe_timeout_s)
-
     def stats(self) -> EngineStats:
         llm = self._llm
-        unfinished = int(llm.get_num_unfinished_requests()) - self._probes_inflight if llm is not None else 0
+        unfinished = int(llm.get_num_unfinished_requests()) - self._prober.inflight if llm is not None else 0
         return self._stats.snapshot(max(0, unfinished))
 
     def _unavailable(self) -> EngineUnavailableError:
@@ -375,7 +322,7 @@ class LocalEngine:
         gen = self._llm.generate(prompt, params, request_id)
         try:
             async for out in gen:
-                self._last_output_s = time.monotonic()
+                self._prober.note_output()
                 cached = int(out.num_cached_tokens or 0)
                 step = out.outputs[0] if out.outputs else None
                 if step is not None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Literal
 
 __all__ = ["EngineState", "HealthState"]
@@ -24,8 +25,9 @@ EngineState = Literal["starting", "ready", "wedged", "dead", "stopped"]
 class HealthState:
     """The engine's state machine: starting -> ready <-> wedged; any -> dead/stopped (terminal)."""
 
-    def __init__(self, name: str = "") -> None:
+    def __init__(self, name: str = "", *, clock: Callable[[], float] = time.monotonic) -> None:
         self.name = name
+        self._clock = clock
         self.state: EngineState = "starting"
         self.detail = "engine starting"
         self.last_ok_s: float | None = None
@@ -40,7 +42,7 @@ class HealthState:
         return self.state in ("dead", "stopped")
 
     def probe_ok(self, elapsed_s: float) -> None:
-        now = time.monotonic()
+        now = self._clock()
         self.last_probe_s = now
         if self.terminal:
             return
@@ -52,7 +54,7 @@ class HealthState:
 
     def probe_slow(self, detail: str) -> None:
         """The probe missed its deadline while generations progressed: busy, not wedged."""
-        self.last_probe_s = time.monotonic()
+        self.last_probe_s = self._clock()
         if self.terminal:
             return
         _log.warning("engine %s: %s", self.name, detail)
@@ -60,14 +62,14 @@ class HealthState:
 
     def probe_missed(self, detail: str, retry_s: float) -> None:
         """A probe missed its deadline, not yet enough of them in a row to call the engine wedged."""
-        self.last_probe_s = time.monotonic()
+        self.last_probe_s = self._clock()
         if self.terminal:
             return
         _log.warning("engine %s: %s; probing again in %g s", self.name, detail, retry_s)
         self.detail = detail
 
     def wedged(self, detail: str) -> None:
-        self.last_probe_s = time.monotonic()
+        self.last_probe_s = self._clock()
         if self.terminal:
             return
         if self.state != "wedged":
