@@ -1,12 +1,14 @@
 """Anthropic Messages API provider: translation both ways.
 
-Out: OpenAI-style chat (system/developer messages, assistant tool calls, tool
-results) becomes a Messages request (top-level ``system``, strictly alternating
-user/assistant turns of content blocks, ``tool_use``/``tool_result`` blocks,
-required ``max_tokens``). In: the event stream (``message_start``,
-``content_block_*``, ``message_delta``, ``message_stop``, ``error``) becomes
-``Delta``s, with stop reasons and usage mapped to OpenAI's. A stream that ends
-before ``message_stop`` is an error.
+Out: ``router.anthropic_wire`` builds the Messages request. In: the event
+stream (``message_start``, ``content_block_*``, ``message_delta``,
+``message_stop``, ``error``) becomes ``Delta``s, with stop reasons and usage
+mapped to OpenAI's: text deltas as text; a ``tool_use`` block's start and its
+``input_json_delta`` fragments as OpenAI tool-call pieces (index from 0, id and
+name first, then argument fragments), and the whole calls on the last delta.
+The input of the tool that carries a ``response_format`` answer streams as the
+answer's text instead, and an answer that is only that is ``stop``, not
+``tool_calls``. A stream that ends before ``message_stop`` is an error.
 """
 
 from __future__ import annotations
@@ -18,36 +20,16 @@ from typing import Any
 
 import msgspec
 
+from router.anthropic_wire import build_messages_body, stop_reason_to_finish
 from router.config import ProviderConfig
 from router.sse import SseEvent
 from router.transport import ExternalProvider, Upstream, fold_batch, load_api_key
-from serving.errors import BadRequestError, UpstreamError
-from serving.protocol import (
-    ChatMessage,
-    Delta,
-    FunctionCall,
-    GenerationRequest,
-    ToolCall,
-    ToolCallDelta,
-)
-from serving.protocol import FinishReason as _FinishReason
+from serving.errors import UpstreamError
+from serving.protocol import Delta, FunctionCall, GenerationRequest, ToolCall, ToolCallDelta
 
-__all__ = ["ANTHROPIC_VERSION", "AnthropicProvider", "build_messages_body", "stop_reason_to_finish"]
+__all__ = ["ANTHROPIC_VERSION", "AnthropicProvider"]
 
 ANTHROPIC_VERSION = "2023-06-01"
-
-_STOP: dict[str, _FinishReason] = {
-    "end_turn": "stop",
-    "stop_sequence": "stop",
-    "pause_turn": "stop",
-    "max_tokens": "length",
-    "tool_use": "tool_calls",
-    "refusal": "content_filter",
-}
-
-
-def stop_reason_to_finish(stop_reason: str | None) -> _FinishReason:
-    return _STOP.get(stop_reason or "", "stop")
 
 
 class _Block(msgspec.Struct):
@@ -86,109 +68,6 @@ class _Event(msgspec.Struct):
 
 
 _decode_event = msgspec.json.Decoder(_Event).decode
-_encode = msgspec.json.Encoder().encode
-_decode_json = msgspec.json.decode
-
-
-def _blocks(message: ChatMessage) -> tuple[str, list[dict[str, Any]]]:
-    if message.role == "tool":
-        result: dict[str, Any] = {
-            "type": "tool_result",
-            "tool_use_id": message.tool_call_id or "",
-            "content": message.content or "",
-        }
-        return "user", [result]
-    blocks: list[dict[str, Any]] = []
-    if message.content:
-        blocks.append({"type": "text", "text": message.content})
-    if message.role == "assistant" and message.tool_calls:
-        for call in message.tool_calls:
-            try:
-                arguments = _decode_json(call.function.arguments or "{}")
-            except msgspec.DecodeError:
-                raise BadRequestError("tool call arguments are not valid JSON", param="messages") from None
-            blocks.append({"type": "tool_use", "id": call.id, "name": call.function.name, "input": arguments})
-    return ("assistant" if message.role == "assistant" else "user"), blocks
-
-
-def build_messages_body(request: GenerationRequest, *, default_max_tokens: int) -> bytes:
-    """The Messages API body for an OpenAI-style request, translated as ``serving.contract`` says
-    (the planner never sends here a request with a field marked unsupported for ``anthropic``)."""
-    messages = request.messages
-    if messages is None:
-        messages = (ChatMessage(role="user", content=request.prompt or ""),)
-    system = [m.content for m in messages if m.role in ("system", "developer") and m.content]
-    turns: list[dict[str, Any]] = []
-    for message in messages:
-        if message.role in ("system", "developer"):
-            continue
-        role, blocks = _blocks(message)
-        if not blocks:
-            continue
-        if turns and turns[-1]["role"] == role:
-            # The API wants strictly alternating turns: parallel tool results share one user turn.
-            turns[-1]["content"].extend(blocks)
-        else:
-            turns.append({"role": role, "content": blocks})
-    s = request.sampling
-    body: dict[str, Any] = {
-        "model": request.model,
-        "messages": turns,
-        "max_tokens": s.max_tokens or default_max_tokens,
-        "stream": True,
-    }
-    if system:
-        body["system"] = "\n\n".join(system)
-    if s.temperature is not None:
-        body["temperature"] = s.temperature
-    if s.top_p is not None:
-        body["top_p"] = s.top_p
-    if s.stop:
-        body["stop_sequences"] = list(s.stop)
-    if request.tools:
-        body["tools"] = [_tool(t) for t in request.tools]
-    choice = _tool_choice(request.tool_choice, request.parallel_tool_calls)
-    if choice is not None:
-        body["tool_choice"] = choice
-    return _encode(body)
-
-
-def _tool_choice(choice: str | dict[str, object] | None, parallel: bool | None) -> dict[str, object] | None:
-    """OpenAI's ``tool_choice`` and ``parallel_tool_calls`` as one Messages ``tool_choice``."""
-    out: dict[str, object]
-    if choice is None:
-        out = {"type": "auto"}
-    elif choice == "auto":
-        out = {"type": "auto"}
-    elif choice == "required":
-        out = {"type": "any"}
-    elif choice == "none":
-        out = {"type": "none"}
-    elif (
-        isinstance(choice, dict)
-        and isinstance(fn := choice.get("function"), dict)
-        and isinstance(name := fn.get("name"), str)
-    ):
-        out = {"type": "tool", "name": name}
-    else:
-        raise BadRequestError(
-            "tool_choice must be 'auto', 'required', 'none' or a named function", param="tool_choice"
-        )
-    if parallel is False and out["type"] != "none":
-        out["disable_parallel_tool_use"] = True
-    if choice is None and parallel is not False:
-        return None  # nothing asked beyond the API's own default
-    return out
-
-
-def _tool(tool: dict[str, object]) -> dict[str, object]:
-    fn = tool.get("function")
-    if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
-        raise BadRequestError("tools must be OpenAI function tools", param="tools")
-    out: dict[str, object] = {"name": fn["name"], "input_schema": fn.get("parameters") or {"type": "object"}}
-    if fn.get("description"):
-        out["description"] = fn["description"]
-    return out
 
 
 class AnthropicProvider(ExternalProvider):
@@ -204,8 +83,8 @@ class AnthropicProvider(ExternalProvider):
         super().__init__(config, Upstream(config, auth_headers=headers, secret=secret))
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[Delta]:
-        body = build_messages_body(request, default_max_tokens=self._config.default_max_tokens)
-        state = _StreamState()
+        body, json_tool = build_messages_body(request, default_max_tokens=self._config.default_max_tokens)
+        state = _StreamState(json_tool)
         async for batch in self._upstream.batches("/v1/messages", body, terminal=_is_stop):
             # The text of every event that arrived in one read goes out as one delta.
             text, failure = fold_batch(batch, partial(self._absorb, state=state))
@@ -232,8 +111,12 @@ class AnthropicProvider(ExternalProvider):
                     for i, v in enumerate(state.tools.values())
                     if not v[2]
                 )
+                finish = stop_reason_to_finish(state.stop_reason)
+                if finish == "tool_calls" and not calls:
+                    finish = "stop"  # only the response_format tool was called: a plain answer
                 yield Delta(
-                    finish_reason=stop_reason_to_finish(state.stop_reason),
+                    text="{}" if state.json_block is not None and not state.json_seen else "",
+                    finish_reason=finish,
                     prompt_tokens=state.prompt_tokens,
                     completion_tokens=state.completion_tokens,
                     cached_tokens=state.cached,
@@ -257,6 +140,12 @@ class AnthropicProvider(ExternalProvider):
             if event.delta.text:
                 parts.append(event.delta.text)
                 state.count_output()
+            elif event.delta.partial_json is not None and event.index == state.json_block:
+                # the response_format answer, as text
+                if event.delta.partial_json:
+                    parts.append(event.delta.partial_json)
+                    state.json_seen = True
+                state.count_output()
             elif event.delta.partial_json is not None and event.index in state.tools:
                 call = state.tools[event.index]
                 call[2] += event.delta.partial_json
@@ -267,7 +156,9 @@ class AnthropicProvider(ExternalProvider):
                 state.count_output()
         elif kind == "content_block_start" and event.content_block is not None:
             block = event.content_block
-            if block.type == "tool_use":
+            if block.type == "tool_use" and block.name == state.json_tool and state.json_block is None:
+                state.json_block = event.index
+            elif block.type == "tool_use":
                 # OpenAI numbers tool calls from 0; a Messages block index counts text blocks too
                 state.ordinal[event.index] = len(state.tools)
                 state.tools[event.index] = [block.id or "", block.name or "", ""]
@@ -302,6 +193,9 @@ class _StreamState:
         "cached",
         "completion_tokens",
         "counted",
+        "json_block",
+        "json_seen",
+        "json_tool",
         "ordinal",
         "pieces",
         "prompt_tokens",
@@ -311,8 +205,13 @@ class _StreamState:
         "usage_final",
     )
 
-    def __init__(self) -> None:
+    def __init__(self, json_tool: str | None = None) -> None:
         self.prompt_tokens = self.completion_tokens = self.cached = 0
+        #: the tool whose input is the response_format answer, its block once started, and
+        #: whether any of its input arrived
+        self.json_tool = json_tool
+        self.json_block: int | None = None
+        self.json_seen = False
         #: events that carried output (text or tool input): about one token each
         self.counted = 0
         #: ``message_delta`` reported the output tokens

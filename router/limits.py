@@ -173,7 +173,6 @@ class Limiter:
         self._changed.clear()
         return rows
 
-
     @staticmethod
     def _tpm_retry_after(usage: TenantUsage, total: int, tpm: int, now: float) -> float:
         for when, n in usage.tokens:

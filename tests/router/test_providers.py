@@ -8,7 +8,8 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from router.anthropic_provider import AnthropicProvider, build_messages_body
+from router.anthropic_provider import AnthropicProvider
+from router.anthropic_wire import build_messages_body
 from router.config import ProviderConfig
 from router.openai_provider import OpenAIProvider
 from serving.errors import BastionError, UpstreamError, UpstreamRateLimitedError, UpstreamTimeoutError
@@ -321,7 +322,7 @@ def test_tool_choice_and_parallel_tool_calls_become_one_messages_tool_choice(
         tool_choice=choice,
         parallel_tool_calls=parallel,
     )
-    body = json.loads(build_messages_body(request, default_max_tokens=16))
+    body = json.loads(build_messages_body(request, default_max_tokens=16)[0])
     assert body.get("tool_choice") == sent
 
 
