@@ -50,12 +50,7 @@ def stop_reason_to_finish(stop_reason: str | None) -> _FinishReason:
     return _STOP.get(stop_reason or "", "stop")
 
 
-def build_messages_body(
-    request: GenerationRequest,
-    *,
-    default_max_tokens: int,
-    response_format: dict[str, object] | None = None,
-) -> tuple[bytes, str | None]:
+def build_messages_body(request: GenerationRequest, *, default_max_tokens: int) -> tuple[bytes, str | None]:
     """The Messages API body for an OpenAI-style request, translated as ``serving.contract`` says
     (the planner never sends here a request with a field marked unsupported for ``anthropic``),
     and the name of the forced tool that carries a ``response_format`` answer, if any."""
@@ -92,7 +87,7 @@ def build_messages_body(
         body["stop_sequences"] = list(s.stop)
     tools = [_tool(t) for t in request.tools or ()]
     choice = _tool_choice(request.tool_choice, request.parallel_tool_calls, {str(t["name"]) for t in tools})
-    forced = json_tool(response_format, {str(t["name"]) for t in tools})
+    forced = json_tool(request.response_format, {str(t["name"]) for t in tools})
     if forced is not None:
         choice = _forcing(choice, forced, bool(tools), request.parallel_tool_calls)
         tools.append(forced)

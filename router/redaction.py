@@ -62,7 +62,8 @@ class Redaction(msgspec.Struct, frozen=True, kw_only=True):
     names: dict[str, str] = {}
 
     def restorer(self) -> Restorer:
-        return Restorer(self.mapping, self.names)
+        # a JSON answer (response_format) gets its values back escaped, so it stays JSON
+        return Restorer(self.mapping, self.names, json=self.request.response_format is not None)
 
 
 class Redactor:

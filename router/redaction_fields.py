@@ -8,7 +8,8 @@ never disagree about which texts there are.
 Covered: the prompt; each message's content and ``name``; assistant tool
 calls' function names and arguments; tool results (``tool`` messages'
 content); tool definitions (names, descriptions, parameter schemas with their
-descriptions, enum values and property names); a named ``tool_choice``.
+descriptions, enum values and property names); a named ``tool_choice``; a
+``response_format`` (its schema's name, description and schema).
 
 Identifiers an API checks against ``^[a-zA-Z0-9_-]+$`` (function names,
 message names) are visited with slot ``"name"``, so the caller can write a
@@ -73,6 +74,10 @@ def texts(request: GenerationRequest, tools: list[list[str]] | None = None) -> l
         out.extend(found)
     if (name := _choice_name(request.tool_choice)) is not None:
         out.append(scanned(name, "name"))
+    if request.response_format is not None:
+        out.extend(_leaves(request.response_format, []))
+        if (name := _format_name(request.response_format)) is not None:
+            out.append(scanned(name, "name"))
     return out
 
 
@@ -102,6 +107,7 @@ def rewrite(
         prompt=prompt,
         tools=defined,
         tool_choice=_tool_choice(request.tool_choice, visit),
+        response_format=None if request.response_format is None else _format(request.response_format, visit),
     )
 
 
@@ -182,6 +188,17 @@ def _function(fn: object, visit: Visit) -> object:
     return {
         k: visit(v, "name") if k == "name" and isinstance(v, str) else _walk(v, visit) for k, v in fn.items()
     }
+
+
+def _format(fmt: dict[str, object], visit: Visit) -> dict[str, object]:
+    """A ``response_format``: its schema's name is a name; the rest (description, schema) JSON."""
+    return {k: _function(v, visit) if k == "json_schema" else _walk(v, visit) for k, v in fmt.items()}
+
+
+def _format_name(fmt: dict[str, object]) -> str | None:
+    spec = fmt.get("json_schema")
+    name = spec.get("name") if isinstance(spec, dict) else None
+    return name if isinstance(name, str) else None
 
 
 def _choice_name(choice: str | dict[str, object] | None) -> str | None:

@@ -94,6 +94,10 @@ class GenerationRequest(msgspec.Struct, frozen=True, kw_only=True):
     tools: tuple[dict[str, object], ...] | None = None
     tool_choice: str | dict[str, object] | None = None
     parallel_tool_calls: bool | None = None
+    #: OpenAI's ``response_format`` as the client sent it (``json_object``, ``json_schema``): an
+    #: OpenAI-compatible provider receives it as is; the local engine constrains its output to
+    #: ``sampling.json_schema``, which the node derives from it
+    response_format: dict[str, object] | None = None
     #: the optional fields the client set (``serving.contract.FIELDS``): a route that cannot honour
     #: one of them is never asked, so an absent field is never mistaken for an unsupported one
     fields: frozenset[str] = frozenset()

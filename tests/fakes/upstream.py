@@ -271,7 +271,11 @@ class FakeUpstream:
             message = reply.text or f"scripted {reply.status}"
             await _json(send, reply.status, {"error": {"message": message}}, extra)
             return
-        text = _last_user_text(request) if reply.echo else (reply.text or self.default.text or "")
+        text = (
+            _last_user_text(request)
+            if reply.echo
+            else (self.default.text or "" if reply.text is None else reply.text)
+        )
         pieces = _pieces(text)
         anthropic = path == "/v1/messages"
         if not request.get("stream"):

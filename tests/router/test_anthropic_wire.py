@@ -4,13 +4,17 @@ tool translations' refusals."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from router.anthropic_provider import AnthropicProvider
 from router.anthropic_wire import build_messages_body
 from serving.errors import BastionError
 from serving.protocol import ChatMessage, FunctionCall, GenerationRequest, ToolCall
+from tests.fakes import FakeUpstream, Reply
+from tests.router.conftest import CLAUDE, decode_config, provider_toml
 
 SCHEMA = {
     "type": "object",
@@ -24,9 +28,13 @@ def _build(
     response_format: dict[str, object] | None = None, **fields: Any
 ) -> tuple[dict[str, Any], str | None]:
     request = GenerationRequest(
-        request_id="r", model="claude", messages=(ChatMessage(role="user", content="hi"),), **fields
+        request_id="r",
+        model="claude",
+        messages=(ChatMessage(role="user", content="hi"),),
+        response_format=response_format,
+        **fields,
     )
-    body, tool = build_messages_body(request, default_max_tokens=16, response_format=response_format)
+    body, tool = build_messages_body(request, default_max_tokens=16)
     return json.loads(body), tool
 
 
@@ -105,3 +113,26 @@ def test_tool_call_arguments_that_are_not_an_object_are_a_400() -> None:
     with pytest.raises(BastionError) as raised:
         build_messages_body(request, default_max_tokens=16)
     assert (raised.value.status_code, raised.value.param) == (400, "messages")
+
+
+async def test_the_forced_tools_input_streams_as_the_answers_text(
+    upstream_b: FakeUpstream, key_file: Path
+) -> None:
+    fmt = {"type": "json_schema", "json_schema": {"name": "city", "schema": SCHEMA}}
+    upstream_b.script(Reply(text="", tool_call=("toolu_1", "json_response", '{"city": "Lyon", "ok": true}')))
+    config = decode_config(provider_toml("p", "anthropic", upstream_b.anthropic_base, "eu", key_file, CLAUDE))
+    provider = AnthropicProvider(config.providers[0])
+    request = GenerationRequest(
+        request_id="r",
+        model=CLAUDE,
+        messages=(ChatMessage(role="user", content="a city"),),
+        response_format=fmt,
+    )
+    try:
+        deltas = [d async for d in provider.stream(request)]
+    finally:
+        await provider.aclose()
+    assert json.loads("".join(d.text for d in deltas)) == {"city": "Lyon", "ok": True}, deltas
+    assert deltas[-1].finish_reason == "stop"  # a plain answer, not a tool call
+    assert all(not d.tool_calls and not d.tool_call_deltas for d in deltas)
+    assert upstream_b.requests[0].json()["tool_choice"] == {"type": "tool", "name": "json_response"}

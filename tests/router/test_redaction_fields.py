@@ -82,6 +82,26 @@ def test_no_value_is_left_in_any_field_and_names_and_json_stay_valid() -> None:
     assert result.counts == {"EMAIL": 4, "IBAN": 5, "CARD": 1, "IP_ADDRESS": 1}
 
 
+def test_a_response_format_schema_is_covered_and_the_json_answer_restored_as_json() -> None:
+    fmt = {
+        "type": "json_schema",
+        "json_schema": {
+            "name": f"card_{CARD}",
+            "description": f"Filed by {EMAIL}",
+            "schema": {"type": "object", "properties": {"to": {"enum": [EMAIL]}}},
+        },
+    }
+    request = GenerationRequest(request_id="r", model="m", prompt="go", response_format=fmt)
+    result = REDACTOR.redact(request)
+    assert CARD not in msgspec.json.encode(result.request).decode()
+    assert EMAIL not in msgspec.json.encode(result.request).decode()
+    spec: Any = (result.request.response_format or {})["json_schema"]
+    assert spec["name"] == "card_CARD_1" and spec["description"] == "Filed by [EMAIL_1]"
+    restorer = Restorer({"[EMAIL_1]": 'a"b@example.org'}, json=True)  # as Redaction.restorer() makes it
+    answer = restorer.feed('{"to": "[EMA') + restorer.feed('IL_1]"}') + restorer.flush()
+    assert json.loads(answer) == {"to": 'a"b@example.org'}
+
+
 def test_an_underscore_separates_words_in_a_function_name() -> None:
     request = GenerationRequest(
         request_id="r", model="m", prompt="go", tools=(_tool(f"pay_{IBAN}", "", {"type": "object"}),)
