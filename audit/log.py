@@ -44,7 +44,7 @@ from .private import SQLITE_SIDECARS, check_private, private_dir
 from .record import encode_parts
 from .store import connect_ro, connect_rw, ensure_log_id, read_checkpoints
 from .wal import WalCheckpointer
-from .writer import ChainState, Command, PendingAppend, Writer
+from .writer import ChainState, CheckpointPolicy, Command, PendingAppend, QueueLimits, Writer
 
 __all__ = ["AuditLog", "check_files", "check_keys", "load_kek"]
 
@@ -240,13 +240,14 @@ class AuditLog:
             keyring=keyring,
             log_id=log_id,
             state=state,
-            signer=signer,
-            origin=config.origin,
-            store=store,
-            every_records=config.checkpoint_every_records,
-            every_s=config.checkpoint_every_s,
-            queue_max=config.queue_max,
-            max_batch=config.max_batch,
+            checkpoints=CheckpointPolicy(
+                signer=signer,
+                origin=config.origin,
+                store=store,
+                every_records=config.checkpoint_every_records,
+                every_s=config.checkpoint_every_s,
+            ),
+            limits=QueueLimits(queue_max=config.queue_max, max_batch=config.max_batch),
             last_checkpoint=last,
             wal=WalCheckpointer(config.path),
         )

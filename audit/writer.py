@@ -38,7 +38,7 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -51,7 +51,7 @@ from .merkle import CompactRange
 from .record import Plaintext, Row, Sealer, encode_parts, row_params
 from .wal import WalCheckpointer
 
-__all__ = ["ChainState", "Command", "PendingAppend", "Writer"]
+__all__ = ["ChainState", "CheckpointPolicy", "Command", "PendingAppend", "QueueLimits", "Writer"]
 
 _log = logging.getLogger("bastion.audit")
 
@@ -63,6 +63,27 @@ class ChainState:
     size: int
     head: bytes
     tree: CompactRange
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CheckpointPolicy:
+    """Who signs checkpoints, as what origin, where their external copies go, and how often."""
+
+    signer: Ed25519PrivateKey
+    origin: str
+    store: CheckpointStore
+    #: sign once this many records were committed since the last checkpoint ...
+    every_records: int
+    #: ... or once this many seconds passed with records unsigned
+    every_s: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QueueLimits:
+    """Appends that may wait (more are refused), and the most records one commit takes."""
+
+    queue_max: int
+    max_batch: int
 
 
 @dataclass(slots=True)
@@ -113,6 +134,20 @@ class _Batch:
         return self.first_seq + len(self.rows), self.head
 
 
+@dataclass(slots=True)
+class _Pipeline:
+    """The writer's commits under way: at most one in flight, and one group sealed ahead of it."""
+
+    inflight: tuple[_Batch, asyncio.Future[object]] | None = None
+    #: sealed on top of the in-flight batch
+    ahead: _Batch | None = None
+    #: ahead's commit, once sent: the write process runs it right after the one in flight
+    ahead_fut: asyncio.Future[object] | None = None
+
+
+#: what the writer does after one step: go round again, sleep until woken, or stop
+_Next = Literal["again", "wait", "stop"]
+
 _STOP = object()
 # A queue of at least twice this many appends, met by an idle writer, is committed as two groups.
 _SPLIT_MIN = 32
@@ -126,13 +161,8 @@ class Writer:
         keyring: Keyring,
         log_id: bytes,
         state: ChainState,
-        signer: Ed25519PrivateKey,
-        origin: str,
-        store: CheckpointStore,
-        every_records: int,
-        every_s: float,
-        queue_max: int,
-        max_batch: int,
+        checkpoints: CheckpointPolicy,
+        limits: QueueLimits,
         last_checkpoint: tuple[int, float, int] | None,
         wal: WalCheckpointer,
     ) -> None:
@@ -142,13 +172,9 @@ class Writer:
         self._keyring = keyring
         self._sealer = Sealer(log_id)
         self.state = state
-        self._signer = signer
-        self._origin = origin
-        self._store = store
-        self._every_records = every_records
-        self._every_s = every_s
-        self._max_batch = max_batch
-        self.queue_max = queue_max
+        self._policy = checkpoints
+        self._max_batch = limits.max_batch
+        self.queue_max = limits.queue_max
         self._pending: deque[object] = deque()
         self._wake: asyncio.Future[None] | None = None
         self._export = ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit-checkpoint")
@@ -201,111 +227,145 @@ class Writer:
     # -- the task ---------------------------------------------------------------------------------
 
     async def run(self) -> None:
+        """Seal, commit, acknowledge and checkpoint until ``stop()`` or a failure that stops the log."""
         loop = asyncio.get_running_loop()
-        inflight: tuple[_Batch, asyncio.Future[object]] | None = None
-        ahead: _Batch | None = None  # sealed on top of the in-flight batch
-        # ahead's commit, once sent: the write process runs it right after the one in flight
-        ahead_fut: asyncio.Future[object] | None = None
-        pending = self._pending
+        p = _Pipeline()
         try:
-            while True:
-                if inflight is not None and inflight[1].done():
-                    ok = await self._finish(*inflight)
-                    inflight = None
-                    if self.failed is not None:
-                        break
-                    if ok and ahead is not None and ahead_fut is not None:
-                        inflight, ahead, ahead_fut = (ahead, ahead_fut), None, None
-                        continue
-                    if not ok and ahead is not None:
-                        if ahead_fut is not None:
-                            # Sent behind the commit that failed: the write process refuses it.
-                            with contextlib.suppress(Exception):
-                                await ahead_fut
-                            ahead_fut = None
-                            if ahead.checkpoint is not None and self._unsent is None:
-                                self._unsent = ahead.checkpoint
-                        ahead = self._seal(ahead.appends, self.state.size, self.state.head)
-                self._maybe_sign()
-                split = False
-                if ahead is None and pending and isinstance(pending[0], PendingAppend):
-                    seq, head = (self.state.size, self.state.head) if inflight is None else inflight[0].tip
-                    limit = self._max_batch
-                    if inflight is None and len(pending) >= 2 * _SPLIT_MIN:
-                        # A burst met an idle disk: commit half now and seal the rest while that
-                        # fsync runs, so sealing, acknowledging and the next fsync overlap from here on.
-                        limit = min(limit, (len(pending) + 1) // 2)
-                        split = True
-                    ahead = self._seal(self._take_appends(limit), seq, head)
-                    if not ahead.rows:
-                        ahead = None
-                    elif inflight is not None:
-                        # Send it now: the write process starts it the moment the commit in flight
-                        # is through, instead of when the loop has heard of that and come back.
-                        ahead_fut = self._start(ahead)
-                if inflight is None and ahead is not None:
-                    if (
-                        not split
-                        and pending
-                        and isinstance(pending[0], PendingAppend)
-                        and len(ahead.rows) < self._max_batch
-                    ):
-                        # Appends that queued behind the group sealed ahead join it: one fsync for all.
-                        more = self._seal(self._take_appends(self._max_batch - len(ahead.rows)), *ahead.tip)
-                        ahead.appends += more.appends
-                        ahead.rows += more.rows
-                        ahead.head = more.head
-                    inflight = (ahead, self._start(ahead))
-                    ahead = None
-                    continue
-                if inflight is None and ahead is None and pending:
-                    if isinstance(pending[0], PendingAppend):
-                        continue  # the group before failed to seal (and was failed); seal the next
-                    item = pending.popleft()
-                    if item is _STOP:
-                        break
-                    if isinstance(item, Command):
-                        await self._run_command(item)
-                    continue
-                if inflight is None and self._unsent is not None:
-                    batch = _Batch([], [], self.state.size, self.state.head)
-                    inflight = (batch, self._start(batch))
-                    continue
-                if inflight is not None and ahead is not None:
-                    # The next group is sealed and sent: nothing to do until the commit ends.
-                    with contextlib.suppress(Exception):
-                        await inflight[1]
-                    continue
-                await self._wait(loop)
-            if self.failed is None:
-                if inflight is not None:
-                    await self._finish(*inflight)
-                    inflight = None
-                if self.failed is None and (self._signed is None or self._signed != self.state.size):
-                    self._sign()
-                if self._unsent is not None:
-                    batch = _Batch([], [], self.state.size, self.state.head)
-                    await self._finish(batch, self._start(batch))
-            if self._last_export is not None:
-                with contextlib.suppress(Exception):
-                    await self._last_export
+            while (step := await self._step(p)) != "stop":
+                if step == "wait":
+                    await self._wait(loop)
+            await self._drain(p)
         finally:
-            err = AuditUnavailableError("audit log is closed") if self.failed is None else self.failed
-            if inflight is not None:
-                # Cancelled mid-commit: whether it landed is unknown, so nobody is told it did.
-                inflight[1].add_done_callback(lambda _: None)
-                self._fail(inflight[0].appends, err)
-            if ahead is not None:
-                if ahead_fut is not None:
-                    ahead_fut.add_done_callback(_consume)
-                self._fail(ahead.appends, err)
-            self._fail_queued(err)
+            self._abandon(p)
+
+    async def _step(self, p: _Pipeline) -> _Next:
+        """One turn: settle a finished commit, sign if due, seal the next group, send what can go."""
+        if p.inflight is not None and p.inflight[1].done():
+            settled = await self._settle(p)
+            if settled is not None:
+                return settled
+        self._maybe_sign()
+        split = self._seal_ahead(p)
+        if p.inflight is None and p.ahead is not None:
+            self._send_ahead(p, join=not split)
+            return "again"
+        if p.inflight is None and p.ahead is None and self._pending:
+            return await self._run_control()
+        if p.inflight is None and self._unsent is not None:
+            # a signed checkpoint and no records to carry it: its row goes alone
+            batch = _Batch([], [], self.state.size, self.state.head)
+            p.inflight = (batch, self._start(batch))
+            return "again"
+        if p.inflight is not None and p.ahead is not None:
+            # The next group is sealed and sent: nothing to do until the commit ends.
+            with contextlib.suppress(Exception):
+                await p.inflight[1]
+            return "again"
+        return "wait"
+
+    def _appends_next(self) -> bool:
+        return bool(self._pending) and isinstance(self._pending[0], PendingAppend)
+
+    async def _settle(self, p: _Pipeline) -> _Next | None:
+        """Adopt the finished commit; the group sealed ahead becomes the one in flight (or, after a
+        failed commit, is sealed again from the durable head). ``None``: go on with this turn."""
+        assert p.inflight is not None
+        ok = await self._finish(*p.inflight)
+        p.inflight = None
+        if self.failed is not None:
+            return "stop"
+        if ok and p.ahead is not None and p.ahead_fut is not None:
+            p.inflight, p.ahead, p.ahead_fut = (p.ahead, p.ahead_fut), None, None
+            return "again"
+        if not ok and p.ahead is not None:
+            if p.ahead_fut is not None:
+                # Sent behind the commit that failed: the write process refuses it.
+                with contextlib.suppress(Exception):
+                    await p.ahead_fut
+                p.ahead_fut = None
+                if p.ahead.checkpoint is not None and self._unsent is None:
+                    self._unsent = p.ahead.checkpoint
+            p.ahead = self._seal(p.ahead.appends, self.state.size, self.state.head)
+        return None
+
+    def _seal_ahead(self, p: _Pipeline) -> bool:
+        """Seal the queued appends as the next group (sent at once behind a commit in flight).
+        Returns whether a burst was split in two."""
+        if p.ahead is not None or not self._appends_next():
+            return False
+        seq, head = (self.state.size, self.state.head) if p.inflight is None else p.inflight[0].tip
+        limit, split = self._max_batch, False
+        if p.inflight is None and len(self._pending) >= 2 * _SPLIT_MIN:
+            # A burst met an idle disk: commit half now and seal the rest while that
+            # fsync runs, so sealing, acknowledging and the next fsync overlap from here on.
+            limit = min(limit, (len(self._pending) + 1) // 2)
+            split = True
+        ahead = self._seal(self._take_appends(limit), seq, head)
+        if not ahead.rows:
+            return split
+        p.ahead = ahead
+        if p.inflight is not None:
+            # Send it now: the write process starts it the moment the commit in flight
+            # is through, instead of when the loop has heard of that and come back.
+            p.ahead_fut = self._start(ahead)
+        return split
+
+    def _send_ahead(self, p: _Pipeline, *, join: bool) -> None:
+        """Nothing in flight: commit the group sealed ahead, with whatever queued behind it (``join``)."""
+        ahead = p.ahead
+        assert ahead is not None
+        if join and self._appends_next() and len(ahead.rows) < self._max_batch:
+            # Appends that queued behind the group sealed ahead join it: one fsync for all.
+            more = self._seal(self._take_appends(self._max_batch - len(ahead.rows)), *ahead.tip)
+            ahead.appends += more.appends
+            ahead.rows += more.rows
+            ahead.head = more.head
+        p.inflight, p.ahead = (ahead, self._start(ahead)), None
+
+    async def _run_control(self) -> _Next:
+        """Nothing under way and the queue's head is not an append: a key command, or the stop."""
+        if self._appends_next():
+            return "again"  # the group before failed to seal (and was failed); seal the next
+        item = self._pending.popleft()
+        if item is _STOP:
+            return "stop"
+        if isinstance(item, Command):
+            await self._run_command(item)
+        return "again"
+
+    async def _drain(self, p: _Pipeline) -> None:
+        """Stopping: let the last commit land, sign the final size, wait for the last export."""
+        if self.failed is None:
+            if p.inflight is not None:
+                await self._finish(*p.inflight)
+                p.inflight = None
+            if self.failed is None and (self._signed is None or self._signed != self.state.size):
+                self._sign()
+            if self._unsent is not None:
+                batch = _Batch([], [], self.state.size, self.state.head)
+                await self._finish(batch, self._start(batch))
+        if self._last_export is not None:
+            with contextlib.suppress(Exception):
+                await self._last_export
+
+    def _abandon(self, p: _Pipeline) -> None:
+        """The task ends: every append not acknowledged is failed, never left waiting."""
+        err = AuditUnavailableError("audit log is closed") if self.failed is None else self.failed
+        if p.inflight is not None:
+            # Cancelled mid-commit: whether it landed is unknown, so nobody is told it did.
+            p.inflight[1].add_done_callback(lambda _: None)
+            self._fail(p.inflight[0].appends, err)
+        if p.ahead is not None:
+            if p.ahead_fut is not None:
+                p.ahead_fut.add_done_callback(_consume)
+            self._fail(p.ahead.appends, err)
+        self._fail_queued(err)
 
     async def _wait(self, loop: asyncio.AbstractEventLoop) -> None:
         """Sleep until an append arrives, the commit in flight ends, or a timed checkpoint is due."""
         timer = None
         if self.state.size > (self._signed or 0) and self._unsent is None:
-            due = self._every_s - (time.monotonic() - self._last_checkpoint_mono)
+            due = self._policy.every_s - (time.monotonic() - self._last_checkpoint_mono)
             timer = loop.call_later(max(due, 0.001), self._notify)
         self._wake = loop.create_future()
         try:
@@ -502,21 +562,24 @@ class Writer:
         signed = 0 if self._signed is None else self._signed
         if size <= signed or self._unsent is not None:
             return
-        if size - signed >= self._every_records or (
-            time.monotonic() - self._last_checkpoint_mono >= self._every_s
+        if size - signed >= self._policy.every_records or (
+            time.monotonic() - self._last_checkpoint_mono >= self._policy.every_s
         ):
             self._sign()
 
     def _sign(self) -> None:
         """Sign the durable size now; its row goes out with the next transaction."""
         size, root = self.state.size, self.state.tree.root()
-        self._unsent = (size, sign_checkpoint(Checkpoint(self._origin, size, root), self._signer))
+        self._unsent = (
+            size,
+            sign_checkpoint(Checkpoint(self._policy.origin, size, root), self._policy.signer),
+        )
         self._signed = size
         self._last_checkpoint_mono = time.monotonic()
 
     def _export_checkpoint(self, size: int, note: str) -> None:
         """Its row is durable: write the external copy on the export thread (in order, off the loop)."""
-        fut = asyncio.get_running_loop().run_in_executor(self._export, self._store.write, note)
+        fut = asyncio.get_running_loop().run_in_executor(self._export, self._policy.store.write, note)
 
         def done(f: asyncio.Future[None]) -> None:
             exc = f.exception() if not f.cancelled() else asyncio.CancelledError()
