@@ -3,6 +3,7 @@ values back into tool calls (names, arguments streamed in pieces) with the JSON 
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from typing import Any
@@ -261,3 +262,28 @@ def test_the_texts_read_cover_every_text_rewritten(schema: Any, arguments: Any) 
 
     rewrite(request, visit)
     assert set(visited) <= set(texts(request))
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    values=st.lists(st.sampled_from([EMAIL, IBAN, 'Anna "A" \\ B']), min_size=1, max_size=3),
+    cuts=st.lists(st.integers(min_value=0, max_value=200), max_size=8),
+)
+def test_streamed_arguments_restore_to_the_whole_calls_arguments_wherever_they_are_cut(
+    values: list[str], cuts: list[int]
+) -> None:
+    mapping = {f"[PERSON_{i + 1}]": v for i, v in enumerate(values)}
+    arguments = json.dumps({f"k{i}": f"x {p} y" for i, p in enumerate(mapping)})
+    bounds = sorted({min(c, len(arguments)) for c in cuts} | {0, len(arguments)})
+    restorer = Restorer(mapping)
+    streamed = ""
+    for start, end in itertools.pairwise(bounds):
+        out = restorer.delta(
+            Delta(tool_call_deltas=(ToolCallDelta(index=0, arguments=arguments[start:end]),))
+        )
+        streamed += "".join(p.arguments for p in out.tool_call_deltas or ())
+    whole = ToolCall(id="c", function=FunctionCall(name="f", arguments=arguments))
+    last = restorer.delta(Delta(finish_reason="tool_calls", tool_calls=(whole,)))
+    streamed += "".join(p.arguments for p in last.tool_call_deltas or ())
+    assert last.tool_calls is not None and streamed == last.tool_calls[0].function.arguments
+    assert json.loads(streamed) == {f"k{i}": f"x {v} y" for i, v in enumerate(values)}
