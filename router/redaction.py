@@ -22,6 +22,7 @@ Only counts by type leave this module, never the values.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Callable, Sequence
 
@@ -46,6 +47,12 @@ _MASK = "\x00"
 # up to 255 characters after its "@"; digit islands are padded and joined within 114), and a
 # line break last, which ends a label (router.identifiers.label_before).
 _SEPARATOR = _MASK * 319 + "\n"
+#: tool definitions remembered as clean, per tenant configuration (then forgotten all at once)
+_CLEAN_TOOLS_MAX = 4096
+
+
+def _digest(tool: dict[str, object]) -> bytes:
+    return hashlib.blake2b(msgspec.json.encode(tool), digest_size=16).digest()
 
 
 def request_texts(request: GenerationRequest, tools: list[list[str]] | None = None) -> list[str]:
@@ -77,6 +84,9 @@ class Redactor:
         self._keep = (
             re.compile("|".join(f"(?:{p})" for p in config.keep_patterns)) if config.keep_patterns else None
         )
+        #: digests of tool definitions found to hold nothing to redact (an app sends the same ones
+        #: with every request): they are not scanned again. Digests only, never the texts.
+        self._clean_tools: dict[bytes, None] = {}
 
     def redact(self, request: GenerationRequest, entities: Sequence[FreeTextEntity] = ()) -> Redaction:
         """Redact ``request``; ``entities`` are what the free-text model found in its texts."""
@@ -111,11 +121,15 @@ class Redactor:
         return taken
 
     def _redact(self, request: GenerationRequest, free_text: _FreeText) -> Redaction:
-        # Each distinct text is scanned once (a tool schema repeats "string", "type", ...).
-        per_tool = tool_texts(request)
+        # Each distinct text is scanned once (a tool schema repeats "string", "type", ...). Without
+        # free-text words, what is found in a text depends on the text alone: a tool definition
+        # found clean before is skipped.
+        digests = [_digest(t) for t in request.tools or ()] if free_text.pattern is None else []
+        per_tool = tool_texts(request, {i for i, d in enumerate(digests) if d in self._clean_tools})
         unique = request_texts(request, per_tool)
         found = dict(zip(unique, self._spans(unique, free_text), strict=True))
         table = _Table(unique)
+        self._remember_clean(digests, per_tool, found)
 
         def replace(text: str, slot: Slot) -> str:
             key = scanned(text, slot)
@@ -135,6 +149,20 @@ class Redactor:
         return Redaction(
             request=redacted, counts=dict(table.counts), mapping=table.mapping, names=table.names
         )
+
+    def _remember_clean(
+        self, digests: list[bytes], per_tool: list[list[str]], found: dict[str, list[Span]]
+    ) -> None:
+        """Note the tool definitions scanned now that hold nothing to redact (nor a placeholder
+        written literally, which a later request's table must see)."""
+        for digest, read in zip(digests, per_tool, strict=False):
+            if digest in self._clean_tools or any(found.get(t) for t in read):
+                continue
+            if any(PLACEHOLDER.search(t) for t in read):
+                continue
+            if len(self._clean_tools) >= _CLEAN_TOOLS_MAX:
+                self._clean_tools.clear()
+            self._clean_tools[digest] = None
 
     def _spans(self, texts: list[str], free_text: _FreeText) -> list[list[Span]]:
         """Each text's spans, in order; one ``memo`` for the request."""

@@ -28,7 +28,7 @@ pays little for its tools.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Container, Iterable
 from collections.abc import Set as AbstractSet
 from typing import Literal
 
@@ -51,9 +51,10 @@ def scanned(text: str, slot: Slot) -> str:
     return text.replace("_", " ") if slot == "name" else text
 
 
-def tool_texts(request: GenerationRequest) -> list[list[str]]:
-    """Each tool definition's texts (what ``texts`` and ``rewrite`` would read again)."""
-    return [_tool_texts(t) for t in request.tools or ()]
+def tool_texts(request: GenerationRequest, skip: Container[int] = ()) -> list[list[str]]:
+    """Each tool definition's texts (what ``texts`` and ``rewrite`` would read again); none for
+    the definitions at the indexes in ``skip`` (known to hold nothing to redact)."""
+    return [[] if i in skip else _tool_texts(t) for i, t in enumerate(request.tools or ())]
 
 
 def texts(request: GenerationRequest, tools: list[list[str]] | None = None) -> list[str]:

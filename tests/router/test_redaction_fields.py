@@ -287,3 +287,20 @@ def test_streamed_arguments_restore_to_the_whole_calls_arguments_wherever_they_a
     streamed += "".join(p.arguments for p in last.tool_call_deltas or ())
     assert last.tool_calls is not None and streamed == last.tool_calls[0].function.arguments
     assert json.loads(streamed) == {f"k{i}": f"x {v} y" for i, v in enumerate(values)}
+
+
+def test_a_tool_definition_found_clean_is_not_scanned_again_and_nothing_else_changes() -> None:
+    redactor = Redactor()
+    clean = _tool("weather", "The weather in a city.", {"type": "object"})
+    personal = _tool("pay", f"Pays from {IBAN}", {"type": "object"})
+    literal = _tool("echo", "Says [EMAIL_1] back", {"type": "object"})  # a placeholder written as is
+    request = GenerationRequest(
+        request_id="r", model="m", prompt=f"mail {EMAIL}", tools=(clean, personal, literal)
+    )
+    first = redactor.redact(request)
+    assert len(redactor._clean_tools) == 1  # only the clean one, by digest
+    second = redactor.redact(request)
+    assert second.request == first.request and second.mapping == first.mapping
+    assert second.request.prompt == "mail [EMAIL_2]"  # the literal one is still read every time
+    fn: Any = (second.request.tools or ())[1]["function"]
+    assert fn["description"] == "Pays from [IBAN_1]"
