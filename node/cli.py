@@ -4,7 +4,8 @@
 (``node.configcheck``), ``reload`` (``node.reloadcli``), ``models`` (build-dev,
 verify, list, pull, record-canaries), ``keys`` (create, revoke, list:
 ``node.keys``), ``audit`` (verify, export, prove, shred, ...), ``backup``,
-``restore``, ``canary run`` and ``status``. Exit codes: ``serve``'s are
+``restore``, ``canary run``, ``status`` and ``context eval`` (``node.context.cli``).
+Exit codes: ``serve``'s are
 ``node.startup.ExitCode`` (0 ok, 2 bad usage or config, 3 a model fails its
 pins, ...); other subcommands use 2 and 3 alike and document the rest.
 """
@@ -437,6 +438,26 @@ def _cmd_canary(args: argparse.Namespace) -> int:
     return _run_async(run_canaries_command(_find_config(args.config), args.names or None))
 
 
+def _cmd_context(args: argparse.Namespace) -> int:
+    apply_no_egress_env()
+    from .context.cli import kek_of, run_context_command
+
+    kek = None
+    if args.config:
+        from audit import AuditError
+
+        from .config import ConfigError, load_config
+
+        try:
+            config = load_config(Path(args.config))
+            if config.audit is not None:
+                kek = kek_of(config.audit.kek_file, config.audit.kek_env)
+        except (ConfigError, AuditError) as exc:
+            return _fail(str(exc))
+    models_file, data_dir = _models_context(args)
+    return run_context_command(args, models_file, data_dir, kek)
+
+
 def _add_models_location(parser: argparse.ArgumentParser) -> None:
     # SUPPRESS: an option given before the subcommand is not reset by the subcommand's default
     parser.add_argument("--config", default=argparse.SUPPRESS, help="node.toml (its models_file, data_dir)")
@@ -520,6 +541,11 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--url", default="http://127.0.0.1:8000")
     status.add_argument("--token-env", help="environment variable with the metrics token")
     status.set_defaults(func=_cmd_status)
+
+    from .context.cli import add_context_commands
+
+    add_context_commands(sub)
+    sub.choices["context"].set_defaults(func=_cmd_context)
 
     canary = sub.add_parser("canary", help="drift canaries")
     csub = canary.add_subparsers(dest="canary_cmd", required=True)

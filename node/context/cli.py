@@ -1,0 +1,158 @@
+"""``bastion context eval``: how well hybrid, full-text-only and vector-only retrieval answer a labelled set.
+
+    bastion context eval --corpus tests/data/context_eval/docs --queries tests/data/context_eval/queries.jsonl
+    bastion context eval --config node.toml --tenant acme --store vs_... --queries labelled.jsonl
+
+``--corpus`` indexes a folder of documents into a throw-away store (a temporary
+database under a random key) first; ``--store`` evaluates a store of the node's
+own ``<data_dir>/context.db``, opened with the audit log's KEK. Either way the
+node's pinned embedding model (``--model``, else the first ``task = "embed"``
+model of the models file) runs here, in process. Exit codes: 0 ok, 2 bad
+usage, configuration or query file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import msgspec
+
+from audit.kek import KeyEncryptionKey, LocalKek, kek_from_env, kek_from_file
+
+from .chunking import FileTokenizer
+from .evaluation import LabelledQuery, Report, evaluate, load_queries
+from .records import ContextConfig
+from .service import ContextService
+from .sqlite import SqliteBackend
+
+__all__ = ["CONTEXT_DB", "add_context_commands", "run_context_command"]
+
+#: the node's context database in ``data_dir``
+CONTEXT_DB = "context.db"
+
+
+def add_context_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    context = sub.add_parser("context", help="retrieval: files, vector stores, search quality")
+    csub = context.add_subparsers(dest="context_cmd", required=True)
+    ev = csub.add_parser("eval", help="recall@k, MRR and nDCG of hybrid, full-text and vector search")
+    where = ev.add_mutually_exclusive_group(required=True)
+    where.add_argument("--store", help="a vector store id in the node's context.db (with --tenant)")
+    where.add_argument("--corpus", help="a folder of documents to index into a temporary store")
+    ev.add_argument("--tenant", help="the store's tenant (with --store)")
+    ev.add_argument(
+        "--queries", required=True, help="JSON Lines: {query, relevant: [file names or ids], tag?}"
+    )
+    ev.add_argument("--k", type=int, default=5, help="results per query (default 5)")
+    ev.add_argument("--model", help="the embedding model (default: the first task = 'embed' model)")
+    ev.add_argument("--config", help="node.toml (its models_file, data_dir, audit KEK)")
+    ev.add_argument("--data-dir", help="without a config: the data folder (default ./data)")
+    ev.add_argument("--json", action="store_true", help="print the report as JSON")
+
+
+def run_context_command(
+    args: argparse.Namespace, models_file: Path, data_dir: Path, kek: KeyEncryptionKey | None
+) -> int:
+    if args.store and not args.tenant:
+        return _fail("--store needs --tenant")
+    if args.store and kek is None:
+        return _fail("--store opens the node's context.db: give --config with an [audit] KEK")
+    if not 1 <= args.k <= 50:
+        return _fail("--k must be between 1 and 50")
+    try:
+        queries = load_queries(args.queries)
+    except (OSError, ValueError) as exc:
+        return _fail(str(exc))
+    try:
+        report = asyncio.run(_evaluate(args, models_file, data_dir, kek, queries))
+    except (OSError, ValueError, LookupError) as exc:
+        return _fail(str(exc))
+    print(msgspec.json.encode(report).decode() if args.json else format_report(report))
+    return 0
+
+
+def _fail(message: str) -> int:
+    print(f"bastion: {message}", file=sys.stderr)
+    return 2
+
+
+def kek_of(kek_file: str | None, kek_env: str | None) -> KeyEncryptionKey:
+    if kek_file is not None:
+        return kek_from_file(kek_file)
+    assert kek_env is not None
+    return kek_from_env(kek_env)
+
+
+async def _evaluate(
+    args: argparse.Namespace,
+    models_file: Path,
+    data_dir: Path,
+    kek: KeyEncryptionKey | None,
+    queries: list[LabelledQuery],
+) -> Report:
+    from serving.embedding import LocalEmbedder
+    from serving.model_commands import ensure_model
+    from serving.models import load_models_file
+
+    models = load_models_file(models_file)
+    name = args.model or next((s.name for s in models.models if s.task == "embed"), None)
+    if name is None:
+        raise LookupError(f'{models_file} pins no embedding model (task = "embed")')
+    spec = models.get(name)
+    config = msgspec.convert({"embedding_model": spec.name}, ContextConfig)
+    with tempfile.TemporaryDirectory(prefix="bastion-context-eval-") as tmp:
+        if args.corpus:
+            db, kek = Path(tmp) / CONTEXT_DB, LocalKek(os.urandom(32))
+        else:
+            db = data_dir / CONTEXT_DB
+        assert kek is not None
+        model_dir = await asyncio.to_thread(ensure_model, spec, models_file, data_dir)
+        backend = await SqliteBackend.open(db, kek)
+        try:
+            engine = LocalEmbedder(spec, model_dir)
+            async with engine:
+                service = ContextService(
+                    backend,
+                    engine,
+                    FileTokenizer.of_model(model_dir),
+                    config,
+                    embed_max_tokens=spec.max_model_len,
+                )
+                if args.corpus:
+                    tenant, store_ids = "eval", [await index_folder(service, "eval", Path(args.corpus))]
+                else:
+                    tenant, store_ids = args.tenant, [args.store]
+                return await evaluate(service, tenant, store_ids, queries, k=args.k)
+        finally:
+            await backend.aclose()
+
+
+async def index_folder(service: ContextService, tenant: str, folder: Path) -> str:
+    """A new store of ``tenant`` holding every file of ``folder``; raises ValueError on a file that fails."""
+    store = await service.create_store(tenant, name=folder.name)
+    files = await asyncio.to_thread(
+        lambda: sorted((p.name, p.read_bytes()) for p in folder.iterdir() if p.is_file())
+    )
+    if not files:
+        raise ValueError(f"{folder}: no files")
+    for name, content in files:
+        f = await service.upload_file(tenant, name, content)
+        done = await service.add_file(tenant, store.id, f.id)
+        if done.last_error:
+            raise ValueError(f"{folder / name}: {done.last_error}")
+    return store.id
+
+
+def format_report(report: Report) -> str:
+    k = report.k
+    lines = [f"{'':10}{'recall@' + str(k):>10}{'MRR':>8}{'nDCG@' + str(k):>9}  queries"]
+    groups = [("all", report.overall), *report.by_tag.items()]
+    for group, modes in groups:
+        lines.append(group)
+        for mode, m in modes.items():
+            lines.append(f"  {mode:8}{m.recall:>10.3f}{m.mrr:>8.3f}{m.ndcg:>9.3f}  {m.queries}")
+    return "\n".join(lines)

@@ -1,0 +1,280 @@
+"""The context service: what the HTTP layer calls. Ingestion (parse, chunk, embed, store) and search.
+
+    service = ContextService(backend, embedder, tokenizer, config, embed_max_tokens=spec.max_model_len)
+    f = await service.upload_file(tenant, "notes.pdf", data)            # FileParseError: 400 naming why
+    vs = await service.create_store(tenant, name="policies")
+    sf = await service.add_file(tenant, vs.id, f.id, attributes={"year": 2025})  # completed or failed
+    hits = await service.search(tenant, [vs.id], "metoprolol dose", max_num_results=5,
+                                filters=parse_filter({...}), score_threshold=0.3)
+    packed = pack(hits, budget_tokens=2000, count_tokens=chat_tokenizer.count)
+
+Every other read and delete is the backend's (``service.backend``), which
+takes the tenant with every call. Embeddings come from the node's own engine,
+so neither files nor queries leave the node.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import uuid
+from collections.abc import Mapping, Sequence
+
+from serving.embedding import Embedder, EmbeddingRequest
+from serving.errors import BadRequestError
+
+from .backend import ContextBackend
+from .chunking import TextTokenizer, static_chunks
+from .errors import FileTooLargeError
+from .filters import Filter
+from .fusion import Hit, SearchMode, dedupe, reciprocal_rank_fusion
+from .parse import parse_file
+from .records import (
+    AttributeValue,
+    Candidate,
+    ChunkIn,
+    ContextConfig,
+    FileObject,
+    StaticChunking,
+    StoreFile,
+    VectorStore,
+)
+
+__all__ = ["ContextService", "query_terms"]
+
+#: OpenAI's limits on a file's attributes
+_MAX_ATTRIBUTES = 16
+_MAX_KEY = 64
+_MAX_STRING = 512
+_MAX_TERMS = 64
+_TERM = re.compile(r"[^\W_](?:[\w.+/-]*[^\W_])?")
+
+
+#: English function words, left out of the full-text query: they carry no evidence, and on a small
+#: store (where even "of" is rare) BM25 would rank a chunk for holding them
+_STOPWORDS = frozenset(
+    "a an and are as at be by can do does for from how i in is it its me my of on or our should the "
+    "their there this to was we what when where which who why will with you your".split()
+)
+
+
+def query_terms(query: str) -> list[str]:
+    """The words and identifiers of a query, for BM25: ``"AC-1234/7"`` stays one term (FTS5 reads it
+    as the phrase ``ac 1234 7``), surrounding punctuation and English function words go (all of
+    them, when the query has nothing else)."""
+    terms = _TERM.findall(query)
+    return ([t for t in terms if t.lower() not in _STOPWORDS] or terms)[:_MAX_TERMS]
+
+
+def _check_attributes(attributes: Mapping[str, AttributeValue]) -> None:
+    if len(attributes) > _MAX_ATTRIBUTES:
+        raise BadRequestError(f"`attributes` holds at most {_MAX_ATTRIBUTES} keys.", param="attributes")
+    for key, value in attributes.items():
+        if not key or len(key) > _MAX_KEY:
+            raise BadRequestError(f"attribute keys are 1 to {_MAX_KEY} characters.", param="attributes")
+        if not isinstance(value, str | int | float | bool):
+            raise BadRequestError(
+                f"attribute {key!r} must be a string, number or boolean.", param="attributes"
+            )
+        if isinstance(value, str) and len(value) > _MAX_STRING:
+            raise BadRequestError(
+                f"attribute {key!r} is longer than {_MAX_STRING} characters.", param="attributes"
+            )
+
+
+class ContextService:
+    def __init__(
+        self,
+        backend: ContextBackend,
+        embedder: Embedder,
+        tokenizer: TextTokenizer,
+        config: ContextConfig,
+        *,
+        embed_max_tokens: int,
+    ) -> None:
+        self.backend = backend
+        self.embedder = embedder
+        self.tokenizer = tokenizer
+        self.config = config
+        self._embed_max_tokens = embed_max_tokens
+        self._dimensions: int | None = None
+
+    # -- files and stores -------------------------------------------------------------------------
+
+    async def upload_file(
+        self, tenant: str, filename: str, content: bytes, *, purpose: str = "assistants"
+    ) -> FileObject:
+        """Stores the file after checking it parses (FileParseError / FileTooLargeError otherwise)."""
+        if len(content) > self.config.max_file_bytes:
+            raise FileTooLargeError(
+                f"'{filename}' is {len(content)} bytes, more than this node's limit of "
+                f"{self.config.max_file_bytes}.",
+                param="file",
+            )
+        await asyncio.to_thread(parse_file, filename, content, max_chars=self.config.max_text_chars)
+        return await self.backend.put_file(tenant, filename=filename, purpose=purpose, content=content)
+
+    async def create_store(
+        self, tenant: str, *, name: str | None = None, metadata: Mapping[str, str] | None = None
+    ) -> VectorStore:
+        return await self.backend.create_store(
+            tenant,
+            name=name,
+            metadata=metadata or {},
+            embedding_model=self.config.embedding_model,
+            dimensions=await self._embedding_dimensions(),
+        )
+
+    async def _embedding_dimensions(self) -> int:
+        if self._dimensions is None:
+            (vector,) = await self._embed(["dimensions"], "ctx-dims")
+            self._dimensions = len(vector) // 4
+        return self._dimensions
+
+    # -- ingestion --------------------------------------------------------------------------------
+
+    async def attach(
+        self,
+        tenant: str,
+        store_id: str,
+        file_id: str,
+        *,
+        attributes: Mapping[str, AttributeValue] | None = None,
+        chunking: StaticChunking | None = None,
+    ) -> StoreFile:
+        """The file in the store, ``in_progress``: ``ingest`` next (inline or as a task)."""
+        strategy = chunking or StaticChunking()
+        _check_attributes(attributes or {})
+        # the engine adds its special tokens (BOS) to every input: leave them room
+        if strategy.max_chunk_size_tokens > self._embed_max_tokens - 8:
+            raise BadRequestError(
+                f"`max_chunk_size_tokens` {strategy.max_chunk_size_tokens} is more than the embedding model "
+                f"'{self.config.embedding_model}' reads ({self._embed_max_tokens - 8} tokens).",
+                param="chunking_strategy.static.max_chunk_size_tokens",
+            )
+        store = await self.backend.get_store(tenant, store_id)
+        if store.embedding_model != self.config.embedding_model:
+            raise BadRequestError(
+                f"vector store '{store_id}' was embedded with '{store.embedding_model}'; "
+                f"this node embeds with '{self.config.embedding_model}'.",
+                param="vector_store_id",
+            )
+        return await self.backend.attach_file(
+            tenant, store_id, file_id, attributes=attributes or {}, chunking=strategy
+        )
+
+    async def ingest(self, tenant: str, store_id: str, file_id: str) -> StoreFile:
+        """Parse, chunk, embed and index an attached file: ``completed``, or ``failed`` with
+        ``last_error`` saying why (a client's error: the engine failing raises instead)."""
+        current = await self.backend.store_file(tenant, store_id, file_id)
+        meta = await self.backend.get_file(tenant, file_id)
+        content = await self.backend.file_content(tenant, file_id)
+        try:
+            text = await asyncio.to_thread(
+                parse_file, meta.filename, content, max_chars=self.config.max_text_chars
+            )
+            spans = await asyncio.to_thread(static_chunks, text, self.tokenizer, current.chunking)
+            if len(spans) > self.config.max_chunks_per_file:
+                raise FileTooLargeError(
+                    f"'{meta.filename}' makes {len(spans)} chunks, more than this node's limit of "
+                    f"{self.config.max_chunks_per_file} per file.",
+                    param="file",
+                )
+            chunks: list[ChunkIn] = []
+            batch = self.config.embed_batch
+            for i in range(0, len(spans), batch):
+                part = spans[i : i + batch]
+                vectors = await self._embed([s.text for s in part], f"ctx-{file_id}-{i}")
+                chunks += [
+                    ChunkIn(
+                        index=s.index, text=s.text, start_token=s.start_token, end_token=s.end_token, vector=v
+                    )
+                    for s, v in zip(part, vectors, strict=True)
+                ]
+        except (BadRequestError, FileTooLargeError) as exc:
+            return await self.backend.fail_file(tenant, store_id, file_id, exc.message)
+        return await self.backend.write_chunks(tenant, store_id, file_id, chunks)
+
+    async def add_file(
+        self,
+        tenant: str,
+        store_id: str,
+        file_id: str,
+        *,
+        attributes: Mapping[str, AttributeValue] | None = None,
+        chunking: StaticChunking | None = None,
+    ) -> StoreFile:
+        await self.attach(tenant, store_id, file_id, attributes=attributes, chunking=chunking)
+        return await self.ingest(tenant, store_id, file_id)
+
+    async def _embed(self, texts: Sequence[str], request_id: str) -> tuple[bytes, ...]:
+        result = await self.embedder.embed(
+            EmbeddingRequest(
+                request_id=f"{request_id}-{uuid.uuid4().hex[:8]}",
+                model=self.config.embedding_model,
+                texts=tuple(texts),
+            )
+        )
+        return result.vectors
+
+    # -- search -----------------------------------------------------------------------------------
+
+    async def search(
+        self,
+        tenant: str,
+        store_ids: Sequence[str],
+        query: str,
+        *,
+        max_num_results: int = 10,
+        filters: Filter | None = None,
+        score_threshold: float = 0.0,
+        mode: SearchMode = SearchMode.HYBRID,
+    ) -> list[Hit]:
+        """The best chunks of the tenant's stores for ``query``: fused, de-duplicated, at most
+        ``max_num_results``, none scoring below ``score_threshold`` (see ``node.context.fusion``)."""
+        if not query.strip():
+            raise BadRequestError("`query` must not be empty.", param="query")
+        if not 1 <= max_num_results <= 50:
+            raise BadRequestError("`max_num_results` must be between 1 and 50.", param="max_num_results")
+        if not 0.0 <= score_threshold <= 1.0:
+            raise BadRequestError(
+                "`score_threshold` must be between 0 and 1.", param="ranking_options.score_threshold"
+            )
+        if not store_ids:
+            raise BadRequestError("name at least one vector store.", param="vector_store_ids")
+        allowed = {sid: await self._allowed(tenant, sid, filters) for sid in dict.fromkeys(store_ids)}
+        depth = max(self.config.candidates, 2 * max_num_results)
+        fulltext: list[Candidate] | None = None
+        vector: list[Candidate] | None = None
+        if mode is not SearchMode.VECTOR:
+            terms = query_terms(query)
+            fulltext = []
+            for sid, files in allowed.items():
+                fulltext += await self.backend.fulltext(tenant, sid, terms, depth, files)
+            fulltext = sorted(fulltext, key=lambda c: c.raw)[:depth]
+        if mode is not SearchMode.FULLTEXT:
+            (qvec,) = await self._embed([query], "ctx-query")
+            vector = []
+            for sid, files in allowed.items():
+                vector += await self.backend.nearest(tenant, sid, qvec, depth, files)
+            vector = sorted(vector, key=lambda c: c.raw)[:depth]
+        fused = [
+            f
+            for f in reciprocal_rank_fusion(fulltext, vector, self.config.rrf_k)
+            if f.score >= score_threshold
+        ]
+        # read a few more than asked: de-duplication may drop some
+        fused = fused[: 3 * max_num_results]
+        chunks = await self.backend.read_chunks(tenant, [(f.store_id, f.key) for f in fused])
+        hits = [
+            Hit(chunk=c, score=f.score, fulltext_rank=f.fulltext_rank, vector_rank=f.vector_rank)
+            for f, c in zip(fused, chunks, strict=True)
+        ]
+        return dedupe(hits)[:max_num_results]
+
+    async def _allowed(self, tenant: str, store_id: str, filters: Filter | None) -> list[str] | None:
+        """The store's files a filter lets through (None: no filter, every file)."""
+        files = await self.backend.list_store_files(tenant, store_id)  # NotFoundError for another tenant's
+        if filters is None:
+            return None
+        return [f.file_id for f in files if filters.matches(f.attributes)]
