@@ -27,6 +27,7 @@ from router.config import (
 from router.limits import Limiter, LimitState
 from router.openai_provider import OpenAIProvider
 from router.policy import RESIDENCY_HEADER
+from router.providers import build_provider, external_providers
 from router.redaction import Redactor
 from router.router import BeforeForward, ForwardDecision, RoutedStream, Router, RouteRequest
 from router.stream import Attempt
@@ -54,4 +55,6 @@ __all__ = [
     "RouterConfig",
     "RoutingOptions",
     "TenantPolicy",
+    "build_provider",
+    "external_providers",
 ]

@@ -40,6 +40,7 @@ from router.policy import (
     plan_local_only,
     plan_with_fallbacks,
 )
+from router.providers import build_provider
 from router.redaction import Redaction, Redactor, request_texts
 from router.stream import Attempt, Charge, Outcome, RoutedStream
 from serving.contract import needs
@@ -125,7 +126,7 @@ class Router:
         if external is None:
             built: dict[str, Provider] = {}
             for p in config.providers:
-                provider = OpenAIProvider(p) if p.kind == "openai" else AnthropicProvider(p)
+                provider = build_provider(p)
                 self._owned.append(provider)
                 built[p.name] = provider
             external = built

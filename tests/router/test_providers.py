@@ -8,6 +8,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
+from router import build_provider, external_providers
 from router.anthropic_provider import AnthropicProvider
 from router.anthropic_wire import build_messages_body
 from router.config import ProviderConfig
@@ -334,3 +335,27 @@ def test_a_tool_choice_the_messages_api_cannot_express_is_a_400(choice: str | di
     with pytest.raises(BastionError) as raised:
         build_messages_body(request, default_max_tokens=16)
     assert (raised.value.status_code, raised.value.param) == (400, "tool_choice")
+
+
+async def test_one_factory_builds_each_kind() -> None:
+    price = {"input_per_mtok": 1.0, "output_per_mtok": 2.0}
+    configs = [
+        msgspec.convert(
+            {
+                "name": name,
+                "kind": kind,
+                "base_url": "http://127.0.0.1:9",
+                "region": "eu-west",
+                "models": {m: price},
+            },
+            ProviderConfig,
+        )
+        for name, kind, m in (("o", "openai", GPT), ("a", "anthropic", CLAUDE))
+    ]
+    openai, anthropic = build_provider(configs[0]), build_provider(configs[1])
+    assert isinstance(openai, OpenAIProvider) and isinstance(anthropic, AnthropicProvider)
+    await openai.aclose()
+    await anthropic.aclose()
+    async with external_providers(configs) as built:
+        assert {n: type(p) for n, p in built.items()} == {"o": OpenAIProvider, "a": AnthropicProvider}
+        assert all(p.describe().name == n for n, p in built.items())
