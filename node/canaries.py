@@ -36,9 +36,8 @@ from typing import TextIO
 import msgspec
 
 from audit import AuditEvent, check_private, private_dir
-from router.anthropic_provider import AnthropicProvider
-from router.config import ProviderConfig, RouteConfig
-from router.openai_provider import OpenAIProvider
+from router import external_providers
+from router.config import RouteConfig
 from serving.canary import CanaryReport, CanaryScheduler, CanaryTarget, record_canaries, run_canaries
 from serving.errors import BastionError, PinMismatchError
 from serving.models import CanaryCase, ModelsConfigError, ModelsFile, load_models_file
@@ -179,88 +178,60 @@ def plan_canaries(
     return planned
 
 
-def _build_provider(config: ProviderConfig) -> OpenAIProvider | AnthropicProvider:
-    return OpenAIProvider(config) if config.kind == "openai" else AnthropicProvider(config)
-
-
-def _routes(config: NodeConfig) -> tuple[RouteConfig, ...]:
-    return config.routes
-
-
 # -- the scheduled job ---------------------------------------------------------------------------------
 
 
 @asynccontextmanager
 async def canary_job(
-    state: NodeState,
-    interval_s: float,
-    *,
-    providers: Mapping[str, Provider] | None = None,
-    timeout_s: float = 120.0,
+    state: NodeState, interval_s: float, *, timeout_s: float = 120.0
 ) -> AsyncIterator[CanaryScheduler]:
-    """Replay canaries every ``interval_s`` while the context is open (enter it in the lifespan).
+    """Replay canaries every ``interval_s`` while the context is open (``build_node`` enters it).
 
     Exports ``bastion_canary_match_ratio`` / ``bastion_canary_mismatches`` per
     model and provider and appends a ``canary.mismatch`` audit event when one
-    drifts. External providers come from ``providers`` or are built from the
-    config (and closed on exit); their baselines are recorded by ``bastion
-    canary run``: until then their canaries count as unrecorded.
+    drifts. External providers are the node's own (``state.providers``); their
+    baselines are recorded by ``bastion canary run``: until then their canaries
+    count as unrecorded.
     """
-    async with AsyncExitStack() as stack:
-        external: dict[str, Provider] = {}
-        if providers is not None:
-            external = dict(providers)
-        else:
-            for p in state.config.providers:
-                built = _build_provider(p)
-                stack.push_async_callback(built.aclose)
-                external[p.name] = built
-        data_dir = resolve(state.config_dir, state.config.data_dir)
-        planned = plan_canaries(
-            models=state.models,
-            local=state.engines,
-            routes=_routes(state.config),
-            external=external,
-            baselines=ExternalBaselines.load(data_dir / BASELINES_FILE),
-        )
-        labels = {(p.target.provider.describe().name, p.target.model): p for p in planned}
+    data_dir = resolve(state.config_dir, state.config.data_dir)
+    planned = plan_canaries(
+        models=state.models,
+        local=state.engines,
+        routes=state.config.routes,
+        external=state.providers,
+        baselines=ExternalBaselines.load(data_dir / BASELINES_FILE),
+    )
+    labels = {(p.target.provider.describe().name, p.target.model): p for p in planned}
 
-        async def on_report(report: CanaryReport) -> None:
-            p = labels.get((report.provider, report.model))
-            model, provider = (p.model_label, p.provider_label) if p else (report.model, report.provider)
-            state.metrics.observe_canary(
-                model=model,
-                provider=provider,
-                match_ratio=report.match_ratio,
-                mismatches=len(report.mismatches),
+    async def on_report(report: CanaryReport) -> None:
+        p = labels.get((report.provider, report.model))
+        model, provider = (p.model_label, p.provider_label) if p else (report.model, report.provider)
+        state.metrics.observe_canary(
+            model=model,
+            provider=provider,
+            match_ratio=report.match_ratio,
+            mismatches=len(report.mismatches),
+        )
+        if report.drifted:
+            _log.warning(
+                "canary drift: model %s on %s: %d of %d differ",
+                model,
+                provider,
+                len(report.mismatches),
+                report.total,
             )
-            if report.drifted:
-                _log.warning(
-                    "canary drift: model %s on %s: %d of %d differ",
-                    model,
-                    provider,
-                    len(report.mismatches),
-                    report.total,
-                )
-                if state.audit is not None:
-                    meta = report.to_audit_meta() | {"canary_set": model, "provider_name": provider}
-                    await state.audit.append(AuditEvent(type="canary.mismatch", tenant="", meta=meta))
+            if state.audit is not None:
+                meta = report.to_audit_meta() | {"canary_set": model, "provider_name": provider}
+                await state.audit.append(AuditEvent(type="canary.mismatch", tenant="", meta=meta))
 
-        scheduler = CanaryScheduler(
-            [p.target for p in planned], interval_s=interval_s, on_report=on_report, timeout_s=timeout_s
-        )
-        async with scheduler:
-            yield scheduler
+    scheduler = CanaryScheduler(
+        [p.target for p in planned], interval_s=interval_s, on_report=on_report, timeout_s=timeout_s
+    )
+    async with scheduler:
+        yield scheduler
 
 
 # -- the commands ----------------------------------------------------------------------------------------
-
-
-def _default_models_file() -> Path:
-    env = os.environ.get("BASTION_MODELS_FILE")
-    if env:
-        return Path(env).resolve()
-    return Path(__file__).resolve().parent.parent / "models.toml"
 
 
 async def record_canaries_command(
@@ -274,7 +245,8 @@ async def record_canaries_command(
     """Start model ``name`` (or use ``engine``), record its canaries' outputs, write them into the file."""
     out = out or sys.stdout
     try:
-        spec = load_models_file(models_file).get(name)
+        models = load_models_file(models_file)
+        spec = models.get(name)
     except ModelsConfigError as exc:
         return _fail(str(exc), 2)
     except KeyError:
@@ -284,7 +256,7 @@ async def record_canaries_command(
     try:
         async with AsyncExitStack() as stack:
             if engine is None:
-                engine = await _start_engine(name, models_file, data_dir, stack)
+                engine = (await _start_engines(models, [name], models_file, data_dir, stack))[name]
             outputs = await record_canaries(engine, name, spec.canaries)
     except PinMismatchError as exc:
         return _fail(f"refusing to record: {exc.message}", 3)
@@ -302,17 +274,25 @@ async def record_canaries_command(
     return 0
 
 
-async def _start_engine(name: str, models_file: Path, data_dir: Path, stack: AsyncExitStack) -> Provider:
-    from serving.engine import LocalEngine  # vLLM is heavy: import it only when an engine starts
+async def _start_engines(
+    models: ModelsFile, names: Sequence[str], models_file: Path, data_dir: Path, stack: AsyncExitStack
+) -> dict[str, Provider]:
+    """The node's own engine start-up (``node.assembly.start_engines``), a builder model
+    (the tiny dev models) built first where it is missing."""
+    from .assembly import start_engines
+
+    # hashing (or building) the models' files must not stall the event loop
+    models_dir = await asyncio.to_thread(_ensure_models, models, names, models_file, data_dir)
+    return await start_engines(models, names, data_dir=data_dir, models_dir=models_dir, stack=stack)
+
+
+def _ensure_models(models: ModelsFile, names: Sequence[str], models_file: Path, data_dir: Path) -> Path:
+    """Each model verified (a builder model built where missing); the models file's folder."""
     from serving.model_commands import ensure_model
 
-    spec = load_models_file(models_file).get(name)
-    # hashing (or building) the model's files must not stall the event loop
-    model_dir = await asyncio.to_thread(ensure_model, spec, models_file, data_dir)
-    engine = LocalEngine(spec, model_dir)
-    await engine.start()
-    stack.push_async_callback(engine.aclose)
-    return engine
+    for name in names:
+        ensure_model(models.get(name), models_file, data_dir)
+    return models_file.resolve().parent
 
 
 async def run_canaries_command(
@@ -335,7 +315,7 @@ async def run_canaries_command(
     except (ConfigError, ModelsConfigError) as exc:
         return _fail(str(exc), 2)
     if config is not None:
-        from .app import served_models
+        from .served import served_models
 
         try:
             local_names = served_models(config, models)
@@ -351,24 +331,22 @@ async def run_canaries_command(
     baselines = ExternalBaselines.load(data_dir / BASELINES_FILE)
     try:
         async with AsyncExitStack() as stack:
-            local: dict[str, Provider] = {}
-            for name in local_names:
-                if not models.get(name).canaries or (wanted is not None and name not in wanted):
-                    continue
-                if engines is not None:
-                    if name in engines:
-                        local[name] = engines[name]
-                else:
-                    local[name] = await _start_engine(name, models_file, data_dir, stack)
+            with_canaries = [
+                name
+                for name in local_names
+                if models.get(name).canaries and (wanted is None or name in wanted)
+            ]
+            local: dict[str, Provider]
+            if engines is not None:
+                local = {name: engines[name] for name in with_canaries if name in engines}
+            else:
+                local = await _start_engines(models, with_canaries, models_file, data_dir, stack)
             external: dict[str, Provider] = {}
             if config is not None:
                 if providers is not None:
                     external = dict(providers)
                 else:
-                    for p in config.providers:
-                        built = _build_provider(p)
-                        stack.push_async_callback(built.aclose)
-                        external[p.name] = built
+                    external = await stack.enter_async_context(external_providers(config.providers))
             planned = plan_canaries(
                 models=models,
                 local=local,
@@ -393,9 +371,9 @@ async def run_canaries_command(
 def _load_context(config_path: Path | None) -> tuple[NodeConfig | None, Path, Path, ModelsFile]:
     """(config, models file, data dir, models) from ``config_path``, or the repo's models and ./data."""
     if config_path is None:
-        from .devmode import default_data_dir
+        from .devmode import default_data_dir, default_models_file
 
-        models_file = _default_models_file()
+        models_file = default_models_file()
         return None, models_file, default_data_dir(), load_models_file(models_file)
     config = load_config(config_path)
     base = config_path.absolute().parent
@@ -404,7 +382,7 @@ def _load_context(config_path: Path | None) -> tuple[NodeConfig | None, Path, Pa
 
 
 def _maybe_routes(config: NodeConfig | None) -> tuple[RouteConfig, ...]:
-    return () if config is None else _routes(config)
+    return () if config is None else config.routes
 
 
 async def _run_planned(planned: Sequence[PlannedCanary], baselines: ExternalBaselines, out: TextIO) -> int:

@@ -44,15 +44,6 @@ def _find_config(explicit: str | None) -> Path | None:
     return local if local.exists() else None
 
 
-def _repo_models_file() -> Path:
-    """The models.toml shipped beside the code (dev mode's tiny model is pinned there)."""
-    env = os.environ.get("BASTION_MODELS_FILE")
-    if env:
-        return Path(env).resolve()
-    here = Path(__file__).resolve().parent.parent / "models.toml"
-    return here if here.exists() else Path("models.toml").resolve()
-
-
 def _fail(message: str, code: int = 2) -> int:
     print(f"bastion: {message}", file=sys.stderr)
     return code
@@ -66,7 +57,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from audit import AuditError
 
     from .config import ConfigError, load_config
-    from .devmode import banner, default_data_dir, dev_config
+    from .devmode import banner, default_data_dir, default_models_file, dev_config
     from .startup import ExitCode
 
     path = _find_config(args.config)
@@ -79,7 +70,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
             from .devmode import DEV_MODELS
 
-            models_file = _repo_models_file()
+            models_file = default_models_file()
             setup = dev_config(  # refuses a non-loopback host before anything is built
                 data_dir=data_dir,
                 models_file=models_file,
@@ -108,12 +99,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 async def _serve(config: object, config_dir: Path, key_banner: str | None, config_file: Path | None) -> int:
-    from audit import AuditError, AuditLog
-
     _NodeServer = _node_server_class()
-    from serving.errors import EngineUnavailableError, PinMismatchError
-
-    from .app import create_app, start_engines
+    from .app import create_app
+    from .assembly import build_node
     from .config import ConfigError, NodeConfig
     from .drain import Drain
     from .logs import configure_node_logging
@@ -128,39 +116,34 @@ async def _serve(config: object, config_dir: Path, key_banner: str | None, confi
         return _fail(str(exc))
     async with AsyncExitStack() as stack:
         try:
-            models = preflight(config, config_dir)  # all that needs no engine, in seconds
+            preflight(config, config_dir)  # all that needs no engine, in seconds
         except StartupError as exc:
             return _fail(f"refusing to serve: {exc.message}", exc.code)
+        drain = Drain(timeout_s=config.server.drain_timeout_s)  # SIGTERM's drain (node.drain)
         try:
-            engines = await start_engines(config, config_dir, models, stack)
-        except PinMismatchError as exc:
-            return _fail(f"refusing to serve: {exc}", ExitCode.PIN_MISMATCH)
-        except EngineUnavailableError as exc:
-            return _fail(str(exc), ExitCode.ENGINE)
-        audit = None
-        if config.audit is not None:
-            try:
-                audit = await stack.enter_async_context(await AuditLog.open(config.audit))
-            except AuditError as exc:
-                return _fail(f"refusing to serve: audit log: {exc}", ExitCode.AUDIT)
+            # engines (pins verified), audit log, ...; with a config file: SIGHUP and
+            # `bastion reload` re-read it (node.reload)
+            node = await stack.enter_async_context(
+                build_node(config, config_dir=config_dir, config_file=config_file, drain=drain)
+            )
+        except StartupError as exc:  # an engine or the audit log: the message is the whole line
+            return _fail(exc.message, exc.code)
+        except Exception:
+            _log.exception("the node failed to start")
+            return _fail("the node failed to start (see the error above)", ExitCode.ERROR)
         try:
             # bound only now: a socket open while vLLM forks its engine process would outlive
             # this one in it (preflight checked that the port was free)
             sock = stack.enter_context(listen_socket(config.server.host, config.server.port))
         except StartupError as exc:
             return _fail(exc.message, exc.code)
-        # with a config file: SIGHUP and `bastion reload` re-read it (node.reload)
-        drain = Drain(timeout_s=config.server.drain_timeout_s)  # SIGTERM's drain (node.drain)
-        app = create_app(
-            config, config_dir=config_dir, engines=engines, audit=audit, config_file=config_file, drain=drain
-        )
         host, port = sock.getsockname()[:2]
-        server = _NodeServer(uvicorn_config(app, config.server, port=port))
+        server = _NodeServer(uvicorn_config(create_app(node), config.server, port=port))
         server.drain = drain
         server.announcement = key_banner or f"bastion: serving on http://{host}:{port}"
         try:
             await server.serve(sockets=[sock])
-        except SystemExit:  # uvicorn's own start-up failure (3, our pin-mismatch code): logged above
+        except SystemExit:  # uvicorn's own start-up failure: logged above
             return _fail("the node failed to start (see the error above)", ExitCode.ERROR)
         return ExitCode.OK if server.started else ExitCode.ERROR
 
@@ -179,8 +162,8 @@ def _node_server_class() -> type:
         The first SIGTERM or SIGINT starts ``drain`` (``node.drain``): the node turns
         unready and refuses new requests at once, and uvicorn is told to stop only once
         the generations in flight have ended or been cut at the drain timeout. A second
-        signal cuts them at once. Either way the lifespan, the engines and the audit log
-        then close in order."""
+        signal cuts them at once. Either way the node (``build_node``'s context: the
+        engines, the audit log, ...) then closes in order."""
 
         announcement = ""
         drain: Drain | None = None
@@ -257,11 +240,12 @@ def _run_async(coro: object) -> int:
 def _models_context(args: argparse.Namespace) -> tuple[Path, Path]:
     """(models file, data dir) from --config, or the repo's models.toml and ./data."""
     from .config import load_config, resolve
+    from .devmode import default_models_file
 
     path = _find_config(getattr(args, "config", None))
     if path is None:
         data = Path(args.data_dir).resolve() if getattr(args, "data_dir", None) else Path("data").resolve()
-        return _repo_models_file(), data
+        return default_models_file(), data
     config = load_config(path)
     base = path.resolve().parent
     return resolve(base, config.models_file), resolve(base, config.data_dir)
@@ -325,6 +309,7 @@ def _cmd_keys(args: argparse.Namespace) -> int:
 
 
 def _cmd_init(args: argparse.Namespace) -> int:
+    from .devmode import default_models_file
     from .init import init_command
 
     return init_command(
@@ -333,7 +318,7 @@ def _cmd_init(args: argparse.Namespace) -> int:
         model=args.model,
         port=args.port,
         data_dir=args.data_dir,
-        shipped_models=_repo_models_file(),
+        shipped_models=default_models_file(),
     )
 
 
@@ -364,7 +349,7 @@ def _cmd_config(args: argparse.Namespace) -> int:
 def _node_config(args: argparse.Namespace) -> tuple[NodeConfig, Path]:
     """The config (dev mode's without one) and its folder; ConfigError or ValueError when invalid."""
     from .config import load_config
-    from .devmode import default_data_dir, dev_config
+    from .devmode import default_data_dir, default_models_file, dev_config
 
     explicit = args.config
     if isinstance(explicit, list):  # `audit --config`, repeatable for a fleet: one here, maybe NAME=PATH
@@ -372,7 +357,7 @@ def _node_config(args: argparse.Namespace) -> tuple[NodeConfig, Path]:
     path = _find_config(explicit)
     if path is None:
         setup = dev_config(
-            data_dir=default_data_dir(), models_file=_repo_models_file(), host="127.0.0.1", port=8000
+            data_dir=default_data_dir(), models_file=default_models_file(), host="127.0.0.1", port=8000
         )
         return setup.config, Path.cwd()
     return load_config(path), path.resolve().parent

@@ -1,6 +1,6 @@
 """The request path of ``/v1/chat/completions`` and ``/v1/completions``.
 
-authenticate -> the request's record (``RequestRecord``) -> decode -> model
+(authenticated: ``node.dependencies``) the request's record (``RequestRecord``) -> decode -> model
 access -> route (the router records the decision through ``before_forward``,
 which appends the durable start record before any provider is contacted) ->
 stream or collect -> end record (durable before the response finishes) ->
@@ -14,17 +14,14 @@ import asyncio
 import hashlib
 import logging
 import time
-import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import anyio
 import msgspec
 from litestar import Request, Response
+from litestar.background_tasks import BackgroundTask
 from litestar.response import Stream
-from litestar.response.base import ASGIResponse
-from litestar.response.streaming import ASGIStreamingResponse
-from litestar.types import Receive, Send
 
 from router import RESIDENCY_HEADER, RoutedStream, RouteRequest
 from serving.errors import BadRequestError, BastionError, ModelNotFoundError
@@ -54,12 +51,11 @@ def cache_salt(tenant: str) -> str:
 
 
 async def handle_generation(
-    state: NodeState, request: Request[Any, Any, Any], *, chat: bool
+    state: NodeState, request: Request[Any, Any, Any], principal: Principal, request_id: str, *, chat: bool
 ) -> Response[Any]:
+    """``principal``: the authenticated tenant (``node.dependencies``); ``request_id``: the
+    handler's own (``chatcmpl-`` or ``cmpl-``)."""
     started = time.monotonic()
-    request_id = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
-    request.scope["state"]["request_id"] = request_id
-    principal = state.tenants.authenticate(request.headers.get("authorization"))
     # From here on the request is the tenant's: whatever ends it before the stream (a body
     # that does not decode, a limit, the router, an unexpected error) passes through the record.
     record = RequestRecord(
@@ -91,10 +87,16 @@ async def handle_generation(
             include_usage=wire.include_usage(),
             continuous_usage=wire.continuous_usage(),
         )
-        return _ClosingStream(
-            _sse(record, routed, encoder),
+        events = _sse(record, routed, encoder)
+        return Stream(
+            events,
             media_type="text/event-stream",
             headers={**headers, "cache-control": "no-cache", "x-accel-buffering": "no"},
+            # Litestar runs it once the response is over, the client gone included: it cancels
+            # the sending task on ``http.disconnect`` and leaves the generator suspended, to the
+            # garbage collector. Closing it runs its ``finally`` (abort upstream, durable end
+            # record) at once.
+            background=BackgroundTask(_close_events, events),
         )
     return await _collect(record, routed, chat=chat, headers=headers, principal=principal)
 
@@ -193,7 +195,9 @@ async def _collect(
     return Response(body, media_type="application/json", headers=headers)
 
 
-async def _sse(record: RequestRecord, routed: RoutedStream, encoder: StreamEncoder) -> AsyncIterator[bytes]:
+async def _sse(
+    record: RequestRecord, routed: RoutedStream, encoder: StreamEncoder
+) -> AsyncGenerator[bytes, None]:
     parts: list[str] = []
     last = Delta()
     status = "ok"
@@ -245,32 +249,9 @@ async def _sse(record: RequestRecord, routed: RoutedStream, encoder: StreamEncod
         yield encoder.finish(last)
 
 
-class _ClosingASGIStream(ASGIStreamingResponse):
-    __slots__ = ()
-
-    async def send_body(self, send: Send, receive: Receive) -> None:
-        try:
-            await super().send_body(send, receive)
-        finally:
-            aclose = getattr(self.iterator, "aclose", None)
-            if aclose is not None:
-                with anyio.CancelScope(shield=True):
-                    await aclose()
-
-
-class _ClosingStream(Stream):
-    """A Stream that always closes its generator, so a disconnect aborts and records at once.
-
-    Litestar cancels the sending task on ``http.disconnect`` but leaves the
-    generator to the garbage collector; closing it runs its ``finally`` (abort
-    upstream, durable end record) deterministically.
-    """
-
-    def to_asgi_response(self, *args: Any, **kwargs: Any) -> ASGIResponse:
-        response = super().to_asgi_response(*args, **kwargs)
-        # Same fields, one overridden method: Litestar builds the streaming response itself.
-        response.__class__ = _ClosingASGIStream
-        return response
+async def _close_events(events: AsyncGenerator[bytes, None]) -> None:
+    with anyio.CancelScope(shield=True):
+        await events.aclose()
 
 
 async def _close_quietly(routed: RoutedStream) -> None:

@@ -17,7 +17,7 @@ from audit import generate_kek_file, generate_signing_key, private_dir
 from .config import NodeConfig, decode_config
 from .tenancy import NewKey, create_key
 
-__all__ = ["DEV_MODELS", "DevSetup", "banner", "dev_config"]
+__all__ = ["DEV_MODELS", "DevSetup", "banner", "default_data_dir", "default_models_file", "dev_config"]
 
 DEV_TENANT = "dev"
 TINY_MODEL = "bastion-tiny"
@@ -103,3 +103,15 @@ def banner(setup: DevSetup) -> str:
 
 def default_data_dir() -> Path:
     return Path(os.environ.get("BASTION_DATA_DIR", "data")).resolve()
+
+
+#: the models.toml shipped beside the code (dev mode's tiny models are pinned there)
+SHIPPED_MODELS_FILE = Path(__file__).resolve().parent.parent / "models.toml"
+
+
+def default_models_file(*, shipped: Path = SHIPPED_MODELS_FILE) -> Path:
+    """The models file without a config: ``$BASTION_MODELS_FILE``, else the shipped one,
+    else ``./models.toml`` (an installed package has none beside its code). Absolute."""
+    if env := os.environ.get("BASTION_MODELS_FILE"):
+        return Path(env).resolve()
+    return shipped if shipped.exists() else Path("models.toml").resolve()

@@ -1,6 +1,6 @@
 """The request path of ``/v1/embeddings``.
 
-authenticate -> the request's record -> decode (400 naming the parameter) ->
+(authenticated: ``node.dependencies``) the request's record -> decode (400 naming the parameter) ->
 model access (the tenant's allow-list, then: the model must be an embedding
 model) -> the tenant's limits (``rpm``, ``tpm``, ``tokens_per_day``: the same
 counters chat draws on, so embeddings are no way around them) -> start record
@@ -17,7 +17,6 @@ the route is always ``local``. A header that cannot be read is still a 400
 from __future__ import annotations
 
 import time
-import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,11 +50,11 @@ class _LocalDecision:
     provider: str = "local"
 
 
-async def handle_embeddings(state: NodeState, request: Request[Any, Any, Any]) -> Response[Any]:
+async def handle_embeddings(
+    state: NodeState, request: Request[Any, Any, Any], principal: Principal, request_id: str
+) -> Response[Any]:
+    """``principal``: the authenticated tenant (``node.dependencies``); ``request_id``: its ``embd-`` id."""
     started = time.monotonic()
-    request_id = "embd-" + uuid.uuid4().hex
-    request.scope["state"]["request_id"] = request_id
-    principal = state.tenants.authenticate(request.headers.get("authorization"))
     record = RequestRecord(
         state=state, principal=principal, request_id=request_id, endpoint="embeddings", started=started
     )

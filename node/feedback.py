@@ -37,22 +37,19 @@ from typing import Annotated, Any, Final, Protocol
 
 import aiosqlite
 import msgspec
-from litestar import Request, post
 
 from audit import AuditEvent, AuditLog, check_private, private_sqlite
 from serving.errors import FeedbackExistsError, FeedbackUnavailableError, RequestNotFoundError
 
 from .metrics import OTHER
-from .recorder import RequestRecord
 from .state import NodeState
-from .wire import decode_request
 
 __all__ = [
+    "FEEDBACK_DB",
     "MAX_COMMENT_CHARS",
     "FeedbackIndex",
     "FeedbackRequest",
     "FeedbackStore",
-    "feedback_routes",
     "submit_feedback",
 ]
 
@@ -180,6 +177,10 @@ class FeedbackStore:
         await self.aclose()
 
 
+#: the feedback index in the node's ``data_dir`` (when ``[state]`` names no PostgreSQL)
+FEEDBACK_DB = "feedback.db"
+
+
 def secret_path(db: Path) -> Path:
     """The HMAC secret beside the feedback database."""
     return db.with_name(db.name + ".key")
@@ -240,25 +241,3 @@ async def _record_feedback(
         raise
     state.metrics.observe_feedback(model=model or OTHER, rating=body.rating)
     return {"object": "feedback", "request_id": body.request_id, "rating": body.rating}
-
-
-@post("/v1/feedback", status_code=201)
-async def _post_feedback(request: Request[Any, Any, Any]) -> dict[str, Any]:
-    state: NodeState = request.app.state.node
-    principal = state.tenants.authenticate(request.headers.get("authorization"))
-    # a refused rating (bad body, another tenant's id, a second rating) leaves request.rejected
-    record = RequestRecord(
-        state=state,
-        principal=principal,
-        request_id=str(request.scope["state"]["request_id"]),
-        endpoint="feedback",
-        started=time.monotonic(),
-    )
-    async with record.refusals_recorded():
-        body = decode_request(await request.body(), FeedbackRequest)
-        return await submit_feedback(state, principal.tenant.name, body)
-
-
-def feedback_routes() -> list[Any]:
-    """The route handlers ``create_app`` adds."""
-    return [_post_feedback]

@@ -28,9 +28,10 @@ import msgspec
 from audit import AuditError, AuditEvent
 from router.config import RouterConfig
 
-from .app import config_summary, router_config, served_models
+from .assembly import config_summary
 from .config import ConfigError, NodeConfig, load_config
 from .keystore import KeyStore, KeyStoreError
+from .served import router_config, served_models
 from .state import NodeState
 from .tenancy import KeyUses, TenantRegistry
 

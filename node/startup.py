@@ -23,12 +23,12 @@ from serving.errors import PinMismatchError
 from serving.models import ModelsConfigError, ModelsFile, load_models_file, resolve_model_dir
 from serving.pins import check_layout
 
-from .app import FEEDBACK_DB, served_models
 from .budgets import BUDGETS_DB, postgres_url
 from .canaries import BASELINES_FILE
 from .config import ConfigError, NodeConfig, resolve
-from .feedback import secret_path
+from .feedback import FEEDBACK_DB, secret_path
 from .keystore import KEYS_DB, KeyStore, KeyStoreError
+from .served import served_models
 from .tenancy import TenantRegistry
 
 __all__ = ["ExitCode", "StartupError", "check_node", "listen_socket", "preflight"]

@@ -1,4 +1,4 @@
-"""What a running node holds: built once in the lifespan, read by every handler."""
+"""What a running node holds: built once by ``node.assembly.build_node``, read by every handler."""
 
 from __future__ import annotations
 
@@ -40,6 +40,8 @@ class NodeState:
     gpu: GpuSampler | None = None
     #: the local embedding models (``/v1/embeddings``); the router never sees them
     embedders: dict[str, Embedder] = field(default_factory=dict)
+    #: the external providers by name (the router's and the drift canaries')
+    providers: dict[str, Provider] = field(default_factory=dict)
     feedback: FeedbackIndex | None = None
     #: per local model: splits engine time among concurrent requests (GPU-seconds per request)
     gpu_meters: dict[str, GpuTimeMeter] = field(default_factory=dict)

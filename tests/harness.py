@@ -1,6 +1,7 @@
 """The test harness for a real node: a config decoded from TOML, uvicorn on 127.0.0.1.
 
-``running_node`` serves the app on the test's own event loop, so it can share
+``running_node`` builds the node as ``bastion serve`` does (``build_node``, then
+``create_app``) and serves the app on the test's own event loop, so it can share
 the session's engine (``local_engine`` in tests/conftest.py).
 """
 
@@ -23,6 +24,7 @@ import uvicorn
 from audit import AuditLog, generate_kek_file, generate_signing_key
 from audit.cli import run_audit_command
 from node.app import create_app
+from node.assembly import build_node
 from node.cli import build_parser
 from node.config import NodeConfig, decode_config
 from node.server import uvicorn_config
@@ -118,7 +120,7 @@ async def running_node(
     ``limits``: opened tenant counters instead of those ``[state]`` names;
     ``config_file``: the file ``setup.config`` was read from, reloaded on SIGHUP and admin ``reload``.
     """
-    app = create_app(
+    async with build_node(
         setup.config,
         config_dir=setup.config_dir,
         engines=engines,
@@ -126,24 +128,24 @@ async def running_node(
         audit=audit,
         limits=limits,
         config_file=config_file,
-    )
-    # the node's own server settings ([server]: read deadlines, connection cap), on a free port
-    server = uvicorn.Server(uvicorn_config(app, setup.config.server, port=0))
-    task = asyncio.create_task(server.serve())
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if task.done():
-            task.result()
-            raise RuntimeError("the node exited before it started")
-        if time.monotonic() > deadline:
-            raise TimeoutError("the node did not start within 30 s")
-        await asyncio.sleep(0.01)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield RunningNode(url=f"http://127.0.0.1:{port}", state=app.state.node)
-    finally:
-        server.should_exit = True
-        await task
+    ) as node:
+        # the node's own server settings ([server]: read deadlines, connection cap), on a free port
+        server = uvicorn.Server(uvicorn_config(create_app(node), setup.config.server, port=0))
+        task = asyncio.create_task(server.serve())
+        deadline = time.monotonic() + 30
+        while not server.started:
+            if task.done():
+                task.result()
+                raise RuntimeError("the node exited before it started")
+            if time.monotonic() > deadline:
+                raise TimeoutError("the node did not start within 30 s")
+            await asyncio.sleep(0.01)
+        port = server.servers[0].sockets[0].getsockname()[1]
+        try:
+            yield RunningNode(url=f"http://127.0.0.1:{port}", state=node)
+        finally:
+            server.should_exit = True
+            await task
 
 
 def bearer(key: str) -> dict[str, str]:

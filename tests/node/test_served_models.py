@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from node.app import router_config, served_models
 from node.config import ConfigError, decode_config
+from node.served import router_config, served_models
 from serving.embedding import LocalEmbedder
 from serving.engine import LocalEngine
 from serving.models import ModelsFile, load_models_file
