@@ -209,7 +209,13 @@ def _tool(tool: dict[str, object]) -> dict[str, object]:
         or not isinstance(fn.get("name"), str)
     ):
         raise BadRequestError("tools must be OpenAI function tools", param="tools")
-    out: dict[str, object] = {"name": fn["name"], "input_schema": fn.get("parameters") or {"type": "object"}}
+    schema = fn.get("parameters") or {"type": "object"}
+    if not isinstance(schema, dict) or schema.get("type", "object") != "object":
+        raise BadRequestError(
+            "the Messages API takes tools whose parameters are an object schema only", param="tools"
+        )
+    # JSON Schema lets `type` go unsaid; the Messages API wants it said
+    out: dict[str, object] = {"name": fn["name"], "input_schema": {"type": "object", **schema}}
     if fn.get("description"):
         out["description"] = fn["description"]
     return out

@@ -105,6 +105,16 @@ def test_a_named_tool_choice_outside_the_tools_is_a_400() -> None:
     assert (raised.value.status_code, raised.value.param) == (400, "tool_choice")
 
 
+def test_parameters_without_a_type_are_an_object_and_any_other_type_is_a_400() -> None:
+    untyped = {"type": "function", "function": {"name": "f", "parameters": {"properties": {"a": {}}}}}
+    body, _ = _build(tools=(untyped,))
+    assert body["tools"][0]["input_schema"] == {"type": "object", "properties": {"a": {}}}
+    listed = {"type": "function", "function": {"name": "f", "parameters": {"type": "array"}}}
+    with pytest.raises(BastionError) as raised:
+        _build(tools=(listed,))
+    assert (raised.value.status_code, raised.value.param) == (400, "tools")
+
+
 def test_tool_call_arguments_that_are_not_an_object_are_a_400() -> None:
     call = ToolCall(id="c", function=FunctionCall(name="get_weather", arguments="[1, 2]"))
     request = GenerationRequest(
