@@ -16,7 +16,7 @@ budget), ``service`` (ingestion and search), ``evaluation`` and ``cli``
 
 from .backend import ChunkIndex, ContextBackend, FileRepository, StoreRepository
 from .chunking import FileTokenizer, TextTokenizer, static_chunks
-from .errors import FileParseError, FileTooLargeError, NotFoundError
+from .errors import FileParseError, FileTooLargeError, NotFoundError, UnsupportedFileError
 from .filters import Comparison, Compound, Filter, parse_filter
 from .fusion import Hit, Packed, SearchMode, dedupe, pack, reciprocal_rank_fusion
 from .parse import SUPPORTED_EXTENSIONS, parse_file
@@ -66,6 +66,7 @@ __all__ = [
     "StoreFile",
     "StoreRepository",
     "TextTokenizer",
+    "UnsupportedFileError",
     "VectorStore",
     "chunk_id",
     "dedupe",

@@ -110,7 +110,10 @@ class ChunkIndex(Protocol):
         """Stores the chunks and marks the file ``completed``, in one transaction."""
         ...
 
-    async def fail_file(self, tenant: str, store_id: str, file_id: str, error: str) -> StoreFile: ...
+    async def fail_file(self, tenant: str, store_id: str, file_id: str, code: str, error: str) -> StoreFile:
+        """Marks the file ``failed``: ``code`` is OpenAI's (``server_error``, ``unsupported_file``,
+        ``invalid_file``), ``error`` the message."""
+        ...
 
     async def fulltext(
         self, tenant: str, store_id: str, terms: Sequence[str], k: int, file_ids: Collection[str] | None

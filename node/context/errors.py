@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from serving.errors import BadRequestError, BastionError, PayloadTooLargeError
 
-__all__ = ["FileParseError", "FileTooLargeError", "NotFoundError"]
+__all__ = ["FileParseError", "FileTooLargeError", "NotFoundError", "UnsupportedFileError"]
 
 
 class NotFoundError(BastionError):
@@ -25,6 +25,12 @@ class FileParseError(BadRequestError):
     """The file's bytes cannot be read as the format its name says; the message names why."""
 
     code = "file_parse_error"
+
+
+class UnsupportedFileError(FileParseError):
+    """A file type this node does not read (by its extension)."""
+
+    code = "unsupported_file"
 
 
 class FileTooLargeError(PayloadTooLargeError):

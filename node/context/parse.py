@@ -23,7 +23,7 @@ from pathlib import PurePath
 from bs4 import BeautifulSoup
 from markdown_it import MarkdownIt
 
-from .errors import FileParseError, FileTooLargeError
+from .errors import FileParseError, FileTooLargeError, UnsupportedFileError
 
 __all__ = ["SUPPORTED_EXTENSIONS", "parse_file"]
 
@@ -50,7 +50,7 @@ def parse_file(filename: str, content: bytes, *, max_chars: int) -> str:
     elif ext in _PDF:
         text = _pdf_text(filename, content)
     else:
-        raise FileParseError(
+        raise UnsupportedFileError(
             f"'{filename}': unsupported file type {ext or '(no extension)'!r}; "
             f"supported: {', '.join(SUPPORTED_EXTENSIONS)}.",
             param="file",

@@ -112,6 +112,8 @@ class StoreFile(msgspec.Struct, frozen=True, kw_only=True):
     usage_bytes: int = 0
     chunks: int = 0
     last_error: str | None = None
+    #: OpenAI's ``last_error.code``: ``server_error``, ``unsupported_file`` or ``invalid_file``
+    last_error_code: str | None = None
 
 
 class ChunkIn(msgspec.Struct, frozen=True, kw_only=True):

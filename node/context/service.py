@@ -21,11 +21,11 @@ import uuid
 from collections.abc import Mapping, Sequence
 
 from serving.embedding import Embedder, EmbeddingRequest
-from serving.errors import BadRequestError
+from serving.errors import BadRequestError, BastionError
 
 from .backend import ContextBackend
 from .chunking import TextTokenizer, static_chunks
-from .errors import FileTooLargeError
+from .errors import FileTooLargeError, UnsupportedFileError
 from .filters import Filter
 from .fusion import Hit, SearchMode, dedupe, reciprocal_rank_fusion
 from .parse import parse_file
@@ -191,8 +191,17 @@ class ContextService:
                     )
                     for s, v in zip(part, vectors, strict=True)
                 ]
+        except UnsupportedFileError as exc:
+            return await self.backend.fail_file(tenant, store_id, file_id, "unsupported_file", exc.message)
         except (BadRequestError, FileTooLargeError) as exc:
-            return await self.backend.fail_file(tenant, store_id, file_id, exc.message)
+            return await self.backend.fail_file(tenant, store_id, file_id, "invalid_file", exc.message)
+        except Exception as exc:
+            # the engine (or the disk) failed: the file must not stay in_progress for ever
+            message = (
+                exc.message if isinstance(exc, BastionError) else f"ingestion failed: {type(exc).__name__}"
+            )
+            await self.backend.fail_file(tenant, store_id, file_id, "server_error", message)
+            raise
         return await self.backend.write_chunks(tenant, store_id, file_id, chunks)
 
     async def add_file(

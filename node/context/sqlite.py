@@ -45,7 +45,8 @@ from .records import (
     VectorStore,
 )
 from .sealing import FileKey, chunk_aad, content_aad, name_aad, new_file_key, open_file_key, rewrap_file_key
-from .sqlite_schema import create_store_tables, drop_store_tables, open_database, transaction
+from .sqlite_erase import drop_store, erase_chunks, settle
+from .sqlite_schema import create_store_tables, open_database, transaction
 
 __all__ = ["SqliteBackend"]
 
@@ -65,7 +66,7 @@ _SF_COLS = (
             "sf.chunks",
         )
     )
-    + ", sf.last_error"
+    + ", sf.last_error, sf.last_error_code"
 )
 _SF_FROM = "store_files sf JOIN stores s ON s.pk = sf.store_pk JOIN files f ON f.pk = sf.file_pk"
 
@@ -185,11 +186,11 @@ class SqliteBackend:
                     " WHERE sf.file_pk = ?",
                     (pk,),
                 )
-                chunks = sum(self._erase_chunks(s, d, pk) for s, d in stores)
+                chunks = sum(erase_chunks(self._conn, s, d, pk) for s, d in stores)
                 self._conn.execute("DELETE FROM store_files WHERE file_pk = ?", (pk,))
                 self._conn.execute("DELETE FROM file_keys WHERE file_pk = ?", (pk,))
                 self._conn.execute("DELETE FROM files WHERE pk = ?", (pk,))
-            self._settle([s for s, _ in stores])
+            settle(self._conn, [s for s, _ in stores])
             return Erased(files=(file_id,), chunks=chunks, keys=1)
 
         return await self._run(go)
@@ -272,19 +273,11 @@ class SqliteBackend:
         def go() -> Erased:
             pk = self._store_row(tenant, store_id)[0]
             with transaction(self._conn):
-                chunks = self._drop_store(pk)
-            self._settle([])
+                chunks = drop_store(self._conn, pk)
+            settle(self._conn, [])
             return Erased(stores=(store_id,), chunks=chunks)
 
         return await self._run(go)
-
-    def _drop_store(self, pk: int) -> int:
-        (chunks,) = self._one("SELECT count(*) FROM chunks WHERE store_pk = ?", (pk,), "store")
-        drop_store_tables(self._conn, pk)
-        self._conn.execute("DELETE FROM chunks WHERE store_pk = ?", (pk,))
-        self._conn.execute("DELETE FROM store_files WHERE store_pk = ?", (pk,))
-        self._conn.execute("DELETE FROM stores WHERE pk = ?", (pk,))
-        return int(chunks)
 
     # -- store files ------------------------------------------------------------------------------
 
@@ -305,7 +298,7 @@ class SqliteBackend:
         def go() -> StoreFile:
             spk, dims, fpk = self._pks(tenant, store_id, file_id)
             with transaction(self._conn):
-                self._erase_chunks(spk, dims, fpk)
+                erase_chunks(self._conn, spk, dims, fpk)
                 self._conn.execute(
                     "INSERT OR REPLACE INTO store_files (store_pk, file_pk, status, attributes, chunking,"
                     " created_at) VALUES (?, ?, ?, ?, ?, ?)",
@@ -349,9 +342,9 @@ class SqliteBackend:
             self._store_file(tenant, store_id, file_id)
             spk, dims, fpk = self._pks(tenant, store_id, file_id)
             with transaction(self._conn):
-                chunks = self._erase_chunks(spk, dims, fpk)
+                chunks = erase_chunks(self._conn, spk, dims, fpk)
                 self._conn.execute("DELETE FROM store_files WHERE store_pk = ? AND file_pk = ?", (spk, fpk))
-            self._settle([spk])
+            settle(self._conn, [spk])
             return Erased(files=(file_id,), chunks=chunks)
 
         return await self._run(go)
@@ -367,7 +360,7 @@ class SqliteBackend:
             key = self._file_key(tenant, file_id, fpk)
             usage = 0
             with transaction(self._conn):
-                self._erase_chunks(spk, dims, fpk)
+                erase_chunks(self._conn, spk, dims, fpk)
                 for chunk in chunks:
                     if len(chunk.vector) != 4 * dims:
                         raise ValueError(
@@ -397,7 +390,8 @@ class SqliteBackend:
                         (rowid, chunk.vector),
                     )
                 self._conn.execute(
-                    "UPDATE store_files SET status = ?, usage_bytes = ?, chunks = ?, last_error = NULL"
+                    "UPDATE store_files SET status = ?, usage_bytes = ?, chunks = ?, last_error = NULL,"
+                    " last_error_code = NULL"
                     " WHERE store_pk = ? AND file_pk = ?",
                     (FileStatus.COMPLETED.value, usage, len(chunks), spk, fpk),
                 )
@@ -405,12 +399,13 @@ class SqliteBackend:
 
         return await self._run(go)
 
-    async def fail_file(self, tenant: str, store_id: str, file_id: str, error: str) -> StoreFile:
+    async def fail_file(self, tenant: str, store_id: str, file_id: str, code: str, error: str) -> StoreFile:
         def go() -> StoreFile:
             spk, _, fpk = self._pks(tenant, store_id, file_id)
             self._conn.execute(
-                "UPDATE store_files SET status = ?, last_error = ? WHERE store_pk = ? AND file_pk = ?",
-                (FileStatus.FAILED.value, error, spk, fpk),
+                "UPDATE store_files SET status = ?, last_error = ?, last_error_code = ?"
+                " WHERE store_pk = ? AND file_pk = ?",
+                (FileStatus.FAILED.value, error, code, spk, fpk),
             )
             return self._store_file(tenant, store_id, file_id)
 
@@ -503,12 +498,12 @@ class SqliteBackend:
             stores = self._all("SELECT pk, id FROM stores WHERE tenant = ?", (tenant,))
             files = self._all("SELECT pk, id FROM files WHERE tenant = ?", (tenant,))
             with transaction(self._conn):
-                chunks = sum(self._drop_store(pk) for pk, _ in stores)
+                chunks = sum(drop_store(self._conn, pk) for pk, _ in stores)
                 for pk, _ in files:
                     self._conn.execute("DELETE FROM store_files WHERE file_pk = ?", (pk,))
                     self._conn.execute("DELETE FROM file_keys WHERE file_pk = ?", (pk,))
                 self._conn.execute("DELETE FROM files WHERE tenant = ?", (tenant,))
-            self._settle([])
+            settle(self._conn, [])
             return Erased(
                 stores=tuple(s for _, s in stores),
                 files=tuple(f for _, f in files),
@@ -531,37 +526,15 @@ class SqliteBackend:
                 for pk, kid, wrapped, tenant, file_id in rows:
                     again = rewrap_file_key(self._kek, new_kek, tenant, file_id, bytes(kid), bytes(wrapped))
                     self._conn.execute("UPDATE file_keys SET wrapped = ? WHERE file_pk = ?", (again, pk))
-            self._settle([])
+            settle(self._conn, [])
             self._kek = new_kek
             return len(rows)
 
         return await self._run(go)
 
-    def _erase_chunks(self, spk: int, dims: int, fpk: int) -> int:
-        keys = [
-            r[0]
-            for r in self._conn.execute(
-                "SELECT key FROM chunks WHERE store_pk = ? AND file_pk = ?", (spk, fpk)
-            )
-        ]
-        zero = bytes(4 * dims)
-        for key in keys:
-            self._conn.execute(f"UPDATE vec_{spk} SET embedding = ? WHERE rowid = ?", (zero, key))  # noqa: S608
-            self._conn.execute(f"DELETE FROM vec_{spk} WHERE rowid = ?", (key,))  # noqa: S608
-            self._conn.execute(f"DELETE FROM fts_{spk} WHERE rowid = ?", (key,))  # noqa: S608
-        self._conn.execute("DELETE FROM chunks WHERE store_pk = ? AND file_pk = ?", (spk, fpk))
-        return len(keys)
-
-    def _settle(self, store_pks: Sequence[int]) -> None:
-        """After an erasure: merge the touched FTS5 indexes (no segment keeps a deleted token) and
-        truncate the WAL (no old page survives in it)."""
-        for pk in store_pks:
-            self._conn.execute(f"INSERT INTO fts_{pk} (fts_{pk}) VALUES ('optimize')")  # noqa: S608
-        self._all("PRAGMA wal_checkpoint(TRUNCATE)")
-
 
 def _store_file_of(row: tuple[Any, ...]) -> StoreFile:
-    store_id, file_id, status, attributes, chunking, created, usage, chunks, error = row
+    store_id, file_id, status, attributes, chunking, created, usage, chunks, error, code = row
     return StoreFile(
         store_id=store_id,
         file_id=file_id,
@@ -572,4 +545,5 @@ def _store_file_of(row: tuple[Any, ...]) -> StoreFile:
         usage_bytes=usage,
         chunks=chunks,
         last_error=error,
+        last_error_code=code,
     )

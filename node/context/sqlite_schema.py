@@ -51,6 +51,8 @@ MIGRATIONS: tuple[str, ...] = (
         idx INTEGER NOT NULL, start_token INTEGER NOT NULL, end_token INTEGER NOT NULL,
         text BLOB NOT NULL, UNIQUE (store_pk, file_pk, idx));
     """,
+    # OpenAI's last_error.code beside the message
+    "ALTER TABLE store_files ADD COLUMN last_error_code TEXT;",
 )
 
 

@@ -46,6 +46,7 @@ def test_unreadable_files_are_refused_naming_why(name: str, content: bytes, why:
     with pytest.raises(FileParseError) as info:
         parse_file(name, content, max_chars=LIMIT)
     assert why in info.value.message and name in info.value.message
+    assert info.value.code == ("unsupported_file" if "unsupported" in why else "file_parse_error")
     assert info.value.status_code == 400 and info.value.param == "file"
 
 

@@ -140,6 +140,10 @@ async def test_limits_are_configurable(backend: SqliteBackend, embed_engine: Loc
     sf = await small.add_file(
         "acme", store.id, f.id, chunking=StaticChunking(max_chunk_size_tokens=100, chunk_overlap_tokens=50)
     )
-    assert sf.status is FileStatus.FAILED and "chunks, more than this node's limit of 2" in (
-        sf.last_error or ""
-    )
+    assert sf.status is FileStatus.FAILED and sf.last_error_code == "invalid_file"
+    assert "chunks, more than this node's limit of 2" in (sf.last_error or "")
+    # a file stored without the upload's checks (an older node's, say) fails at ingestion, named
+    odd = await backend.put_file("acme", filename="slides.pptx", purpose="assistants", content=b"PK")
+    sf = await small.add_file("acme", store.id, odd.id)
+    assert (sf.status, sf.last_error_code) == (FileStatus.FAILED, "unsupported_file")
+    assert "unsupported file type '.pptx'" in (sf.last_error or "")

@@ -193,3 +193,16 @@ async def test_a_kek_rotation_rewraps_every_data_key(tmp_path: Path, backend: Sq
         assert chunk.text == "kept text"
     finally:
         await reopened.aclose()
+
+
+async def test_the_schema_is_migrated_forward(tmp_path: Path, backend: SqliteBackend) -> None:
+    from node.context.sqlite_schema import MIGRATIONS
+
+    conn = apsw.Connection(str(tmp_path / "data" / "context.db"))
+    try:
+        assert conn.execute("PRAGMA user_version").fetchall()[0][0] == len(MIGRATIONS) == 2
+        conn.execute("PRAGMA user_version = 99")
+    finally:
+        conn.close()
+    with pytest.raises(RuntimeError, match="schema 99, newer than this code"):
+        await SqliteBackend.open(tmp_path / "data" / "context.db", LocalKek(os.urandom(32)))
