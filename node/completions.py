@@ -167,7 +167,10 @@ async def _collect(
             err = drain.cut_error()  # the drain timeout passed: a 503, recorded
         with anyio.CancelScope(shield=True):
             await record.ended(
-                status="cancelled" if err is None else err.code, text="".join(parts), error=err
+                status="cancelled" if err is None else err.code,
+                text="".join(parts),
+                error=err,
+                tool_calls=tool_calls,
             )
         if err is None:
             raise
@@ -177,7 +180,7 @@ async def _collect(
     text = "".join(parts)
     record.charged(routed)
     with anyio.CancelScope(shield=True):
-        await record.ended(status="ok", text=text, error=None, last=last)
+        await record.ended(status="ok", text=text, error=None, last=last, tool_calls=tool_calls)
     body = (
         chat_completion_body(
             request_id=record.request_id,
@@ -203,6 +206,7 @@ async def _sse(
     status = "ok"
     error: BastionError | None = None
     pieces_streamed = False
+    tool_calls: tuple[ToolCall, ...] | None = None
     drain = record.state.drain
     try:
         with drain.in_flight():
@@ -219,6 +223,7 @@ async def _sse(
                 elif delta.tool_calls and not pieces_streamed:
                     # a provider that streamed no pieces: the whole calls in one chunk
                     yield encoder.tool_calls(delta.tool_calls)
+                tool_calls = delta.tool_calls or tool_calls
                 last = delta
     except Exception as exc:  # a failure after the first token: an error event, never a silent cut
         error = to_bastion_error(exc)
@@ -238,7 +243,9 @@ async def _sse(
         with anyio.CancelScope(shield=True):
             # Durable before the response finishes; a failing audit turns into an error event.
             try:
-                await record.ended(status=status, text="".join(parts), error=error, last=last)
+                await record.ended(
+                    status=status, text="".join(parts), error=error, last=last, tool_calls=tool_calls
+                )
             except Exception as exc:
                 if status == "ok":
                     error = to_bastion_error(exc)

@@ -53,6 +53,8 @@ _log = logging.getLogger("bastion.metrics")
 OTHER = "other"
 #: the API endpoints a request record names (``bastion_endpoint_requests``' ``endpoint`` label)
 ENDPOINTS = ("chat", "completions", "embeddings", "feedback")
+#: API features counted by route (``bastion_feature_requests_total``)
+FEATURES = ("tools", "tool_calls")
 
 # Bucket bounds for LLM latencies. Time to first token spans a cached short prompt
 # (ms) to a long prefill behind a queue (a minute); inter-token latency is ms-scale
@@ -323,6 +325,14 @@ class Metrics:
             ["route", "reason"],
             registry=r,
         )
+        self._feature = _Bound(FEATURES)
+        self.feature_requests = Counter(
+            "bastion_feature_requests",
+            "Finished requests that used an API feature, by feature and route (tools: offered tools; "
+            "tool_calls: answered with tool calls)",
+            ["feature", "route"],
+            registry=r,
+        )
         self.gpu_seconds = Counter(
             "bastion_gpu_seconds", "GPU-seconds used by local requests", req, registry=r
         )
@@ -440,6 +450,11 @@ class Metrics:
         """Count the candidates one request's plan left out, each with its reason."""
         for route, reason in skipped:
             self.route_skips.labels(self._route(route), reason).inc()
+
+    def observe_features(self, features: Iterable[str], *, route: str) -> None:
+        """Count one finished request under each API feature it used."""
+        for feature in features:
+            self.feature_requests.labels(self._feature(feature), self._route(route)).inc()
 
     def observe_endpoint(self, *, endpoint: str, route: str, status: int | str) -> None:
         """Count one finished request by its endpoint (``observe_request`` counts it by tenant and model)."""

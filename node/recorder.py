@@ -27,7 +27,7 @@ import anyio
 from audit import AuditEvent
 from router import RoutedStream
 from serving.errors import BastionError, UnsupportedFieldError
-from serving.protocol import Delta, GenerationRequest
+from serving.protocol import Delta, GenerationRequest, ToolCall
 
 from .errors import to_bastion_error
 from .logs import log_request
@@ -127,7 +127,7 @@ class RequestRecord:
                     {"messages": [m_to_dict(m) for m in g.messages]}
                     if g.messages is not None
                     else {"prompt": g.prompt}
-                )
+                ) | _tools_content(g)
             elif event_type == "request.start":
                 content = self.content
             event = AuditEvent(
@@ -231,7 +231,13 @@ class RequestRecord:
             _log.exception("could not record a failed request %s", self.request_id)
 
     async def ended(
-        self, *, status: str, text: str, error: BastionError | None, last: Delta | None = None
+        self,
+        *,
+        status: str,
+        text: str,
+        error: BastionError | None,
+        last: Delta | None = None,
+        tool_calls: tuple[ToolCall, ...] | None = None,
     ) -> None:
         if self._ended:
             return
@@ -256,6 +262,15 @@ class RequestRecord:
         }
         timings = self._observe(http_status, prompt_tokens, completion_tokens)
         self.state.metrics.observe_endpoint(endpoint=self.endpoint, route=self.route, status=http_status)
+        features = [
+            name
+            for name, used in (
+                ("tools", self.generation and self.generation.tools),
+                ("tool_calls", tool_calls),
+            )
+            if used
+        ]
+        self.state.metrics.observe_features(features, route=self.route)
         log_request(
             _log,
             request_id=self.request_id,
@@ -277,7 +292,11 @@ class RequestRecord:
             return
         event_type = "request.end" if self.forwarded else "request.rejected"
         # an output that is not text (embedding vectors) is not stored
-        content = {"completion": text} if self.forwarded and self.generation is not None else None
+        content: dict[str, Any] | None = None
+        if self.forwarded and self.generation is not None:
+            content = {"completion": text}
+            if tool_calls:
+                content["tool_calls"] = [_call_dict(c) for c in tool_calls]
         await audit.append(
             AuditEvent(type=event_type, tenant=self.tenant, subject=self.subject, meta=meta, content=content)
         )
@@ -300,14 +319,28 @@ class RequestRecord:
         )
 
 
+def _call_dict(c: ToolCall) -> dict[str, Any]:
+    return {"id": c.id, "name": c.function.name, "arguments": c.function.arguments}
+
+
+def _tools_content(g: GenerationRequest) -> dict[str, Any]:
+    """The tool definitions and choices of a request, for its (encrypted) start record."""
+    out: dict[str, Any] = {}
+    if g.tools:
+        out["tools"] = list(g.tools)
+    if g.tool_choice is not None:
+        out["tool_choice"] = g.tool_choice
+    if g.parallel_tool_calls is not None:
+        out["parallel_tool_calls"] = g.parallel_tool_calls
+    return out
+
+
 def m_to_dict(m: Any) -> dict[str, Any]:
     out: dict[str, Any] = {"role": m.role, "content": m.content}
     if m.name:
         out["name"] = m.name
     if m.tool_calls:
-        out["tool_calls"] = [
-            {"id": c.id, "name": c.function.name, "arguments": c.function.arguments} for c in m.tool_calls
-        ]
+        out["tool_calls"] = [_call_dict(c) for c in m.tool_calls]
     if m.tool_call_id:
         out["tool_call_id"] = m.tool_call_id
     return out

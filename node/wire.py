@@ -16,6 +16,7 @@ import msgspec
 
 from serving.errors import BadRequestError
 from serving.protocol import ChatMessage, Delta, FunctionCall, SamplingOptions, ToolCall, ToolCallDelta
+from serving.tools import check_tools
 
 __all__ = [
     "ChatCompletionRequest",
@@ -122,6 +123,10 @@ class ChatCompletionRequest(_Common, frozen=True, kw_only=True, forbid_unknown_f
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
     parallel_tool_calls: bool | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_tools(self.tools, self.tool_choice, self.parallel_tool_calls)
 
     def fields_set(self) -> frozenset[str]:
         values: dict[str, object] = {

@@ -113,6 +113,8 @@ class LocalState(msgspec.Struct, frozen=True, kw_only=True):
     breaker_open: bool
     overloaded: bool
     retry_after_s: float = 1.0
+    #: request fields this model cannot honour although the local route can (``ProviderInfo``)
+    unsupported: frozenset[str] = frozenset()
 
     @property
     def unavailable_reason(self) -> str | None:
@@ -151,7 +153,7 @@ def plan_local_only(local: LocalState | None, needs: Needs = Needs()) -> Plan:
     """A plan from the local engine alone: the only planner a ``local-only`` request reaches."""
     if local is None:
         return Plan(candidates=(), reason="no-local", skipped=(("local", "no-local"),))
-    if (field := lacking("local", needs)) is not None:
+    if (field := lacking("local", needs, local.unsupported)) is not None:
         lacks = _unsupported(field)
         return Plan(candidates=(), reason=lacks, skipped=(("local", lacks),), unsupported=field)
     why = local.unavailable_reason

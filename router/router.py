@@ -257,6 +257,7 @@ class Router:
         saturated = health.kv_cache_usage >= self._options.kv_cache_high and health.waiting > 0
         return LocalState(
             model=route.local,
+            unsupported=provider.describe().unsupported,
             healthy=health.healthy,
             breaker_open=not breaker.can_pass(),
             overloaded=predicted_ms > route.ttft_budget_ms or saturated,

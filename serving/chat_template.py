@@ -8,11 +8,13 @@ what the model sees are one and the same.
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any, Protocol
 
 from serving.errors import BadRequestError, ContextLengthExceededError
 from serving.protocol import ChatMessage, GenerationRequest
+from serving.tools import template_tools
 
 __all__ = ["PromptRenderer", "PromptTokenizer", "budget_max_tokens"]
 
@@ -70,22 +72,45 @@ class PromptRenderer:
         if not request.messages:
             raise BadRequestError("`messages` must not be empty", param="messages")
         messages = [_message_dict(m) for m in request.messages]
+        tools = template_tools(request)
         control = self._control
+        if control is not None:
+            self._refuse_control_in_tools(control, request, tools)
         if control is None or not any(control.search(m["content"]) for m in messages):
             # the template already placed the special tokens it wants
-            return list(self._tok.encode(self._template(messages), add_special_tokens=False)), "messages"
-        return self._render_guarded(messages), "messages"
+            text = self._template(messages, tools)
+            return list(self._tok.encode(text, add_special_tokens=False)), "messages"
+        return self._render_guarded(messages, tools), "messages"
 
-    def _template(self, messages: list[dict[str, Any]]) -> str:
+    @staticmethod
+    def _refuse_control_in_tools(
+        control: re.Pattern[str], request: GenerationRequest, tools: list[dict[str, Any]] | None
+    ) -> None:
+        """Tool definitions and an assistant's tool calls are rendered by the template as they are;
+        control tokens in them would be turn boundaries, so they are refused."""
+        if tools and control.search(json.dumps(tools, ensure_ascii=False)):
+            raise BadRequestError("a tool definition contains the model's control tokens", param="tools")
+        for m in request.messages or ():
+            for call in m.tool_calls or ():
+                if control.search(call.function.name) or control.search(call.function.arguments):
+                    raise BadRequestError(
+                        "a tool call in the messages contains the model's control tokens", param="messages"
+                    )
+
+    def _template(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> str:
         try:
-            text = self._tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            text = self._tok.apply_chat_template(
+                messages, tools=tools, tokenize=False, add_generation_prompt=True
+            )
         except Exception as exc:  # a template may raise on a role sequence it does not support
             raise BadRequestError(
                 f"the model's chat template rejected these messages: {exc}", param="messages"
             ) from exc
         return str(text)
 
-    def _render_guarded(self, messages: list[dict[str, Any]]) -> list[int]:
+    def _render_guarded(
+        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None
+    ) -> list[int]:
         """Template with a sentinel in place of each message holding control strings; the
         template's text between them encoded as usual, those messages as plain text."""
         assert self._control is not None
@@ -94,7 +119,7 @@ class PromptRenderer:
             if self._control.search(m["content"]):
                 sentinel = f"\ue000{i}\ue001"
                 held[sentinel], m["content"] = m["content"], sentinel
-        text = self._template(messages)
+        text = self._template(messages, tools)
         found = sorted((text.find(s), s) for s in held)
         if any(at < 0 or text.count(s) != 1 for at, s in found):
             raise BadRequestError(

@@ -28,6 +28,7 @@ from serving.protocol import GenerationRequest
 __all__ = [
     "CONTRACT",
     "FIELDS",
+    "TOOL_FIELDS",
     "Needs",
     "RouteKind",
     "Rule",
@@ -54,7 +55,10 @@ class Rule(msgspec.Struct, frozen=True, kw_only=True):
 
 
 _H: Final = Rule(support=Support.HONOURED)
-_NOT_LOCAL: Final = Rule(support=Support.UNSUPPORTED, note="the local engine has no tool-call parser")
+_PARSED: Final = Rule(
+    support=Support.HONOURED,
+    note="by a model with a `tool_parser` in models.toml; one without is skipped (`unsupported:tools`)",
+)
 _VLLM_ONLY: Final = Rule(support=Support.UNSUPPORTED, note="a vLLM extension; external APIs refuse it")
 
 #: the optional fields whose fate depends on the route, in the order the README shows them
@@ -80,9 +84,9 @@ CONTRACT: Final[Mapping[RouteKind, Mapping[str, Rule]]] = {
         "top_p": _H,
         "stop": _H,
         "seed": _H,
-        "tools": _NOT_LOCAL,
-        "tool_choice": _NOT_LOCAL,
-        "parallel_tool_calls": _NOT_LOCAL,
+        "tools": _PARSED,
+        "tool_choice": _PARSED,
+        "parallel_tool_calls": _PARSED,
         "ignore_eos": _H,
         "min_tokens": _H,
     },
@@ -132,14 +136,19 @@ class Needs(msgspec.Struct, frozen=True, kw_only=True):
     values: Mapping[str, float] = {}
 
 
-def lacking(kind: RouteKind, needs: Needs) -> str | None:
-    """The first field (in ``FIELDS`` order) a route of ``kind`` cannot honour, if any."""
+#: the fields a local model without a tool parser cannot honour (``ProviderInfo.unsupported``)
+TOOL_FIELDS: Final = frozenset({"tools", "tool_choice", "parallel_tool_calls"})
+
+
+def lacking(kind: RouteKind, needs: Needs, unsupported: frozenset[str] = frozenset()) -> str | None:
+    """The first field (in ``FIELDS`` order) a route of ``kind`` cannot honour, if any; a route
+    whose provider lacks fields its kind has names them in ``unsupported``."""
     table = CONTRACT[kind]
     for name in FIELDS:
         if name not in needs.fields:
             continue
         rule = table[name]
-        if rule.support is Support.UNSUPPORTED:
+        if rule.support is Support.UNSUPPORTED or name in unsupported:
             return name
         value = needs.values.get(name)
         if rule.max_value is not None and value is not None and value > rule.max_value:

@@ -22,6 +22,7 @@ from types import TracebackType
 from typing import Any, Final, Literal
 
 from serving.chat_template import PromptRenderer, budget_max_tokens
+from serving.contract import TOOL_FIELDS
 from serving.egress import apply_no_egress_env
 from serving.engine_stats import EngineStats, StatsSink
 from serving.errors import BadRequestError, EngineUnavailableError, InternalError
@@ -29,6 +30,8 @@ from serving.models import ModelSpec
 from serving.pins import verify_model
 from serving.prober import Prober, ProbeSettings
 from serving.protocol import Delta, GenerationRequest, Health, ProviderInfo
+from serving.tool_output import ToolStream, reader_for, tool_parser_class
+from serving.tools import plan_tools
 
 __all__ = ["EngineStats", "LocalEngine", "engine_args"]
 
@@ -80,6 +83,9 @@ class LocalEngine:
         self._stats = StatsSink()
         self._llm: Any = None
         self._renderer: PromptRenderer | None = None
+        self._tokenizer: Any = None
+        #: vLLM's tool parser for the model family (``tool_parser`` in models.toml), if any
+        self._tool_parser: type[Any] | None = None
         self._probe_ids: list[int] = []
         self._inflight: set[str] = set()
         #: seconds the last ``start()`` took (pins + engine + first probe)
@@ -95,13 +101,18 @@ class LocalEngine:
         t0 = time.monotonic()
         # hashing multi-GB weights must not stall other engines' event loop work
         await asyncio.to_thread(verify_model, self.spec, self.model_dir)
+        if self.spec.tool_parser is not None:
+            try:
+                self._tool_parser = await asyncio.to_thread(tool_parser_class, self.spec.tool_parser)
+            except ValueError as exc:
+                raise EngineUnavailableError(f"model {self.name!r}: `tool_parser`: {exc}") from exc
         apply_no_egress_env()
         try:
             await asyncio.to_thread(self._create_llm)
         except Exception as exc:
             self._health.dead(f"engine failed to start: {type(exc).__name__}: {exc}")
             raise EngineUnavailableError(f"model {self.name!r}: engine failed to start: {exc}") from exc
-        tokenizer = self._llm.get_tokenizer()
+        tokenizer = self._tokenizer = self._llm.get_tokenizer()
         self._renderer = PromptRenderer(tokenizer)
         self._probe_ids = list(tokenizer.encode("ping", add_special_tokens=True)) or [0]
         await self._prober.first_probe()
@@ -211,6 +222,7 @@ class LocalEngine:
             region="local",
             models=(self.name,),
             revisions={self.name: self.revision},
+            unsupported=TOOL_FIELDS if self.spec.tool_parser is None else frozenset(),
         )
 
     def _check_alive(self) -> None:
@@ -272,7 +284,7 @@ class LocalEngine:
         on the first ``__anext__``, before anything is queued in the engine."""
         return self._stream(request)
 
-    def _prepare(self, request: GenerationRequest) -> tuple[list[int], Any]:
+    def _prepare(self, request: GenerationRequest) -> tuple[list[int], Any, ToolStream | None]:
         from vllm.exceptions import VLLMClientError
         from vllm.sampling_params import RequestOutputKind, SamplingParams, StructuredOutputsParams
 
@@ -280,6 +292,23 @@ class LocalEngine:
             raise self._unavailable()
         ids, param = self._renderer.render(request)
         s = request.sampling
+        plan = plan_tools(request)
+        if plan is not None and self._tool_parser is None:
+            raise BadRequestError(
+                f"model {self.name!r} has no `tool_parser` in models.toml: it cannot serve tools",
+                param="tools",
+            )
+        reader, skip_special = (
+            (None, True) if plan is None else reader_for(plan, request, self._tool_parser, self._tokenizer)
+        )
+        schema = s.json_schema
+        if plan is not None and plan.schema is not None:
+            if schema is not None:
+                raise BadRequestError(
+                    "a response format cannot be combined with tool_choice 'required' or a named function",
+                    param="tool_choice",
+                )
+            schema = plan.schema
         max_tokens = budget_max_tokens(
             len(ids), s.max_tokens, self.max_model_len, prompt_param=param, min_tokens=s.min_tokens
         )
@@ -294,14 +323,15 @@ class LocalEngine:
                 seed=s.seed,
                 ignore_eos=s.ignore_eos,
                 output_kind=RequestOutputKind.DELTA,
+                skip_special_tokens=skip_special,
                 structured_outputs=None
-                if s.json_schema is None
-                else StructuredOutputsParams(json=s.json_schema),
+                if schema is None
+                else StructuredOutputsParams(json=schema, disable_any_whitespace=True),
             )
         except (ValueError, VLLMClientError) as exc:
             bad = getattr(exc, "parameter", None)
             raise BadRequestError(f"invalid sampling parameters: {exc}", param=bad) from exc
-        return ids, params
+        return ids, params, None if reader is None else ToolStream(reader)
 
     async def _stream(self, request: GenerationRequest) -> AsyncIterator[Delta]:
         self._check_alive()
@@ -310,7 +340,7 @@ class LocalEngine:
         from vllm.exceptions import GracefulHTTPError, VLLMClientError
         from vllm.v1.engine.exceptions import EngineDeadError
 
-        ids, params = self._prepare(request)
+        ids, params, tools = self._prepare(request)
         prompt: dict[str, Any] = {"prompt_token_ids": ids}
         if request.cache_salt:
             prompt["cache_salt"] = request.cache_salt
@@ -332,21 +362,23 @@ class LocalEngine:
                     finished = True
                     if reason == "abort" and not self._health.ready:
                         raise self._unavailable()
-                    yield Delta(
+                    last = Delta(
                         text=step.text if step is not None else "",
                         prompt_tokens=len(ids),
                         completion_tokens=completion,
                         cached_tokens=cached,
                         finish_reason=_FINISH.get(str(reason), "stop"),
                     )
+                    yield last if tools is None else tools.delta(last, step.token_ids if step else ())
                     return
                 if step is not None and (step.text or step.token_ids):
-                    yield Delta(
+                    delta = Delta(
                         text=step.text,
                         prompt_tokens=len(ids),
                         completion_tokens=completion,
                         cached_tokens=cached,
                     )
+                    yield delta if tools is None else tools.delta(delta, step.token_ids)
             # the engine's generator ended without a finished output: it was torn down under us
             self._check_alive()
             raise self._unavailable()

@@ -84,6 +84,11 @@ class ModelSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     #: KV cache size; required on CPU (vLLM cannot size it from free GPU memory there)
     kv_cache_memory_bytes: Annotated[int, msgspec.Meta(gt=0)] | None = None
 
+    #: vLLM's tool parser for the model's family (``hermes``, ``llama3_json``, ``mistral``, ...; the
+    #: engine refuses to start with one vLLM does not have). With it the model serves ``tools``;
+    #: without it a request with tools never reaches the model (``serving.contract``)
+    tool_parser: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")] | None = None
+
     canaries: tuple[CanaryCase, ...] = ()
 
     def __post_init__(self) -> None:
@@ -104,6 +109,8 @@ class ModelSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
                 )
         elif self.revision is not None:
             raise ValueError(f"{where}: `revision` only applies to `repo` models")
+        if self.task == "embed" and self.tool_parser is not None:
+            raise ValueError(f"{where}: `tool_parser` is for generation models; an embedding model has none")
         if self.task == "embed" and self.canaries:
             raise ValueError(f"{where}: canaries replay generations; an embedding model has none")
         if not self.files:

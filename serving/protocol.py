@@ -145,6 +145,9 @@ class ProviderInfo(msgspec.Struct, frozen=True, kw_only=True):
     models: tuple[str, ...]
     #: pinned revision per model (local: the weights revision; external: the dated model id)
     revisions: dict[str, str] = {}
+    #: optional request fields (``serving.contract.FIELDS``) this provider cannot honour although
+    #: its kind can (a local model without a tool parser: the tool fields)
+    unsupported: frozenset[str] = frozenset()
 
 
 @runtime_checkable

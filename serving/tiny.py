@@ -54,10 +54,28 @@ _IM_START: Final = "<|im_start|>"
 _PAD: Final = "<|pad|>"
 _SPECIALS: Final = (_PAD, _BOS, _EOS, _IM_START)
 
+#: ChatML with Hermes-style function calling (the format vLLM's ``hermes`` tool parser reads): the
+#: tools are listed in a system turn of their own, an assistant's calls are ``<tool_call>`` blocks,
+#: a tool's result is a ``tool`` turn. Without tools the rendering is plain ChatML.
 _CHAT_TEMPLATE: Final = (
     "{{ bos_token }}"
+    "{% if tools %}"
+    "{{ '<|im_start|>system\n# Tools\n\nYou may call one or more functions. Their signatures are "
+    "within <tools></tools>:\n<tools>' }}"
+    "{% for tool in tools %}{{ '\n' + (tool | tojson) }}{% endfor %}"
+    "{{ '\n</tools>\n\nFor each call, return a JSON object with the function name and arguments "
+    "within <tool_call></tool_call> tags:\n<tool_call>\n{\"name\": <function-name>, "
+    "\"arguments\": <args-json-object>}\n</tool_call><|im_end|>\n' }}"
+    "{% endif %}"
     "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\n' + (message['content'] or '') + '<|im_end|>' + '\n' }}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + (message['content'] or '') }}"
+    "{% for call in message['tool_calls'] or [] %}"
+    "{% set arguments = call['function']['arguments'] %}"
+    "{{ ('\n' if message['content'] or not loop.first else '') + '<tool_call>\n{\"name\": ' "
+    "+ (call['function']['name'] | tojson) + ', \"arguments\": ' "
+    "+ (arguments if arguments is string else (arguments | tojson)) + '}\n</tool_call>' }}"
+    "{% endfor %}"
+    "{{ '<|im_end|>' + '\n' }}"
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )

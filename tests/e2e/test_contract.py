@@ -15,10 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import msgspec
 import pytest
 import pytest_asyncio
 
-from serving.contract import CONTRACT, FIELDS, RouteKind, Support
+from serving.contract import CONTRACT, FIELDS, TOOL_FIELDS, RouteKind, Support
 from serving.engine import LocalEngine
 from serving.protocol import Delta, GenerationRequest, Health, ProviderInfo
 from tests.fakes.upstream import FakeUpstream
@@ -59,6 +60,12 @@ VALUES: dict[str, object] = {
     "ignore_eos": True,
     "min_tokens": 2,
 }
+#: what a case sets besides its field (a tool choice needs tools; parallel calls are asked to be
+#: required, where the local engine's schema shows the single call)
+WITH: dict[str, dict[str, object]] = {
+    "tool_choice": {"tools": [TOOL]},
+    "parallel_tool_calls": {"tools": [TOOL], "tool_choice": "required"},
+}
 #: (kind, field) -> (where it shows: a SamplingParams attribute or a key of the upstream body, the value)
 EFFECTS: dict[tuple[RouteKind, str], tuple[str, object]] = {
     ("local", "max_tokens"): ("max_tokens", 5),
@@ -69,6 +76,10 @@ EFFECTS: dict[tuple[RouteKind, str], tuple[str, object]] = {
     ("local", "seed"): ("seed", 7),
     ("local", "ignore_eos"): ("ignore_eos", True),
     ("local", "min_tokens"): ("min_tokens", 2),
+    # the tools in the rendered prompt; the calls schema: an array of calls, or one call
+    ("local", "tools"): ("prompt", "get_weather"),
+    ("local", "tool_choice"): ("structured_outputs", "array"),
+    ("local", "parallel_tool_calls"): ("structured_outputs", "object"),
     ("openai", "max_tokens"): ("max_tokens", 5),
     ("openai", "max_completion_tokens"): ("max_tokens", 6),
     ("openai", "temperature"): ("temperature", 0.5),
@@ -96,7 +107,7 @@ EFFECTS: dict[tuple[RouteKind, str], tuple[str, object]] = {
     ("anthropic", "tool_choice"): ("tool_choice", {"type": "any"}),
     ("anthropic", "parallel_tool_calls"): (
         "tool_choice",
-        {"type": "auto", "disable_parallel_tool_use": True},
+        {"type": "any", "disable_parallel_tool_use": True},
     ),
 }
 CASES = [(kind, name) for kind in CONTRACT for name in FIELDS]
@@ -111,20 +122,25 @@ def test_the_table_covers_every_field_and_every_honoured_one_has_a_check() -> No
 
 
 class Observed:
-    """The session's real engine, keeping the vLLM ``SamplingParams`` it built for each request."""
+    """The session's real engine, keeping the vLLM ``SamplingParams`` it built for each request and
+    the prompt it rendered. ``unsupported``: fields to say it lacks (a model without a tool parser)."""
 
-    def __init__(self, engine: LocalEngine) -> None:
+    def __init__(self, engine: LocalEngine, unsupported: frozenset[str] = frozenset()) -> None:
         self.engine = engine
         self.params: list[Any] = []
+        self.prompts: list[str] = []
+        self.unsupported = unsupported
 
     def describe(self) -> ProviderInfo:
-        return self.engine.describe()
+        return msgspec.structs.replace(self.engine.describe(), unsupported=self.unsupported)
 
     async def health(self) -> Health:
         return await self.engine.health()
 
     def stream(self, request: GenerationRequest) -> AsyncIterator[Delta]:
-        self.params.append(self.engine._prepare(request)[1])
+        ids, params, _ = self.engine._prepare(request)
+        self.params.append(params)
+        self.prompts.append(self.engine._tokenizer.decode(ids))
         return self.engine.stream(request)
 
 
@@ -210,7 +226,9 @@ async def test_every_field_on_every_route_shows_its_effect_or_is_refused(
     seen_upstream, seen_engine = len(fake.requests), len(engine.params)
     async with httpx.AsyncClient(base_url=running.url, timeout=60) as http:
         r = await http.post(
-            "/v1/chat/completions", headers=bearer(key), json=_body(ALIAS[kind], **{name: VALUES[name]})
+            "/v1/chat/completions",
+            headers=bearer(key),
+            json=_body(ALIAS[kind], **{name: VALUES[name]}, **WITH.get(name, {})),
         )
     if CONTRACT[kind][name].support is Support.UNSUPPORTED:
         assert r.status_code == 400, r.text
@@ -225,7 +243,12 @@ async def test_every_field_on_every_route_shows_its_effect_or_is_refused(
     where, value = EFFECTS[(kind, name)]
     if kind == "local":
         assert len(engine.params) == seen_engine + 1
-        assert getattr(engine.params[-1], where) == value
+        if where == "prompt":
+            assert value in engine.prompts[-1]
+        elif where == "structured_outputs":
+            assert json.loads(engine.params[-1].structured_outputs.json)["type"] == value
+        else:
+            assert getattr(engine.params[-1], where) == value
     else:
         received = fake.requests[seen_upstream:]
         assert len(received) == 1
@@ -251,14 +274,16 @@ async def test_temperature_above_one_is_refused_by_anthropic_and_sent_to_openai(
     assert [r.json()["temperature"] for r in received] == [1.5]
 
 
-async def test_a_field_only_external_routes_honour_skips_local_and_local_only_is_refused(
+async def test_a_field_the_local_model_lacks_skips_local_and_local_only_is_refused(
     tmp_path: Path, fake: FakeUpstream, local_engine: LocalEngine
 ) -> None:
+    """A local model without a tool parser (``ProviderInfo.unsupported``) is skipped for tools."""
     setup = _setup(tmp_path, fake, audit=True)
     key = setup.keys["acme"]
     seen = len(fake.requests)
+    no_parser = Observed(local_engine, unsupported=TOOL_FIELDS)
     async with (
-        running_node(setup, {TINY: local_engine}) as running,
+        running_node(setup, {TINY: no_parser}) as running,
         httpx.AsyncClient(base_url=running.url, timeout=60) as http,
     ):
         served = await http.post(
@@ -300,4 +325,3 @@ async def test_a_field_only_external_routes_honour_skips_local_and_local_only_is
     assert meta["skipped"] == [["local", "unsupported:tools"]]
     skips = 'bastion_route_skips_total{reason="unsupported:tools",route="local"} 2.0'
     assert skips in metrics, metrics
-

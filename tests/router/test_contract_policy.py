@@ -7,7 +7,7 @@ import pytest
 
 from router.config import ProviderConfig, RouteConfig
 from router.policy import ExternalState, LocalState, Residency, plan_local_only, plan_with_fallbacks
-from serving.contract import Needs, lacking
+from serving.contract import TOOL_FIELDS, Needs, lacking
 from tests.router.conftest import policy
 
 MODEL = "m-2024-08-06"
@@ -33,7 +33,8 @@ ROUTE = msgspec.convert(
     RouteConfig,
 )
 EU = Residency(local_only=False, regions=frozenset({"eu-west"}))
-LOCAL = LocalState(model="tiny", healthy=True, breaker_open=False, overloaded=False)
+#: a local model without a tool parser: the local route has the tool fields, this model lacks them
+LOCAL = LocalState(model="tiny", healthy=True, breaker_open=False, overloaded=False, unsupported=TOOL_FIELDS)
 TENANT = policy(residency=["eu-west"])
 
 
@@ -64,6 +65,15 @@ def test_a_candidate_lacking_a_set_field_is_skipped_with_the_field() -> None:
     assert plan.unsupported is None
 
 
+def test_a_local_model_with_a_tool_parser_takes_tools_first() -> None:
+    parsed = msgspec.structs.replace(LOCAL, unsupported=frozenset())
+    plan = _plan(Needs(fields=TOOL_FIELDS), local=parsed)
+    assert [c.route for c in plan.candidates] == ["local", "external:oai", "external:claude"]
+    assert plan.reason == "ok"
+    assert lacking("local", Needs(fields=TOOL_FIELDS)) is None
+    assert lacking("local", Needs(fields=TOOL_FIELDS), TOOL_FIELDS) == "tools"
+
+
 def test_a_value_past_a_routes_limit_is_unsupported_there() -> None:
     hot = Needs(fields=frozenset({"temperature"}), values={"temperature": 1.5})
     assert lacking("anthropic", hot) == "temperature"
@@ -80,7 +90,9 @@ def test_when_every_allowed_candidate_lacks_a_field_the_plan_names_it() -> None:
 def test_a_field_outranks_passing_state_but_passing_state_is_not_a_field_refusal() -> None:
     needs = Needs(fields=frozenset({"tools"}))
     # the local engine is down too: the field is what rules it out, for good
-    down = LocalState(model="tiny", healthy=False, breaker_open=False, overloaded=False)
+    down = LocalState(
+        model="tiny", healthy=False, breaker_open=False, overloaded=False, unsupported=TOOL_FIELDS
+    )
     assert plan_local_only(down, needs).skipped == (("local", "unsupported:tools"),)
     # an external route that could honour it is only briefly unavailable: not a 400, a retry later
     plan = _plan(needs, oai=ExternalState(breaker_open=True, breaker_retry_after_s=3.0))
@@ -104,6 +116,8 @@ def test_residency_comes_first_a_local_only_request_never_sees_a_route_that_coul
 
 
 def test_an_overloaded_local_engine_that_lacks_a_field_is_not_kept_as_a_last_resort() -> None:
-    busy = LocalState(model="tiny", healthy=True, breaker_open=False, overloaded=True)
+    busy = LocalState(
+        model="tiny", healthy=True, breaker_open=False, overloaded=True, unsupported=TOOL_FIELDS
+    )
     plan = _plan(Needs(fields=frozenset({"parallel_tool_calls"})), local=busy)
     assert [c.route for c in plan.candidates] == ["external:oai", "external:claude"]
