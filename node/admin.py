@@ -6,6 +6,7 @@ are checked as well), and never a network port. One JSON object per line each
 way, one request per connection::
 
     {"op": "shred", "tenant": "acme", "subject": "alice"}  ->  {"ok": true, "seqs": [41]}
+    {"op": "shred", "tenant": "acme"}  ->  {"ok": true, "seqs": [42], "context": {"stores": 2, ...}}
     {"op": "rotate-kek", "new_kek_file": "/etc/bastion/kek.new"}    (the node reads the file itself)
     {"op": "retention"}  {"op": "ping"}
     {"op": "reload"}  ->  {"ok": true, "reloaded": false, "problems": ["..."]}   (``node.reload``)
@@ -16,7 +17,9 @@ Each operation is the audit log's own method (``AuditLog.shred``, ``rotate_kek``
 groups, so ``key.destroyed`` and the rest enter the chain in order, exactly as
 when the CLI opens a stopped node's log. ``AdminClient`` is the CLI's side; it
 satisfies ``audit.cli.LiveLog``. The same module runs retention on its schedule
-(``[audit] retention_interval_s``).
+(``[audit] retention_interval_s``). With the node's context store
+(``context=``), a tenant's shred erases its retrieval data and a KEK rotation
+rewraps its data keys as well (``node.context.operations``).
 """
 
 from __future__ import annotations
@@ -40,6 +43,8 @@ from audit import AuditError, AuditLog, errors
 from audit.kek import kek_from_file
 
 from .config import NodeConfig, resolve
+from .context.backend import ContextBackend
+from .context.operations import describe_erased
 from .periodic import every
 
 __all__ = ["AdminClient", "admin_channel", "admin_socket_path", "retention_schedule"]
@@ -88,7 +93,9 @@ def admin_socket_path(config: NodeConfig, config_dir: Path) -> Path:
 
 
 @contextlib.asynccontextmanager
-async def admin_channel(path: Path, log: AuditLog, *, reload: ReloadFn | None = None) -> AsyncIterator[None]:
+async def admin_channel(
+    path: Path, log: AuditLog, *, reload: ReloadFn | None = None, context: ContextBackend | None = None
+) -> AsyncIterator[None]:
     """Serve the admin socket at ``path`` while the context is open."""
     if len(os.fsencode(path)) > _SUN_PATH_MAX:
         raise OSError(
@@ -101,7 +108,7 @@ async def admin_channel(path: Path, log: AuditLog, *, reload: ReloadFn | None = 
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            reply = await _answer(reader, writer, log, reload)
+            reply = await _answer(reader, writer, log, reload, context)
             writer.write(json.dumps(reply).encode() + b"\n")
             await writer.drain()
         except (ConnectionError, TimeoutError):
@@ -154,6 +161,7 @@ async def _answer(
     writer: asyncio.StreamWriter,
     log: AuditLog,
     reload: ReloadFn | None,
+    context: ContextBackend | None,
 ) -> dict[str, Any]:
     uid = _peer_uid(writer)
     if uid is not None and uid != os.getuid():
@@ -173,14 +181,14 @@ async def _answer(
                     "problems": ["this node was started without a node.toml"],
                 }
             return {"ok": True} | await reload()
-        return {"ok": True} | await _run(request, log)
+        return {"ok": True} | await _run(request, log, context)
     except AuditError as exc:
         return {"ok": False, "error": type(exc).__name__, "message": str(exc)}
     except OSError as exc:
         return {"ok": False, "error": "OSError", "message": str(exc)}
 
 
-async def _run(request: _Request, log: AuditLog) -> dict[str, Any]:
+async def _run(request: _Request, log: AuditLog, context: ContextBackend | None) -> dict[str, Any]:
     if isinstance(request, _Ping):
         return {}
     if isinstance(request, _Shred):
@@ -188,11 +196,17 @@ async def _run(request: _Request, log: AuditLog) -> dict[str, Any]:
         _log.warning(
             "admin: shredding tenant %r%s", request.tenant, " (one data subject)" * bool(request.subject)
         )
-        return {"seqs": await log.shred(request.tenant, request.subject)}
+        reply: dict[str, Any] = {"seqs": await log.shred(request.tenant, request.subject)}
+        if context is not None and request.subject is None:
+            reply["context"] = describe_erased(await context.erase_tenant(request.tenant))
+        return reply
     if isinstance(request, _RotateKek):
         new = await asyncio.to_thread(kek_from_file, request.new_kek_file)
         _log.warning("admin: rewrapping every data key under KEK %s", new.kek_id)
-        return {"seqs": await log.rotate_kek(new), "kek_id": new.kek_id}
+        reply = {"seqs": await log.rotate_kek(new), "kek_id": new.kek_id}
+        if context is not None:
+            reply["context_keys"] = await context.rewrap(new)
+        return reply
     assert isinstance(request, _Retention), request  # reload is answered before _run
     return {"seqs": await log.apply_retention()}
 

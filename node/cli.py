@@ -425,18 +425,19 @@ def _cmd_canary(args: argparse.Namespace) -> int:
 
 def _cmd_context(args: argparse.Namespace) -> int:
     apply_no_egress_env()
-    from .context.cli import kek_of, run_context_command
+    from .context.cli import run_context_command
 
     kek = None
     if args.config:
         from audit import AuditError
+        from audit.log import load_kek
 
         from .config import ConfigError, load_config
 
         try:
             config = load_config(Path(args.config))
             if config.audit is not None:
-                kek = kek_of(config.audit.kek_file, config.audit.kek_env)
+                kek = load_kek(config.audit)
         except (ConfigError, AuditError) as exc:
             return _fail(str(exc))
     models_file, data_dir = _models_context(args)

@@ -21,10 +21,13 @@ from pathlib import Path
 
 from audit import AuditConfig, AuditError
 from audit.cli import LIVE_ACTIONS, exit_code_of, run_audit_command
+from audit.kek import kek_from_file
+from audit.log import load_kek
 
 from .admin import AdminClient, admin_socket_path
 from .backup import PARTS, BackupError, restore, take_backup
-from .config import NodeConfig
+from .config import NodeConfig, resolve
+from .context.operations import describe_erased, offline_rewrap, offline_shred
 
 __all__ = ["add_operations_commands", "audit_command", "backup_command", "restore_command"]
 
@@ -56,14 +59,32 @@ def _fail(exc: BaseException, code: int) -> int:
 
 
 def audit_command(args: argparse.Namespace, audit: AuditConfig, config: NodeConfig, config_dir: Path) -> int:
-    """``bastion audit ...``: the key-changing subcommands through a running node when one answers."""
+    """``bastion audit ...``: the key-changing subcommands through a running node when one answers;
+    with none running, a tenant's shred and a KEK rotation cover the context store here too."""
     live = None
-    if getattr(args, "audit_action", None) in LIVE_ACTIONS:
+    action = getattr(args, "audit_action", None)
+    if action in LIVE_ACTIONS:
         try:
             live = AdminClient.find(admin_socket_path(config, config_dir))
         except (AuditError, OSError) as exc:
             return _fail(exc, exit_code_of(exc))
-    return run_audit_command(args, audit, live)
+    code = run_audit_command(args, audit, live)
+    if code != 0 or live is not None or action not in ("shred", "rotate-kek"):
+        return code
+    data_dir = resolve(config_dir, config.data_dir)
+    try:
+        kek = load_kek(audit)
+        if action == "shred" and args.subject is None:
+            erased = offline_shred(data_dir, kek, args.tenant)
+            if erased is not None:
+                print(f"erased tenant {args.tenant!r} from the context store: {describe_erased(erased)}")
+        elif action == "rotate-kek":
+            rewrapped = offline_rewrap(data_dir, kek, kek_from_file(args.new_kek_file))
+            if rewrapped is not None:
+                print(f"rewrapped {rewrapped} context data key(s)")
+    except (AuditError, OSError) as exc:
+        return _fail(exc, exit_code_of(exc))
+    return 0
 
 
 def backup_command(args: argparse.Namespace, config: NodeConfig, config_dir: Path) -> int:

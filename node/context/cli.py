@@ -22,18 +22,16 @@ from pathlib import Path
 
 import msgspec
 
-from audit.kek import KeyEncryptionKey, LocalKek, kek_from_env, kek_from_file
+from audit.kek import KeyEncryptionKey, LocalKek
 
 from .chunking import FileTokenizer
 from .evaluation import LabelledQuery, Report, evaluate, load_queries
+from .operations import CONTEXT_DB
 from .records import ContextConfig
 from .service import ContextService
 from .sqlite import SqliteBackend
 
-__all__ = ["CONTEXT_DB", "add_context_commands", "run_context_command"]
-
-#: the node's context database in ``data_dir``
-CONTEXT_DB = "context.db"
+__all__ = ["add_context_commands", "run_context_command"]
 
 
 def add_context_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -78,13 +76,6 @@ def run_context_command(
 def _fail(message: str) -> int:
     print(f"bastion: {message}", file=sys.stderr)
     return 2
-
-
-def kek_of(kek_file: str | None, kek_env: str | None) -> KeyEncryptionKey:
-    if kek_file is not None:
-        return kek_from_file(kek_file)
-    assert kek_env is not None
-    return kek_from_env(kek_env)
 
 
 async def _evaluate(
