@@ -79,8 +79,6 @@ class MetricsConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     #: what a GPU-hour costs on this node, to price local requests beside API token prices
     gpu_hour_cost: Annotated[float, msgspec.Meta(ge=0)] = 0.0
     currency: str = "EUR"
-    #: OTLP endpoint for traces; tracing is off (and free) when unset
-    otlp_endpoint: str | None = None
     #: replay the drift canaries every this many seconds (off when unset; `bastion canary run` records
     #: external providers' baselines first)
     canary_interval_s: Annotated[float, msgspec.Meta(ge=10)] | None = None
@@ -205,6 +203,7 @@ def decode_config(text: str | bytes, *, source: str = "node.toml", base: Path | 
         raw = msgspec.toml.decode(text)
         missing = "audit" not in raw
         raw["audit"] = None if missing else _audit_section(raw["audit"])
+        _refuse_unsupported(raw)
         config = msgspec.convert(raw, type=NodeConfig)  # every other error first, with its location
     except msgspec.ValidationError as exc:
         raise ConfigError(f"{source}: {exc}") from None
@@ -255,6 +254,19 @@ def anchored(config: NodeConfig, base: Path) -> NodeConfig:
         providers=providers,
         logging=logging,
     )
+
+
+#: settings an earlier release accepted without acting on them: refused with what to do instead
+_UNSUPPORTED: dict[tuple[str, str], str] = {
+    ("metrics", "otlp_endpoint"): "tracing (OpenTelemetry) is not supported by this node; remove the setting",
+}
+
+
+def _refuse_unsupported(raw: dict[str, object]) -> None:
+    for (section, key), why in _UNSUPPORTED.items():
+        table = raw.get(section)
+        if isinstance(table, dict) and key in table:
+            raise msgspec.ValidationError(f"`{key}`: {why} - at `$.{section}.{key}`")
 
 
 def _audit_section(section: object) -> object:

@@ -41,6 +41,15 @@ def test_unknown_key_is_rejected_with_its_location() -> None:
     assert "$.tenants[0]" in str(err.value)
 
 
+def test_otlp_endpoint_is_refused_since_there_is_no_tracing() -> None:
+    text = MINIMAL + '\n[metrics]\notlp_endpoint = "http://127.0.0.1:4318/v1/traces"\n'
+    with pytest.raises(ConfigError) as err:
+        decode_config(text)
+    message = str(err.value)
+    assert "tracing" in message and "not supported" in message and "remove the setting" in message
+    assert "$.metrics.otlp_endpoint" in message
+
+
 def test_wrong_type_is_rejected_with_its_location() -> None:
     with pytest.raises(ConfigError) as err:
         decode_config(MINIMAL.replace("port = 8080", 'port = "eighty"'))

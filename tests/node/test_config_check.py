@@ -154,3 +154,15 @@ def test_a_schema_error_is_one_line_with_its_location(tmp_path: Path) -> None:
     assert run.returncode == ExitCode.CONFIG
     assert run.stdout.splitlines()[0].startswith("config: ")
     assert "residncy" in run.stdout and "$.tenants[0]" in run.stdout
+
+
+def test_otlp_endpoint_fails_the_check_with_the_config_exit_code(tmp_path: Path) -> None:
+    config = _write_node(
+        tmp_path,
+        tmp_path / "models.toml",
+        port=8000,
+        extra='[metrics]\notlp_endpoint = "http://127.0.0.1:4318"',
+    )
+    run, _ = _check(tmp_path, config, tmp_path)
+    assert run.returncode == ExitCode.CONFIG, run.stdout + run.stderr
+    assert "tracing (OpenTelemetry) is not supported" in run.stdout + run.stderr

@@ -1,15 +1,10 @@
-"""Metrics (counts, histograms, bounded labels, scrape-time sources), JSON request logs, tracing."""
+"""Metrics (counts, histograms, bounded labels, scrape-time sources), JSON request logs."""
 
 from __future__ import annotations
 
 import io
 import json
 import logging
-import subprocess
-import sys
-import threading
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -27,9 +22,7 @@ from node.metrics import (
     Metrics,
     RequestTimings,
 )
-from node.tracing import SPAN_AUTH, SPAN_GENERATION, SPAN_ROUTING, NoopTracer, create_tracer
 from serving.engine_stats import EngineStats
-from serving.errors import UpstreamError
 from serving.gpu import GpuReading, GpuSnapshot
 from tests.harness import node_setup, running_node
 
@@ -475,97 +468,6 @@ def test_server_errors_log_at_warning() -> None:
     )  # fmt: skip
     record = json.loads(stream.getvalue())
     assert record["level"] == "WARNING" and record["code"] == "upstream_error" and record["ttft_ms"] is None
-
-
-# --- tracing ---
-
-
-def test_tracing_off_never_imports_opentelemetry() -> None:
-    code = (
-        "import sys\n"
-        "from node.tracing import create_tracer\n"
-        "t = create_tracer(None)\n"
-        "with t.span('generation', {'model': 'tiny'}) as s:\n"
-        "    s.set_attribute('tokens', 3)\n"
-        "t.shutdown()\n"
-        "assert not t.enabled\n"
-        "print(sorted(m for m in sys.modules if m.startswith('opentelemetry')))\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]"
-
-
-def test_noop_tracer_reuses_one_context_manager() -> None:
-    tracer = NoopTracer()
-    assert tracer.span("auth") is tracer.span("routing", {"x": 1})
-
-
-class _Collector(BaseHTTPRequestHandler):
-    bodies: list[bytes]
-
-    def do_POST(self) -> None:
-        length = int(self.headers["Content-Length"])
-        self.server.bodies.append((self.path, self.rfile.read(length)))  # type: ignore[attr-defined]
-        self.send_response(200)
-        self.send_header("Content-Type", "application/x-protobuf")
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-    def log_message(self, format: str, *args: object) -> None:
-        return None
-
-
-@pytest.fixture
-def otlp_collector() -> Iterator[tuple[str, list[tuple[str, bytes]]]]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Collector)
-    server.bodies = []  # type: ignore[attr-defined]
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/v1/traces", server.bodies  # type: ignore[attr-defined]
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
-def test_spans_reach_an_otlp_collector_with_parents_and_error_codes(
-    otlp_collector: tuple[str, list[tuple[str, bytes]]],
-) -> None:
-    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-
-    url, bodies = otlp_collector
-    tracer = create_tracer(url, service_name="bastion-test")
-    assert tracer.enabled
-    with tracer.span("request", {"bastion.request_id": "r-1"}):
-        with tracer.span(SPAN_AUTH, {"bastion.tenant": "acme"}):
-            pass
-        with tracer.span(SPAN_ROUTING):
-            pass
-        with pytest.raises(UpstreamError), tracer.span(SPAN_GENERATION, {"bastion.model": "gpt-4o"}):
-            raise UpstreamError("upstream said 500: <prompt would be here>")
-    tracer.shutdown()  # flushes the batch
-
-    spans = []
-    for path, body in bodies:
-        assert path == "/v1/traces"
-        req = ExportTraceServiceRequest.FromString(body)
-        for rs in req.resource_spans:
-            service = {a.key: a.value.string_value for a in rs.resource.attributes}["service.name"]
-            assert service == "bastion-test"
-            for ss in rs.scope_spans:
-                spans.extend(ss.spans)
-    by_name = {s.name: s for s in spans}
-    assert set(by_name) == {"request", SPAN_AUTH, SPAN_ROUTING, SPAN_GENERATION}
-    root = by_name["request"]
-    for child in (SPAN_AUTH, SPAN_ROUTING, SPAN_GENERATION):
-        assert by_name[child].parent_span_id == root.span_id
-        assert by_name[child].trace_id == root.trace_id
-    gen = by_name[SPAN_GENERATION]
-    attrs = {a.key: a.value.string_value for a in gen.attributes}
-    assert attrs["error.type"] == "upstream_error" and attrs["bastion.model"] == "gpt-4o"
-    assert gen.status.code == 2  # STATUS_CODE_ERROR
-    # the exception message (which may quote request text) is never exported
-    assert all(b"<prompt would be here>" not in body for _, body in bodies)
 
 
 # --- the Grafana dashboard ---
