@@ -45,7 +45,7 @@ from .drain import Drain
 from .feedback import FEEDBACK_DB
 from .fleet_feedback import open_feedback
 from .keystore import KeyStore, flush_key_uses
-from .metrics import AuditStats, GpuTimeMeter, Metrics
+from .metrics import GpuTimeMeter, Metrics
 from .served import router_config, served_models
 from .startup import ExitCode, StartupError
 from .state import NodeState
@@ -237,18 +237,7 @@ def _wire_metric_sources(state: NodeState) -> None:
     metrics.add_breaker_source(state.router.breaker_states)
     audit = state.audit
     if audit is not None:
-
-        def audit_stats() -> AuditStats:
-            st = audit.stats()
-            return AuditStats(
-                queue_depth=st.queue_depth,
-                last_checkpoint_size=st.last_checkpoint_size,
-                records=st.records,
-                commits=st.commits,
-                wal_checkpoint_errors=st.wal_checkpoint_errors,
-            )
-
-        metrics.add_audit_source(audit_stats)
+        metrics.add_audit_source(audit.stats)
 
 
 def config_summary(

@@ -18,6 +18,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -40,7 +41,7 @@ __all__ = [
     "OTHER",
     "QUEUE_BUCKETS_S",
     "TTFT_BUCKETS_S",
-    "AuditStats",
+    "AuditCounters",
     "GpuTimeMeter",
     "Metrics",
     "RequestTimer",
@@ -67,19 +68,30 @@ E2E_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 7.5, 10.0, 15.0, 20.0
                  90.0, 120.0, 180.0, 300.0, 600.0)  # fmt: skip
 QUEUE_BUCKETS_S = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
-#: breaker states and the gauge value each is exported as
-BREAKER_STATES: Mapping[str, int] = {"closed": 0, "half_open": 1, "open": 2}
+#: breaker states (``router.breaker.BreakerState`` values, as ``/healthz`` and ``bastion status`` spell
+#: them) and the gauge value each is exported as
+BREAKER_STATES: Mapping[str, int] = {"closed": 0, "half-open": 1, "open": 2}
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class AuditStats:
-    queue_depth: int
+class AuditCounters(Protocol):
+    """What the metrics read of ``audit.AuditStats`` (``AuditLog.stats()`` satisfies it as it is)."""
+
+    @property
+    def queue_depth(self) -> int: ...
+
     #: tree size of the last signed checkpoint (``None``: none written yet)
-    last_checkpoint_size: int | None = None
+    @property
+    def last_checkpoint_size(self) -> int | None: ...
+
     #: records in the log, transactions that committed them, failed WAL checkpoints
-    records: int = 0
-    commits: int = 0
-    wal_checkpoint_errors: int = 0
+    @property
+    def records(self) -> int: ...
+
+    @property
+    def commits(self) -> int: ...
+
+    @property
+    def wal_checkpoint_errors(self) -> int: ...
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -489,12 +501,12 @@ class Metrics:
         )
 
     def add_breaker_source(self, states: Callable[[], Mapping[str, str]]) -> None:
-        """Breaker state per provider: ``closed``, ``half_open`` (or ``half-open``) or ``open``."""
+        """Breaker state per provider: ``closed``, ``half-open`` or ``open``."""
         self.register_collector(
             _Source("breakers", lambda: _breaker_families(states(), self._provider), self.source_errors)
         )
 
-    def add_audit_source(self, stats: Callable[[], AuditStats]) -> None:
+    def add_audit_source(self, stats: Callable[[], AuditCounters]) -> None:
         self.register_collector(_Source("audit", lambda: _audit_families(stats()), self.source_errors))
 
     def render(self) -> bytes:
@@ -626,7 +638,7 @@ def _breaker_families(states: Mapping[str, str], bound: _Bound) -> list[Metric]:
     )
     worst: dict[str, int] = {}
     for provider, state in states.items():
-        label, value = bound(provider), BREAKER_STATES.get(state.replace("-", "_").lower(), -1)
+        label, value = bound(provider), BREAKER_STATES.get(state, -1)
         # unconfigured providers share the "other" series: it shows the worst of them
         worst[label] = max(value, worst.get(label, value))
     for label, value in worst.items():
@@ -634,7 +646,7 @@ def _breaker_families(states: Mapping[str, str], bound: _Bound) -> list[Metric]:
     return [family]
 
 
-def _audit_families(stats: AuditStats) -> list[Metric]:
+def _audit_families(stats: AuditCounters) -> list[Metric]:
     depth = _gauge("bastion_audit_queue_depth", "Audit events waiting for the writer")
     depth.add_metric([], float(stats.queue_depth))
     records = _gauge("bastion_audit_records", "Records in the audit log")

@@ -22,6 +22,8 @@ from typing import Any, TextIO
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
+from .metrics import BREAKER_STATES
+
 __all__ = ["NodeSnapshot", "fetch_snapshot", "histogram_quantile", "render_status", "status_command"]
 
 _LATENCY = (
@@ -30,7 +32,7 @@ _LATENCY = (
     ("E2E", "bastion_request_duration_seconds"),
     ("queue", "bastion_queue_wait_seconds"),
 )
-_BREAKER = {0.0: "closed", 1.0: "half-open", 2.0: "open"}
+_BREAKER = {float(value): state for state, value in BREAKER_STATES.items()}
 
 
 class StatusError(Exception):

@@ -12,19 +12,37 @@ import pytest
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
+from audit import AuditStats
 from node.logs import JsonFormatter, log_request
 from node.metrics import (
+    BREAKER_STATES,
     E2E_BUCKETS_S,
     ITL_BUCKETS_S,
     TTFT_BUCKETS_S,
-    AuditStats,
     GpuTimeMeter,
     Metrics,
     RequestTimings,
 )
+from router.breaker import BreakerState
 from serving.engine_stats import EngineStats
 from serving.gpu import GpuReading, GpuSnapshot
 from tests.harness import node_setup, running_node
+
+
+def _audit_stats(
+    *,
+    queue_depth: int = 0,
+    last_checkpoint_size: int | None = None,
+    records: int = 0,
+    commits: int = 0,
+    wal_checkpoint_errors: int = 0,
+) -> AuditStats:
+    """The audit log's own stats type, as ``AuditLog.stats()`` hands it to the metrics."""
+    return AuditStats(
+        queue_depth=queue_depth, queue_max=1024, records=records, last_checkpoint_size=last_checkpoint_size,
+        last_checkpoint_at=None, last_checkpoint_bytes=None, checkpoint_errors=0, failed=False,
+        commits=commits, wal_checkpoint_errors=wal_checkpoint_errors,
+    )  # fmt: skip
 
 
 class FakeClock:
@@ -357,7 +375,7 @@ def test_engine_breaker_and_audit_sources_are_read_at_scrape() -> None:
     )
     m.add_breaker_source(lambda: states)
     m.add_audit_source(
-        lambda: AuditStats(
+        lambda: _audit_stats(
             queue_depth=12, last_checkpoint_size=4096, records=5000, commits=40, wal_checkpoint_errors=1
         )
     )
@@ -379,6 +397,10 @@ def test_engine_breaker_and_audit_sources_are_read_at_scrape() -> None:
     assert _value(m, "bastion_audit_wal_checkpoint_errors_total") == 1
     states["openai-eu"] = "open"
     assert _value(m, "bastion_breaker_state", provider="openai-eu") == 2
+
+
+def test_breaker_states_are_spelled_as_the_router_spells_them() -> None:
+    assert set(BREAKER_STATES) == {state.value for state in BreakerState}
 
 
 def test_a_failing_source_drops_its_families_not_the_scrape(caplog: pytest.LogCaptureFixture) -> None:
@@ -492,7 +514,7 @@ def test_every_metric_the_dashboard_queries_is_exported() -> None:
     m.add_gpu_source(lambda: GpuSnapshot(available=True, devices=(_reading(0),), sampled_at_s=1.0))
     m.add_engine_source(lambda: {"tiny": EngineStats(prefix_cache_queries=10, prefix_cache_hits=5)})
     m.add_breaker_source(lambda: {"openai-eu": "closed"})
-    m.add_audit_source(lambda: AuditStats(queue_depth=0, last_checkpoint_size=10))
+    m.add_audit_source(lambda: _audit_stats(queue_depth=0, last_checkpoint_size=10))
     exported = set(_series(m))
 
     dashboard = json.loads(
