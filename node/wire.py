@@ -15,7 +15,15 @@ from typing import Annotated, Any, Literal, TypeVar
 import msgspec
 
 from serving.errors import BadRequestError
-from serving.protocol import ChatMessage, Delta, FunctionCall, SamplingOptions, ToolCall, ToolCallDelta
+from serving.protocol import (
+    ChatMessage,
+    Delta,
+    FunctionCall,
+    SamplingOptions,
+    ToolCall,
+    ToolCallDelta,
+    tool_calls_dicts,
+)
 from serving.tools import check_tools
 
 __all__ = [
@@ -234,13 +242,6 @@ def _usage(prompt: int, completion: int, cached: int) -> dict[str, Any]:
     return usage
 
 
-def _tool_calls_json(calls: tuple[ToolCall, ...]) -> list[dict[str, Any]]:
-    return [
-        {"id": c.id, "type": c.type, "function": {"name": c.function.name, "arguments": c.function.arguments}}
-        for c in calls
-    ]
-
-
 def chat_completion_body(
     *,
     request_id: str,
@@ -252,7 +253,7 @@ def chat_completion_body(
 ) -> bytes:
     message: dict[str, Any] = {"role": "assistant", "content": text if text or not tool_calls else None}
     if tool_calls:
-        message["tool_calls"] = _tool_calls_json(tool_calls)
+        message["tool_calls"] = tool_calls_dicts(tool_calls)
     return msgspec.json.encode(
         {
             "id": request_id,
@@ -321,7 +322,7 @@ class StreamEncoder:
         return self._text_pre + msgspec.json.encode(text) + self._text_post
 
     def tool_calls(self, calls: tuple[ToolCall, ...]) -> bytes:
-        delta = {"tool_calls": [{"index": i, **c} for i, c in enumerate(_tool_calls_json(calls))]}
+        delta = {"tool_calls": [{"index": i, **c} for i, c in enumerate(tool_calls_dicts(calls))]}
         return self._chunk({"index": 0, "delta": delta, "logprobs": None, "finish_reason": None})
 
     def tool_call_pieces(self, pieces: tuple[ToolCallDelta, ...]) -> bytes:

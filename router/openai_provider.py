@@ -22,12 +22,12 @@ from router.sse import SseEvent
 from router.transport import ExternalProvider, Upstream, fold_batch, load_api_key
 from serving.errors import UpstreamError
 from serving.protocol import (
-    ChatMessage,
     Delta,
     FunctionCall,
     GenerationRequest,
     ToolCall,
     ToolCallDelta,
+    message_dict,
 )
 from serving.protocol import FinishReason as _FinishReason
 
@@ -102,24 +102,6 @@ _decode_chunk = msgspec.json.Decoder(_Chunk).decode
 _encode = msgspec.json.Encoder().encode
 
 
-def _message(m: ChatMessage) -> dict[str, Any]:
-    out: dict[str, Any] = {"role": m.role, "content": m.content}
-    if m.name is not None:
-        out["name"] = m.name
-    if m.tool_calls:
-        out["tool_calls"] = [
-            {
-                "id": t.id,
-                "type": t.type,
-                "function": {"name": t.function.name, "arguments": t.function.arguments},
-            }
-            for t in m.tool_calls
-        ]
-    if m.tool_call_id is not None:
-        out["tool_call_id"] = m.tool_call_id
-    return out
-
-
 def build_body(request: GenerationRequest) -> tuple[str, bytes]:
     """The path and JSON body for ``request`` (the tenant and cache salt never leave the node).
 
@@ -129,7 +111,7 @@ def build_body(request: GenerationRequest) -> tuple[str, bytes]:
     body: dict[str, Any] = {"model": request.model, "stream": True, "stream_options": {"include_usage": True}}
     if request.messages is not None:
         path = "/chat/completions"
-        body["messages"] = [_message(m) for m in request.messages]
+        body["messages"] = [message_dict(m) for m in request.messages]
         if request.tools:
             body["tools"] = list(request.tools)
         if request.tool_choice is not None:

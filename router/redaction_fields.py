@@ -34,7 +34,7 @@ from typing import Literal
 
 import msgspec
 
-from serving.protocol import ChatMessage, FunctionCall, GenerationRequest, ToolCall
+from serving.protocol import ChatMessage, GenerationRequest, rewrite_tool_calls
 
 __all__ = ["Slot", "Visit", "rewrite", "scanned", "texts", "tool_texts"]
 
@@ -115,21 +115,13 @@ def rewrite(
 def _message(message: ChatMessage, visit: Visit, hits: AbstractSet[str] | None) -> ChatMessage:
     content = None if message.content is None else visit(message.content, "text")
     name = None if message.name is None else visit(message.name, "name")
-    calls = message.tool_calls
-    if calls:
-        calls = tuple(
-            ToolCall(
-                id=c.id,
-                type=c.type,
-                function=FunctionCall(
-                    name=visit(c.function.name, "name"),
-                    arguments=c.function.arguments
-                    if hits is not None and hits.isdisjoint(_arguments_texts(c.function.arguments))
-                    else json_text(c.function.arguments, visit),
-                ),
-            )
-            for c in calls
-        )
+    calls = message.tool_calls and rewrite_tool_calls(
+        message.tool_calls,
+        name=lambda n: visit(n, "name"),
+        arguments=lambda a: (
+            a if hits is not None and hits.isdisjoint(_arguments_texts(a)) else json_text(a, visit)
+        ),
+    )
     return msgspec.structs.replace(message, content=content, name=name, tool_calls=calls)
 
 

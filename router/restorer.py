@@ -14,7 +14,7 @@ import re
 
 import msgspec
 
-from serving.protocol import Delta, FunctionCall, ToolCall, ToolCallDelta
+from serving.protocol import Delta, ToolCallDelta, rewrite_tool_calls
 
 __all__ = ["PLACEHOLDER", "Restorer"]
 
@@ -93,17 +93,7 @@ class Restorer:
                     pieces.append(ToolCallDelta(index=index, arguments=rest))
         calls = delta.tool_calls
         if calls:
-            json = self._json_restorer()
-            calls = tuple(
-                ToolCall(
-                    id=c.id,
-                    type=c.type,
-                    function=FunctionCall(
-                        name=self.name(c.function.name), arguments=json.restore(c.function.arguments)
-                    ),
-                )
-                for c in calls
-            )
+            calls = rewrite_tool_calls(calls, name=self.name, arguments=self._json_restorer().restore)
         return msgspec.structs.replace(
             delta, text=text, tool_call_deltas=tuple(pieces) or None, tool_calls=calls
         )

@@ -13,7 +13,7 @@ import re
 from typing import Any, Protocol
 
 from serving.errors import BadRequestError, ContextLengthExceededError
-from serving.protocol import ChatMessage, GenerationRequest
+from serving.protocol import ChatMessage, GenerationRequest, message_dict
 from serving.tools import template_tools
 
 __all__ = ["PromptRenderer", "PromptTokenizer", "budget_max_tokens"]
@@ -28,20 +28,8 @@ class PromptTokenizer(Protocol):
 
 
 def _message_dict(message: ChatMessage) -> dict[str, Any]:
-    d: dict[str, Any] = {"role": message.role, "content": message.content or ""}
-    if message.name is not None:
-        d["name"] = message.name
-    if message.tool_call_id is not None:
-        d["tool_call_id"] = message.tool_call_id
-    if message.tool_calls:
-        d["tool_calls"] = [
-            {
-                "id": c.id,
-                "type": c.type,
-                "function": {"name": c.function.name, "arguments": c.function.arguments},
-            }
-            for c in message.tool_calls
-        ]
+    d = message_dict(message)
+    d["content"] = message.content or ""  # chat templates concatenate it
     return d
 
 

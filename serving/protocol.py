@@ -8,8 +8,8 @@ internal representation of a request, separate from the OpenAI wire schema.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from typing import Literal, Protocol, runtime_checkable
+from collections.abc import AsyncIterator, Callable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import msgspec
 
@@ -24,6 +24,9 @@ __all__ = [
     "SamplingOptions",
     "ToolCall",
     "ToolCallDelta",
+    "message_dict",
+    "rewrite_tool_calls",
+    "tool_calls_dicts",
 ]
 
 FinishReason = Literal["stop", "length", "tool_calls", "content_filter", "abort", "error"]
@@ -48,6 +51,41 @@ class ToolCallDelta(msgspec.Struct, frozen=True, kw_only=True):
     id: str | None = None
     name: str | None = None
     arguments: str = ""
+
+
+def rewrite_tool_calls(
+    calls: tuple[ToolCall, ...], *, name: Callable[[str], str], arguments: Callable[[str], str]
+) -> tuple[ToolCall, ...]:
+    """``calls`` with each function's name and arguments passed through ``name`` and ``arguments``
+    (redaction on the way out, restoring on the way back)."""
+    return tuple(
+        ToolCall(
+            id=c.id,
+            type=c.type,
+            function=FunctionCall(name=name(c.function.name), arguments=arguments(c.function.arguments)),
+        )
+        for c in calls
+    )
+
+
+def tool_calls_dicts(calls: tuple[ToolCall, ...]) -> list[dict[str, Any]]:
+    """Tool calls in the OpenAI chat form (requests to an OpenAI-style API, responses, chat templates)."""
+    return [
+        {"id": c.id, "type": c.type, "function": {"name": c.function.name, "arguments": c.function.arguments}}
+        for c in calls
+    ]
+
+
+def message_dict(m: ChatMessage) -> dict[str, Any]:
+    """One message in the OpenAI chat form: fields left unset are left out, ``content`` is kept as it is."""
+    out: dict[str, Any] = {"role": m.role, "content": m.content}
+    if m.name is not None:
+        out["name"] = m.name
+    if m.tool_calls:
+        out["tool_calls"] = tool_calls_dicts(m.tool_calls)
+    if m.tool_call_id is not None:
+        out["tool_call_id"] = m.tool_call_id
+    return out
 
 
 class ChatMessage(msgspec.Struct, frozen=True, kw_only=True):
