@@ -30,7 +30,7 @@ from serving.models import ModelSpec
 from serving.pins import verify_model
 from serving.prober import Prober, ProbeSettings
 from serving.protocol import Delta, GenerationRequest, Health, ProviderInfo
-from serving.tool_output import ToolStream, reader_for, tool_parser_class
+from serving.tool_output import ToolSetup, ToolStream, reader_for, structured_outputs, tool_parser_class
 from serving.tools import plan_tools
 
 __all__ = ["EngineStats", "LocalEngine", "engine_args"]
@@ -286,7 +286,7 @@ class LocalEngine:
 
     def _prepare(self, request: GenerationRequest) -> tuple[list[int], Any, ToolStream | None]:
         from vllm.exceptions import VLLMClientError
-        from vllm.sampling_params import RequestOutputKind, SamplingParams, StructuredOutputsParams
+        from vllm.sampling_params import RequestOutputKind, SamplingParams
 
         if self._renderer is None:
             raise self._unavailable()
@@ -298,17 +298,9 @@ class LocalEngine:
                 f"model {self.name!r} has no `tool_parser` in models.toml: it cannot serve tools",
                 param="tools",
             )
-        reader, skip_special = (
-            (None, True) if plan is None else reader_for(plan, request, self._tool_parser, self._tokenizer)
+        tools = (
+            ToolSetup(None) if plan is None else reader_for(plan, request, self._tool_parser, self._tokenizer)
         )
-        schema = s.json_schema
-        if plan is not None and plan.schema is not None:
-            if schema is not None:
-                raise BadRequestError(
-                    "a response format cannot be combined with tool_choice 'required' or a named function",
-                    param="tool_choice",
-                )
-            schema = plan.schema
         max_tokens = budget_max_tokens(
             len(ids), s.max_tokens, self.max_model_len, prompt_param=param, min_tokens=s.min_tokens
         )
@@ -323,15 +315,13 @@ class LocalEngine:
                 seed=s.seed,
                 ignore_eos=s.ignore_eos,
                 output_kind=RequestOutputKind.DELTA,
-                skip_special_tokens=skip_special,
-                structured_outputs=None
-                if schema is None
-                else StructuredOutputsParams(json=schema, disable_any_whitespace=True),
+                skip_special_tokens=tools.skip_special_tokens,
+                structured_outputs=structured_outputs(s.json_schema, plan, tools),
             )
         except (ValueError, VLLMClientError) as exc:
             bad = getattr(exc, "parameter", None)
             raise BadRequestError(f"invalid sampling parameters: {exc}", param=bad) from exc
-        return ids, params, None if reader is None else ToolStream(reader)
+        return ids, params, None if tools.reader is None else ToolStream(tools.reader)
 
     async def _stream(self, request: GenerationRequest) -> AsyncIterator[Delta]:
         self._check_alive()

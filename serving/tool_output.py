@@ -19,10 +19,11 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import msgspec
 
+from serving.errors import BadRequestError
 from serving.protocol import Delta, FunctionCall, GenerationRequest, ToolCall, ToolCallDelta
 from serving.tools import ToolPlan
 
@@ -31,9 +32,11 @@ __all__ = [
     "ParsedCalls",
     "RequiredCalls",
     "ToolReader",
+    "ToolSetup",
     "ToolStream",
     "new_call_id",
     "reader_for",
+    "structured_outputs",
     "tool_parser_class",
 ]
 
@@ -308,18 +311,30 @@ def tool_parser_class(name: str) -> type[Any]:
         raise ValueError(f"vLLM has no tool parser {name!r}; it has: {known}") from None
 
 
+class ToolSetup(NamedTuple):
+    """How one generation serves its tools."""
+
+    reader: ToolReader | None
+    #: whether special tokens are dropped from the output text (some families' call markers are
+    #: special tokens; their parser says so)
+    skip_special_tokens: bool = True
+    #: ``auto`` with ``strict`` tools: the xgrammar structural tag that holds each call the model
+    #: starts to its tool's schema (JSON text), while text outside calls stays free
+    structural_tag: str | None = None
+
+
 def reader_for(
     plan: ToolPlan, request: GenerationRequest, parser_cls: type[Any] | None, tokenizer: Any
-) -> tuple[ToolReader | None, bool]:
-    """The reader for a request's tool plan, and whether special tokens stay in the output text
-    (some families' call markers are special tokens; their parser says so)."""
+) -> ToolSetup:
+    """How a generation serves its tool plan. ``BadRequestError`` for ``strict`` tools under
+    ``auto`` on a family whose calls vLLM cannot constrain."""
     if plan.mode == "named":
         assert plan.name is not None
-        return NamedCall(plan.name), True
+        return ToolSetup(NamedCall(plan.name))
     if plan.mode == "required":
-        return RequiredCalls(), True
+        return ToolSetup(RequiredCalls())
     if plan.mode == "none" or parser_cls is None:
-        return None, True
+        return ToolSetup(None)
     from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
 
     vllm_request = ChatCompletionRequest.model_validate(
@@ -331,9 +346,36 @@ def reader_for(
             "parallel_tool_calls": not plan.single,
         }
     )
+    tag = _strict_tag(parser_cls, vllm_request.tools or [], single=plan.single)
     parser = parser_cls(tokenizer, vllm_request.tools)
     vllm_request = parser.adjust_request(vllm_request)
-    return ParsedCalls(parser, vllm_request, single=plan.single), bool(vllm_request.skip_special_tokens)
+    return ToolSetup(
+        ParsedCalls(parser, vllm_request, single=plan.single),
+        skip_special_tokens=bool(vllm_request.skip_special_tokens),
+        structural_tag=tag,
+    )
+
+
+def _strict_tag(parser_cls: type[Any], tools: list[Any], *, single: bool) -> str | None:
+    """The structural tag for ``strict`` tools under ``auto`` (``None`` when no tool is strict)."""
+    if not any(getattr(t.function, "strict", None) for t in tools):
+        return None
+    model = getattr(parser_cls, "structural_tag_model", None)
+    if model is None:
+        raise BadRequestError(
+            "`strict` tools with tool_choice 'auto' need a model family whose calls vLLM can "
+            f"constrain, and this model's tool parser ({parser_cls.__name__}) has none; use "
+            "tool_choice 'required' or a named function (always schema-valid), or drop `strict`",
+            param="tools",
+        )
+    from vllm.tool_parsers.structural_tag_registry import get_model_structural_tag, limit_to_single_tool_call
+
+    tag = get_model_structural_tag(model=model, tools=tools, tool_choice="auto", reasoning=False)
+    if tag is None:
+        return None
+    if single:
+        limit_to_single_tool_call(tag)
+    return json.dumps(tag.model_dump())
 
 
 class ToolStream:
@@ -371,3 +413,21 @@ class ToolStream:
             tool_calls=whole,
             finish_reason=reason,
         )
+
+
+def structured_outputs(json_schema: str | None, plan: ToolPlan | None, tools: ToolSetup) -> Any:
+    """vLLM's ``StructuredOutputsParams`` for a generation: its tools' calls schema or structural
+    tag, or the JSON schema its answer must follow; ``None`` when neither applies."""
+    from vllm.sampling_params import StructuredOutputsParams
+
+    calls = plan.schema if plan is not None else None
+    if json_schema is not None and (calls is not None or tools.structural_tag is not None):
+        raise BadRequestError(
+            "a JSON answer format cannot be combined with tool_choice 'required', a named function "
+            "or `strict` tools on this route",
+            param="tool_choice" if calls is not None else "tools",
+        )
+    if tools.structural_tag is not None:
+        return StructuredOutputsParams(structural_tag=tools.structural_tag)
+    schema = calls if calls is not None else json_schema
+    return None if schema is None else StructuredOutputsParams(json=schema, disable_any_whitespace=True)

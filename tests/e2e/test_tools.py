@@ -221,6 +221,23 @@ async def test_auto_offers_the_tools_to_the_template_and_none_does_not(
     assert usage["none"] == usage[None] < usage["auto"] - 100
 
 
+async def test_strict_tools_under_auto_are_constrained_by_a_structural_tag_the_engine_compiles(
+    node: tuple[RunningNode, NodeSetup], local_engine: LocalEngine
+) -> None:
+    strict = [{**t, "function": {**t["function"], "strict": True}} for t in TOOLS]
+    request = GenerationRequest(
+        request_id="r", model=TINY, messages=(ChatMessage(role="user", content="hi"),), tools=tuple(strict)
+    )
+    _, params, _ = local_engine._prepare(request)
+    assert params.structured_outputs is not None and "<tool_call>" in params.structured_outputs.structural_tag
+    for seed in range(3):
+        reply = await _ask(node, tools=strict, max_tokens=64, seed=seed)
+        choice = reply.choices[0]
+        for call in choice.message.tool_calls or []:  # random weights rarely start a call
+            _valid(call.function.name, call.function.arguments)
+        assert choice.finish_reason in ("stop", "length", "tool_calls")
+
+
 async def test_tool_calls_and_tool_results_round_trip_through_the_template(
     node: tuple[RunningNode, NodeSetup], local_engine: LocalEngine, tiny_model_dir: Path
 ) -> None:

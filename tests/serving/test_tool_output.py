@@ -17,7 +17,14 @@ from serving.engine import LocalEngine
 from serving.errors import BadRequestError, EngineUnavailableError
 from serving.models import ModelSpec
 from serving.protocol import ChatMessage, Delta, GenerationRequest, ToolCallDelta
-from serving.tool_output import ParsedCalls, RequiredCalls, ToolStream, reader_for, tool_parser_class
+from serving.tool_output import (
+    ParsedCalls,
+    RequiredCalls,
+    ToolStream,
+    reader_for,
+    structured_outputs,
+    tool_parser_class,
+)
 from serving.tools import plan_tools
 
 ARGS = {"type": "object", "properties": {"x": {"type": "integer"}}, "required": ["x"]}
@@ -126,8 +133,8 @@ def test_auto_reads_hermes_calls_with_vllms_parser_as_they_stream(tokenizer: Any
     plan = plan_tools(request)
     assert plan is not None
     text = 'Let me look.<tool_call>\n{"name": "f", "arguments": {"x": 41}}\n</tool_call>'
-    reader, skip_special = reader_for(plan, request, tool_parser_class("hermes"), tokenizer)
-    assert isinstance(reader, ParsedCalls) and skip_special is False
+    reader, skip_special, tag = reader_for(plan, request, tool_parser_class("hermes"), tokenizer)
+    assert isinstance(reader, ParsedCalls) and skip_special is False and tag is None  # no strict tool
     ids = tokenizer.encode(text, add_special_tokens=False)
     stream, content, fragments, last = ToolStream(reader), "", [], Delta()
     for i, token in enumerate(ids):
@@ -148,13 +155,31 @@ def test_auto_without_a_call_keeps_every_character_as_content(tokenizer: Any) ->
     request = _request(parallel_tool_calls=False)
     plan = plan_tools(request)
     assert plan is not None
-    reader, _ = reader_for(plan, request, tool_parser_class("hermes"), tokenizer)
+    reader = reader_for(plan, request, tool_parser_class("hermes"), tokenizer).reader
     assert reader is not None
     stream = ToolStream(reader)
     out = [stream.delta(Delta(text=t), ()) for t in ("plain ", "text <tool")]
     out.append(stream.delta(Delta(text="", finish_reason="length"), ()))
     assert "".join(d.text for d in out) == "plain text <tool"  # the held-back tag start comes at the end
     assert out[-1].finish_reason == "length" and not any(d.tool_call_deltas or d.tool_calls for d in out)
+
+
+def test_strict_tools_under_auto_are_held_to_their_schema_by_a_structural_tag(tokenizer: Any) -> None:
+    strict = {"type": "function", "function": {"name": "f", "parameters": ARGS, "strict": True}}
+    request = msgspec.structs.replace(_request(), tools=(strict, TOOLS[1]))
+    plan = plan_tools(request)
+    assert plan is not None and plan.mode == "auto"
+    setup = reader_for(plan, request, tool_parser_class("hermes"), tokenizer)
+    assert setup.structural_tag is not None
+    tag = json.loads(setup.structural_tag)
+    assert "<tool_call>" in json.dumps(tag) and '"x"' in json.dumps(tag)
+    params = structured_outputs(None, plan, setup)
+    assert params.structural_tag == setup.structural_tag and params.json is None
+    with pytest.raises(BadRequestError, match="strict"):
+        structured_outputs('{"type": "object"}', plan, setup)
+    # a family whose calls vLLM cannot constrain: strict under auto is refused, not ignored
+    with pytest.raises(BadRequestError, match="strict"):
+        reader_for(plan, request, tool_parser_class("pythonic"), tokenizer)
 
 
 async def test_a_tool_parser_vllm_does_not_have_is_refused_naming_the_known_ones(
