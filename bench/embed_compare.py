@@ -18,20 +18,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import random
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from pathlib import Path
 
 import httpx
 
-from .serve_compare import Server, _bastion, _free_port, _stop, _wait_ready
+from .harness import Server, bastion_from_args, vllm_server, wait_ready
 
 __all__ = ["main"]
 
@@ -40,27 +38,19 @@ _WORDS = "the audit log node tenant model token cache engine request vector matr
 
 @contextmanager
 def _vllm_embed(model_dir: Path, args: argparse.Namespace) -> Iterator[Server]:
-    port = _free_port()
-    env = dict(os.environ, VLLM_NO_USAGE_STATS="1", DO_NOT_TRACK="1", HF_HUB_OFFLINE="1")
-    cmd = [
-        sys.executable, "-m", "vllm.entrypoints.openai.api_server",
-        "--model", str(model_dir), "--served-model-name", args.model,
-        "--runner", "pooling", "--convert", "embed",
-        "--host", "127.0.0.1", "--port", str(port),
-        "--dtype", "float32", "--max-model-len", "2048", "--max-num-seqs", str(args.max_num_seqs),
-        "--gpu-memory-utilization", "0.5", "--kv-cache-memory-bytes", str(args.kv_cache_bytes),
-        "--load-format", "safetensors", "--disable-uvicorn-access-log", "--no-enable-prefix-caching",
-        "--enforce-eager",
-    ]  # fmt: skip
-    log = open(Path(args.log_dir) / "vllm-embed.log", "wb")
-    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        url = f"http://127.0.0.1:{port}"
-        _wait_ready(url, proc, "/health", args.start_timeout_s)
-        yield Server("vllm", url, None, proc)
-    finally:
-        _stop(proc)
-        log.close()
+    with vllm_server(
+        model_dir,
+        args.model,
+        [
+            "--runner", "pooling", "--convert", "embed",
+            "--dtype", "float32", "--max-model-len", "2048", "--max-num-seqs", str(args.max_num_seqs),
+            "--gpu-memory-utilization", "0.5", "--kv-cache-memory-bytes", str(args.kv_cache_bytes),
+            "--no-enable-prefix-caching", "--enforce-eager",
+        ],
+        log_path=Path(args.log_dir) / "vllm-embed.log",
+        start_timeout_s=args.start_timeout_s,
+    ) as server:  # fmt: skip
+        yield server
 
 
 async def _load(server: Server, args: argparse.Namespace, seed: int) -> dict[str, float]:
@@ -123,10 +113,10 @@ def main(argv: list[str] | None = None) -> int:
     if not (model_dir / "config.json").exists():
         print(f"no model at {model_dir}: run `bastion models build-dev` first", file=sys.stderr)
         return 2
-    starters = {
+    starters: dict[str, Callable[[], AbstractContextManager[Server]]] = {
         "vllm": lambda: _vllm_embed(model_dir, args),
-        "bastion": lambda: _bastion(args),
-        "bastion-noaudit": lambda: _bastion(args, audit=False),
+        "bastion": lambda: bastion_from_args(args),
+        "bastion-noaudit": lambda: bastion_from_args(args, audit=False),
     }
     order = [t.strip() for t in args.targets.split(",") if t.strip()]
     if "vllm" not in order or any(t not in starters for t in order):
@@ -139,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
             asyncio.run(_load(server, args, seed=1000))  # warm-up pass
         for rnd in range(args.rounds):
             for server in servers if rnd % 2 == 0 else servers[::-1]:
-                _wait_ready(server.url, server.proc, server.ready_path, args.start_timeout_s)
+                wait_ready(server.url, server.proc, server.ready_path, args.start_timeout_s)
                 r = asyncio.run(_load(server, args, seed=rnd))
                 results[server.name].append(r)
                 print(f"round {rnd} {server.name:8} {r['req_s']:8.1f} req/s  p50 {r['p50_ms']:7.1f} ms  "

@@ -8,18 +8,17 @@ the same mock. Rounds alternate; medians are printed with the ratios.
 
     python -m bench.gateway_overhead [--litellm-bin /tmp/litellm-venv/bin/litellm]
 
-A pure HTTP client like the rest of ``bench``: the node and LiteLLM are subprocesses.
+A pure HTTP client like the rest of ``bench``: the node and LiteLLM are subprocesses;
+the node runs as the ``bastion`` command and is configured through it (``bench.harness``).
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
+import json
 import os
 import secrets
 import statistics
-import subprocess
-import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -27,9 +26,9 @@ from pathlib import Path
 
 from .cli import run_async
 from .config import decode_config
+from .harness import bastion_command, check_config, create_key, free_port, running
 from .mockproc import mock_process
 from .runner import run_load
-from .serve_compare import _free_port, _stop, _wait_ready
 
 __all__ = ["main"]
 
@@ -38,15 +37,15 @@ MODEL = "mock-model-2024-01-01"
 
 @contextmanager
 def _node(mock_url: str, args: argparse.Namespace) -> Iterator[tuple[str, str]]:
-    """A node with no local engine, one route falling back to the mock."""
-    port = _free_port()
+    """A node with no local engine, one route falling back to the mock (``bastion serve``), and a
+    key for its tenant (``bastion keys create``)."""
+    port = free_port()
     work = Path(tempfile.mkdtemp(prefix="bastion-gw-"))
-    ident, secret = secrets.token_hex(6), secrets.token_urlsafe(32)
-    key = f"bst_{ident}_{secret}"
-    (work / "node.toml").write_text(
+    config = work / "node.toml"
+    config.write_text(
         f"""
-models_file = "{Path(args.models_file).resolve()}"
-data_dir = "{work / "data"}"
+models_file = {json.dumps(str(Path(args.models_file).resolve()))}
+data_dir = {json.dumps(str(work / "data"))}
 serve = []
 [server]
 host = "127.0.0.1"
@@ -54,7 +53,7 @@ port = {port}
 [[providers]]
 name = "mock"
 kind = "openai"
-base_url = "{mock_url}/v1"
+base_url = {json.dumps(mock_url + "/v1")}
 region = "bench"
 api_key_env = "BENCH_MOCK_KEY"
 [providers.models."{MODEL}"]
@@ -68,20 +67,22 @@ name = "bench"
 models = ["{MODEL}"]
 residency = ["bench"]
 redact = {"true" if args.redact else "false"}
-keys = [{{ id = "k_{ident}", sha256 = "{hashlib.sha256(key.encode()).hexdigest()}" }}]
 [audit]
 enabled = false
 """
     )
-    cmd = [sys.executable, "-m", "node.cli", "serve", "--config", str(work / "node.toml")]
-    with _server(cmd, port, "/readyz", 120, BENCH_MOCK_KEY="not-a-real-key") as url:
+    env = dict(os.environ, BENCH_MOCK_KEY="not-a-real-key")
+    check_config(config, env)
+    key = create_key(config, "bench")
+    cmd = [*bastion_command(), "serve", "--config", str(config)]
+    with running(cmd, port=port, ready_path="/readyz", timeout_s=120, env=env) as (url, _):
         yield url, key
 
 
 @contextmanager
 def _litellm(mock_url: str, binary: str) -> Iterator[tuple[str, str]]:
     """A LiteLLM proxy for the same mock, behind a master key (it refuses to start without one)."""
-    port = _free_port()
+    port = free_port()
     master = "sk-" + secrets.token_hex(16)
     work = Path(tempfile.mkdtemp(prefix="litellm-gw-"))
     (work / "config.yaml").write_text(
@@ -89,21 +90,9 @@ def _litellm(mock_url: str, binary: str) -> Iterator[tuple[str, str]]:
         f"      api_base: {mock_url}/v1\n      api_key: not-a-real-key\n"
     )
     cmd = [binary, "--config", str(work / "config.yaml"), "--port", str(port)]
-    with _server(cmd, port, "/health/liveliness", 180, LITELLM_MASTER_KEY=master) as url:
+    env = dict(os.environ, LITELLM_MASTER_KEY=master)
+    with running(cmd, port=port, ready_path="/health/liveliness", timeout_s=180, env=env) as (url, _):
         yield url, master
-
-
-@contextmanager
-def _server(cmd: list[str], port: int, ready_path: str, timeout_s: float, **env: str) -> Iterator[str]:
-    """A server subprocess on ``port``, ready when ``ready_path`` answers 200; stopped on exit."""
-    proc = subprocess.Popen(cmd, env=dict(os.environ, **env), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
-    try:
-        url = f"http://127.0.0.1:{port}"
-        _wait_ready(url, proc, ready_path, timeout_s)
-        yield url
-    finally:
-        _stop(proc)
 
 
 def _measure(
@@ -119,7 +108,8 @@ def _measure(
             "num_requests": args.requests * max(1, concurrency // 4),
             "seed": seed,
             "continuous_usage": False,
-            "workload": {"kind": "random", "input_len": 16, "output_len": 16},
+            # no ignore_eos/min_tokens: an external route refuses them (the mock answers max_tokens anyway)
+            "workload": {"kind": "random", "input_len": 16, "output_len": 16, "fixed_output": False},
         }
     )
     result = run_async(run_load(cfg))

@@ -7,135 +7,79 @@ streaming load (``bench.run_load``), alternating rounds so that machine noise
 hits both. Prints output tokens/s, TTFT p50/p99 and the peak
 resident memory of each server's process tree, and the ratios Bastion / vLLM.
 Target ``engine`` adds the same engine driven in process without HTTP
-(``python -m serving.engine_bench``): the ceiling both servers share. With
+(``bastion engine-bench``): the ceiling both servers share. With
 ``--together`` each server is driven only once its health check passes again
 (an idle server starved of CPU by the other's round may have missed a probe).
 
     python -m bench.serve_compare --model-dir data/models/bastion-tiny
 
-A pure HTTP client like the rest of ``bench``: the servers are subprocesses.
+A pure HTTP client like the rest of ``bench``: the servers are subprocesses, Bastion
+runs as the ``bastion`` command and is configured through it (``bench.harness``).
+Peak RSS needs the ``bench`` extra (psutil).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import json
 import os
-import re
-import secrets
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from pathlib import Path
 
-import httpx
-import psutil
-
+from .cli import run_async
 from .config import decode_config
+from .harness import (
+    ProcessTreeMemory,
+    Server,
+    bastion_command,
+    bastion_from_args,
+    no_egress_env,
+    vllm_server,
+    wait_ready,
+)
 from .runner import run_load
 
 __all__ = ["main"]
 
-_KEY = re.compile(r"\b(bst_[A-Za-z0-9_-]+)")
-
-
-@dataclass
-class Server:
-    name: str
-    url: str
-    api_key: str | None
-    proc: subprocess.Popen[bytes]
-    peak_rss: int = 0
-    _stop: threading.Event = field(default_factory=threading.Event)
-    #: for the in-process engine (no URL): its stdout, one JSON result line per ``run SEED``
-    lines: Iterator[bytes] | None = None
-    #: what says the server is ready (its health probe passed)
-    ready_path: str = "/health"
-
-    def sample_memory(self) -> None:
-        """Peak resident memory of the whole process tree (engine processes included)."""
-        try:
-            root = psutil.Process(self.proc.pid)
-        except psutil.Error:
-            return
-        while not self._stop.wait(0.25):
-            total = 0
-            try:
-                for p in [root, *root.children(recursive=True)]:
-                    total += p.memory_info().rss
-            except psutil.Error:
-                continue
-            self.peak_rss = max(self.peak_rss, total)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _wait_ready(url: str, proc: subprocess.Popen[bytes], path: str, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode} before it was ready")
-        try:
-            if httpx.get(url + path, timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.25)
-    raise TimeoutError(f"{url} not ready after {timeout_s} s")
-
 
 @contextmanager
 def _vllm(model_dir: Path, args: argparse.Namespace) -> Iterator[Server]:
-    port = _free_port()
-    env = dict(os.environ, VLLM_NO_USAGE_STATS="1", DO_NOT_TRACK="1", HF_HUB_OFFLINE="1")
-    cmd = [
-        sys.executable, "-m", "vllm.entrypoints.openai.api_server",
-        "--model", str(model_dir), "--served-model-name", args.model,
-        "--host", "127.0.0.1", "--port", str(port),
-        "--dtype", "float32", "--max-model-len", "2048", "--max-num-seqs", str(args.max_num_seqs),
-        "--gpu-memory-utilization", "0.5", "--kv-cache-memory-bytes", str(args.kv_cache_bytes),
-        "--load-format", "safetensors", "--disable-uvicorn-access-log",
-    ]  # fmt: skip
-    log = open(Path(args.log_dir) / "vllm.log", "wb")
-    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        url = f"http://127.0.0.1:{port}"
-        _wait_ready(url, proc, "/health", args.start_timeout_s)
-        yield Server("vllm", url, None, proc)
-    finally:
-        _stop(proc)
-        log.close()
+    with vllm_server(
+        model_dir,
+        args.model,
+        [
+            "--dtype", "float32", "--max-model-len", "2048", "--max-num-seqs", str(args.max_num_seqs),
+            "--gpu-memory-utilization", "0.5", "--kv-cache-memory-bytes", str(args.kv_cache_bytes),
+        ],
+        log_path=Path(args.log_dir) / "vllm.log",
+        start_timeout_s=args.start_timeout_s,
+    ) as server:  # fmt: skip
+        yield server
 
 
 @contextmanager
 def _engine(args: argparse.Namespace) -> Iterator[Server]:
-    """``python -m serving.engine_bench``: the same engine in process, driven without HTTP.
+    """``bastion engine-bench``: the same engine in process, driven without HTTP.
 
     A subprocess like the servers (bench imports nothing of Bastion's); it prints
     ``ready`` once started, then one JSON line per ``run SEED`` it reads.
     """
     cmd = [
-        sys.executable, "-m", "serving.engine_bench", "--models-file", args.models_file,
+        *bastion_command(), "engine-bench", "--models-file", args.models_file,
         "--model", args.model, "--data-dir", args.data_dir, "--requests", str(args.requests),
         "--concurrency", str(args.concurrency), "--input-len", str(args.input_len),
         "--output-len", str(args.output_len),
     ]  # fmt: skip
     log = open(Path(args.log_dir) / "engine.log", "wb")
-    env = dict(os.environ, VLLM_NO_USAGE_STATS="1", DO_NOT_TRACK="1", HF_HUB_OFFLINE="1")
+    env = no_egress_env()
     proc = subprocess.Popen(cmd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
                             start_new_session=True)  # fmt: skip
     assert proc.stdout is not None
@@ -155,9 +99,9 @@ def _engine(args: argparse.Namespace) -> Iterator[Server]:
                 break
             log.write(line)
             if time.monotonic() > deadline:
-                raise TimeoutError("engine_bench not ready")
+                raise TimeoutError("bastion engine-bench not ready")
         else:
-            raise RuntimeError(f"engine_bench exited with {proc.wait()} before it was ready")
+            raise RuntimeError(f"bastion engine-bench exited with {proc.wait()} before it was ready")
         yield Server("engine", "", None, proc, lines=results())
     finally:
         if proc.stdin is not None:
@@ -177,7 +121,7 @@ def _run_engine(server: Server, seed: int) -> dict[str, float]:
     server.proc.stdin.flush()
     line = next(server.lines, None)
     if line is None:
-        raise RuntimeError(f"engine_bench exited with {server.proc.wait()}")
+        raise RuntimeError(f"bastion engine-bench exited with {server.proc.wait()}")
     result = json.loads(line)
     if "error" in result:
         raise RuntimeError(result["error"])
@@ -186,88 +130,12 @@ def _run_engine(server: Server, seed: int) -> dict[str, float]:
     return {k: float("nan") if result[k] is None else float(result[k]) for k in keys}
 
 
-def _no_audit_config(work: Path, args: argparse.Namespace, port: int) -> tuple[Path, str]:
-    """A node.toml like dev mode's but with the audit log off (``[audit] enabled = false``), and its key.
-
-    Keys read ``bst_<id>_<secret>`` and are stored as their SHA-256 (see the README).
-    """
-    ident, secret = secrets.token_hex(6), secrets.token_urlsafe(32)
-    key = f"bst_{ident}_{secret}"
-    models = Path(args.models_file).resolve()
-    config = work / "node.toml"
-    config.write_text(
-        f'models_file = "{models}"\ndata_dir = "{Path(args.data_dir).resolve()}"\nserve = ["{args.model}"]\n'
-        f'[server]\nhost = "127.0.0.1"\nport = {port}\n'
-        f'[[tenants]]\nname = "bench"\nmodels = ["{args.model}"]\nresidency = "local-only"\n'
-        f'keys = [{{ id = "k_{ident}", sha256 = "{hashlib.sha256(key.encode()).hexdigest()}" }}]\n'
-        "[audit]\nenabled = false\n"
-    )
-    return config, key
-
-
-@contextmanager
-def _bastion(args: argparse.Namespace, *, audit: bool = True) -> Iterator[Server]:
-    port = _free_port()
-    work = Path(tempfile.mkdtemp(prefix="bastion-bench-"))
-    env = dict(os.environ, BASTION_DATA_DIR=str(Path(args.data_dir).resolve()))
-    env.pop("BASTION_CONFIG", None)
-    cmd = [sys.executable, "-m", "node.cli", "serve", "--port", str(port)]
-    key: list[str] = []
-    if not audit:
-        config, plain_key = _no_audit_config(work, args, port)
-        cmd += ["--config", str(config)]
-        key.append(plain_key)
-    proc = subprocess.Popen(cmd, env=env, cwd=work, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            start_new_session=True)  # fmt: skip
-    log = open(Path(args.log_dir) / f"bastion{'' if audit else '-noaudit'}.log", "wb")
-
-    def pump() -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            log.write(line)
-            if not key and (m := _KEY.search(line.decode(errors="replace"))):
-                key.append(m.group(1))
-
-    reader = threading.Thread(target=pump, daemon=True)
-    reader.start()
-    try:
-        url = f"http://127.0.0.1:{port}"
-        _wait_ready(url, proc, "/readyz", args.start_timeout_s)
-        yield Server("bastion" if audit else "bastion-noaudit", url, key[0] if key else None, proc,
-                     ready_path="/readyz")  # fmt: skip
-    finally:
-        _stop(proc)
-        reader.join(timeout=10)
-        log.close()
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-
-
-@contextmanager
-def _sampling_memory(server: Server) -> Iterator[None]:
-    """Sample the server's process tree for peak RSS while the block runs."""
-    sampler = threading.Thread(target=server.sample_memory, daemon=True)
-    sampler.start()
-    try:
-        yield
-    finally:
-        server._stop.set()
-        sampler.join(timeout=5)
-        server._stop.clear()
-
-
 def _drive(server: Server, args: argparse.Namespace, seed: int) -> dict[str, float]:
     if server.lines is not None:
-        with _sampling_memory(server):
-            return _run_engine(server, seed)
+        with ProcessTreeMemory(server.proc.pid) as memory:
+            r = _run_engine(server, seed)
+        server.peak_rss = memory.peak_rss
+        return r
     cfg = decode_config(
         {
             "url": server.url,
@@ -281,10 +149,9 @@ def _drive(server: Server, args: argparse.Namespace, seed: int) -> dict[str, flo
             "workload": {"kind": "random", "input_len": args.input_len, "output_len": args.output_len},
         }
     )
-    from .cli import run_async
-
-    with _sampling_memory(server):
+    with ProcessTreeMemory(server.proc.pid) as memory:
         result = run_async(run_load(cfg))
+    server.peak_rss = memory.peak_rss
     return {
         "tok_s": result.output_tokens_per_s,
         "ttft_p50_ms": result.ttft_p50_ms or float("nan"),
@@ -328,10 +195,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"no model at {model_dir}: run `bastion models build-dev` first", file=sys.stderr)
         return 2
     order = [t.strip() for t in args.targets.split(",") if t.strip()]
-    starters = {
+    starters: dict[str, Callable[[], AbstractContextManager[Server]]] = {
         "vllm": lambda: _vllm(model_dir, args),
-        "bastion": lambda: _bastion(args),
-        "bastion-noaudit": lambda: _bastion(args, audit=False),
+        "bastion": lambda: bastion_from_args(args),
+        "bastion-noaudit": lambda: bastion_from_args(args, audit=False),
         "engine": lambda: _engine(args),
     }
     if unknown := [t for t in order if t not in starters]:
@@ -345,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
             # An idle server starved of CPU while another is driven may have missed a health
             # probe; each is driven only once it says it is ready again (and the wait is shown).
             t0 = time.monotonic()
-            _wait_ready(server.url, server.proc, server.ready_path, args.start_timeout_s)
+            wait_ready(server.url, server.proc, server.ready_path, args.start_timeout_s)
             if (waited := time.monotonic() - t0) > 1.0:
                 print(f"round {rnd} {server.name:16} waited {waited:.1f} s for {server.ready_path}")
         server.peak_rss = 0

@@ -416,6 +416,12 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return status_command(args.url, token=os.environ.get(args.token_env) if args.token_env else None)
 
 
+def _cmd_engine_bench(args: argparse.Namespace) -> int:
+    from serving.engine_bench import run_engine_bench
+
+    return run_engine_bench(args)
+
+
 def _cmd_canary(args: argparse.Namespace) -> int:
     apply_no_egress_env()
     from .canaries import run_canaries_command
@@ -539,6 +545,14 @@ def build_parser() -> argparse.ArgumentParser:
     crun.add_argument("names", nargs="*")
     canary.add_argument("--config")
     canary.set_defaults(func=_cmd_canary)
+
+    from serving.engine_bench import add_engine_bench_arguments
+
+    engine_bench = sub.add_parser(
+        "engine-bench", help="the local engine's streaming ceiling, no HTTP (run by bench.serve_compare)"
+    )
+    add_engine_bench_arguments(engine_bench)
+    engine_bench.set_defaults(func=_cmd_engine_bench)
     return parser
 
 

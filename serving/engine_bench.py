@@ -1,4 +1,4 @@
-"""``python -m serving.engine_bench``: the local engine's own streaming ceiling, in process, no HTTP.
+"""``bastion engine-bench``: the local engine's own streaming ceiling, in process, no HTTP.
 
 Starts a ``LocalEngine`` on a pinned model (verified as ``bastion serve``
 verifies it), prints ``ready``, then for every ``run SEED`` line on stdin
@@ -27,7 +27,7 @@ from .engine import LocalEngine
 from .models import load_models_file
 from .protocol import GenerationRequest, SamplingOptions
 
-__all__ = ["main", "run_round"]
+__all__ = ["add_engine_bench_arguments", "main", "run_engine_bench", "run_round"]
 
 _WORDS = (
     "the of and to in is was for on that with as by at from this have are be an which or it not "
@@ -128,8 +128,8 @@ async def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m serving.engine_bench", description=__doc__)
+def add_engine_bench_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of ``bastion engine-bench`` (and ``python -m serving.engine_bench``)."""
     p.add_argument("--models-file", default="models.toml")
     p.add_argument("--model", default="bastion-tiny")
     p.add_argument("--data-dir", default="data", help="holds models/<name>")
@@ -137,7 +137,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--concurrency", type=int, default=16)
     p.add_argument("--input-len", type=int, default=32)
     p.add_argument("--output-len", type=int, default=64)
-    return asyncio.run(_serve(p.parse_args(argv)))
+
+
+def run_engine_bench(args: argparse.Namespace) -> int:
+    """Start the engine, then answer ``run SEED`` lines on stdin until it closes."""
+    return asyncio.run(_serve(args))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m serving.engine_bench", description=__doc__)
+    add_engine_bench_arguments(p)
+    return run_engine_bench(p.parse_args(argv))
 
 
 if __name__ == "__main__":

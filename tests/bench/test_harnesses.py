@@ -1,0 +1,51 @@
+"""Smoke runs of the side-by-side harnesses: a tiny load each, the report's figures read back.
+
+They run what an operator runs: ``bastion`` as a command (configured through ``bastion config
+check`` and ``bastion keys create``), the mock upstream and the engine as subprocesses.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from bench import gateway_overhead
+from bench.harness import check_config, create_key, free_port, no_audit_config
+
+
+def _figures(line: str) -> list[float]:
+    return [float(x) for x in re.findall(r"-?\d+(?:\.\d+)?|nan", line)]
+
+
+def test_gateway_overhead_reports_what_the_node_adds(
+    models_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert gateway_overhead.main(["--requests", "4", "--rounds", "1", "--models-file", str(models_file)]) == 0
+    out = capsys.readouterr().out
+    rounds = [line for line in out.splitlines() if line.startswith("round 0 bastion")]
+    assert len(rounds) == 2 and all(line.endswith("failed 0") for line in rounds), out
+    summary = {
+        (line.split()[0], line.split()[1]): line for line in out.split("added p50 ms")[1].splitlines()[1:]
+    }
+    for c in ("1", "16"):
+        for name in ("direct", "bastion"):
+            _c, p50, p99, rps, _added = _figures(summary[(name, c)])
+            assert p50 > 0 and p99 >= p50 and rps > 0, summary[(name, c)]
+        assert _figures(summary[("bastion", c)])[-1] > 0, "the node adds some latency"
+
+
+def test_a_node_config_is_checked_and_keyed_by_the_bastion_command(
+    tmp_path: Path, models_file: Path, data_dir: Path, tiny_model_dir: Path
+) -> None:
+    config, key = no_audit_config(
+        tmp_path, models_file=models_file, data_dir=data_dir, model="bastion-tiny", port=free_port()
+    )
+    assert key.startswith("bst_") and key not in config.read_text()
+    assert create_key(config, "bench") not in (key, "")
+    with pytest.raises(RuntimeError, match="no tenant 'nobody'"):
+        create_key(config, "nobody")
+    config.write_text(config.read_text().replace("residency", "residence"))
+    with pytest.raises(RuntimeError, match="residence"):
+        check_config(config)
