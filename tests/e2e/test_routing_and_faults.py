@@ -1,7 +1,7 @@
 """Faults through the whole node: engine down, mid-stream failure, audit unavailable, residency.
 
 External APIs are a fake upstream on 127.0.0.1 (real HTTP and SSE). The local
-engine's faults come from real alternative providers passed to ``create_app``.
+engine's faults come from real alternative providers passed to ``build_node``.
 """
 
 from __future__ import annotations

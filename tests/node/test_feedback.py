@@ -46,7 +46,7 @@ async def test_own_request_is_rated_and_recorded_in_the_audit_log(
         assert node.state.audit is not None
         hits = await node.state.audit.find(request_id=request_id, tenant="acme")
         assert [h.type for h in hits].count("feedback") == 1
-        # counted under the model when the lifespan keeps the request index, else under "other"
+        # counted under the model when build_node keeps the request index, else under "other"
         label = TINY if node.state.feedback is not None else "other"
         assert _feedback_count(node.state, label, "1") == 1
 
@@ -154,7 +154,7 @@ async def test_unauthenticated_is_401(tmp_path: Path, local_engine: Provider) ->
 
 
 async def test_the_request_index_labels_feedback_by_model(tmp_path: Path, local_engine: Provider) -> None:
-    """With the index attached (as the lifespan would), counts carry the model that served the request."""
+    """With the index attached (as build_node does), counts carry the model that served the request."""
     setup = node_setup(tmp_path)
     async with (
         running_node(setup, {TINY: local_engine}) as node,
@@ -162,7 +162,7 @@ async def test_the_request_index_labels_feedback_by_model(tmp_path: Path, local_
     ):
         store = node.state.feedback
         opened = None
-        if store is None:  # the lifespan does not open it (yet): attach one as it would
+        if store is None:  # build_node does not open it (yet): attach one as it would
             opened = store = await FeedbackStore.open(tmp_path / "data" / "feedback.db")
             node.state.feedback = store
         try:

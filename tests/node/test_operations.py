@@ -1,7 +1,7 @@
 """Operating the audit log of a node that serves: shred, rotate-kek, retention and backup, never a stop.
 
 The node is the real app under uvicorn on 127.0.0.1 with its real audit log (its
-admin socket runs in the lifespan); the operator's commands are real ``bastion``
+admin socket is part of the node ``build_node`` assembles); the operator's commands are real ``bastion``
 processes, given the node's node.toml. The provider is the fake upstream (real
 HTTP on loopback), so no engine is needed.
 """
