@@ -1,8 +1,8 @@
 """The request path of ``/v1/chat/completions`` and ``/v1/completions``.
 
 (authenticated: ``node.dependencies``) the request's record (``RequestRecord``) -> decode -> model
-access -> route (the router records the decision through ``before_forward``,
-which appends the durable start record before any provider is contacted) ->
+access -> route (the record is the router's ``RouteObserver``: its ``on_forward``
+appends the durable start record before any provider is contacted) ->
 stream or collect -> end record (durable before the response finishes) ->
 metrics and the request log line. Anything that ends an authenticated request
 before its stream ends it through the record: ``request.rejected`` at least.
@@ -64,6 +64,7 @@ async def handle_generation(
         request_id=request_id,
         endpoint="chat" if chat else "completions",
         started=started,
+        refusal_headers=request.scope["state"].setdefault("route_headers", {}),
     )
     async with record.refusals_recorded():
         wire, generation = await _decode(state, request, principal, request_id, chat=chat)
@@ -76,8 +77,8 @@ async def handle_generation(
             # every line: a proxy may append its own value as a second line (RFC 9110 5.3)
             residency_headers=tuple(request.headers.getall(RESIDENCY_HEADER, [])),
         )
-        routed = await state.router.open(route_request, before_forward=record.started_forwarding)
-    headers = record.route_headers(routed)
+        routed = await state.router.open(route_request, observer=record)
+    headers = record.headers()
     record.stream = wire.stream
     if wire.stream:
         encoder = StreamEncoder(
@@ -161,7 +162,6 @@ async def _collect(
                 last = delta
     except BaseException as exc:
         await _close_quietly(routed)
-        record.charged(routed)
         err = to_bastion_error(exc) if isinstance(exc, Exception) else None
         if isinstance(exc, asyncio.CancelledError) and drain.was_cut():
             err = drain.cut_error()  # the drain timeout passed: a 503, recorded
@@ -178,7 +178,6 @@ async def _collect(
         resp.headers.update(headers)
         return resp
     text = "".join(parts)
-    record.charged(routed)
     with anyio.CancelScope(shield=True):
         await record.ended(status="ok", text=text, error=None, last=last, tool_calls=tool_calls)
     body = (
@@ -239,7 +238,6 @@ async def _sse(
         raise
     finally:
         await _close_quietly(routed)
-        record.charged(routed)
         with anyio.CancelScope(shield=True):
             # Durable before the response finishes; a failing audit turns into an error event.
             try:

@@ -17,12 +17,12 @@ the route is always ``local``. A header that cannot be read is still a 400
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import anyio
 from litestar import Request, Response
 
+from router import ForwardDecision
 from router.policy import RESIDENCY_HEADER, effective_residency
 from serving.embedding import Embedder, EmbeddingRequest
 from serving.errors import BadRequestError, ModelNotFoundError
@@ -39,24 +39,18 @@ __all__ = ["handle_embeddings"]
 REASON = "embeddings-local"
 
 
-@dataclass(frozen=True)
-class _LocalDecision:
-    """What the record is told before the engine is asked (the router's decision, for chat)."""
-
-    model: str
-    revision: str
-    route: str = "local"
-    reason: str = REASON
-    provider: str = "local"
-
-
 async def handle_embeddings(
     state: NodeState, request: Request[Any, Any, Any], principal: Principal, request_id: str
 ) -> Response[Any]:
     """``principal``: the authenticated tenant (``node.dependencies``); ``request_id``: its ``embd-`` id."""
     started = time.monotonic()
     record = RequestRecord(
-        state=state, principal=principal, request_id=request_id, endpoint="embeddings", started=started
+        state=state,
+        principal=principal,
+        request_id=request_id,
+        endpoint="embeddings",
+        started=started,
+        refusal_headers=request.scope["state"].setdefault("route_headers", {}),
     )
     async with record.refusals_recorded():
         wire = decode_request(await request.body(), EmbeddingsRequest)
@@ -78,8 +72,16 @@ async def handle_embeddings(
                 "dimensions": wire.dimensions,
             }
         }
-        await record.started_forwarding(
-            _LocalDecision(model=wire.model, revision=state.revision_of(wire.model))
+        await record.on_forward(
+            ForwardDecision(
+                route="local",
+                reason=REASON,
+                provider="local",
+                model=wire.model,
+                revision=state.revision_of(wire.model),
+                redactions={},
+                attempt=0,
+            )
         )
         result = await embedder.embed(
             EmbeddingRequest(

@@ -60,15 +60,19 @@ def error_response(err: BastionError, request_id: str | None = None) -> Response
     if err.retry_after_s is not None:
         headers["retry-after"] = str(max(1, math.ceil(err.retry_after_s)))
     if err.reason:
-        headers["x-bastion-route-reason"] = err.reason
+        headers["x-bastion-route-error"] = err.reason
     if request_id:
         headers["x-request-id"] = request_id
     return Response(err.to_body(), status_code=err.status_code, headers=headers)  # type: ignore[arg-type]
 
 
 def _handle(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, object]]:
-    request_id = request.scope.get("state", {}).get("request_id")
-    return error_response(to_bastion_error(exc), request_id if isinstance(request_id, str) else None)
+    state = request.scope.get("state", {})
+    request_id = state.get("request_id")
+    response = error_response(to_bastion_error(exc), request_id if isinstance(request_id, str) else None)
+    # where the router had got to when the request was refused (``RequestRecord.refusal_headers``)
+    response.headers.update(state.get("route_headers") or {})
+    return response
 
 
 exception_handlers = {Exception: _handle}

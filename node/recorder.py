@@ -6,11 +6,17 @@ authenticated request always leaves ``request.start`` and ``request.end``, or
 ``request.rejected`` (whatever refused it: a body that does not decode, a
 limit, the router, an unexpected error).
 
-The start record is appended (and durable) in ``started_forwarding``, which the
-router awaits before it contacts any provider; if the audit log cannot take
-it, the router forwards nothing and the request counts as not forwarded (its
-end is a ``request.rejected``, never a ``request.end`` without a start). The
-end record is durable before the response's last byte is sent.
+A record is the router's ``RouteObserver`` for its request. The start record is
+appended (and durable) in ``on_forward``, which the router awaits before it
+contacts any provider; if the audit log cannot take it, the router forwards
+nothing and the request counts as not forwarded (its end is a
+``request.rejected``, never a ``request.end`` without a start). ``on_refuse``
+keeps why the router found no route, ``on_settle`` what the tenant was
+charged. The end record is durable before the response's last byte is sent.
+
+The route reason (why the route: ``x-bastion-route-reason``, ``reason`` in the
+records) and the error's reason (``x-bastion-route-error``, ``route_error``)
+are kept apart.
 """
 
 from __future__ import annotations
@@ -25,8 +31,8 @@ from typing import Any
 import anyio
 
 from audit import AuditEvent
-from router import RoutedStream
-from serving.errors import BastionError, UnsupportedFieldError
+from router import Charge, ForwardDecision, Outcome, Refusal
+from serving.errors import BastionError
 from serving.protocol import Delta, GenerationRequest, ToolCall
 
 from .errors import to_bastion_error
@@ -55,12 +61,12 @@ class RequestRecord:
     content: dict[str, Any] | None = None
     #: what the start and end records say of such a request's parameters
     params: dict[str, Any] = field(default_factory=dict)
-    route: str = "none"
-    reason: str = "rejected"
-    provider: str = ""
-    model: str = ""
-    revision: str = ""
-    redactions: dict[str, int] = field(default_factory=dict)
+    #: the router's last decision: once the request streams, the one it streams with
+    decision: ForwardDecision | None = None
+    #: why the router found no route, when it refused the request
+    refusal: Refusal | None = None
+    #: where ``headers()`` go when the request is refused before its response (the error handler's)
+    refusal_headers: dict[str, str] | None = None
     #: [route, reason] of every candidate the plan left out
     skipped: list[list[str]] = field(default_factory=list)
     external_cost: float = 0.0
@@ -79,6 +85,17 @@ class RequestRecord:
     def tenant(self) -> str:
         return self.principal.tenant.name
 
+    @property
+    def route(self) -> str:
+        return self.decision.route if self.decision is not None else "none"
+
+    @property
+    def reason(self) -> str:
+        """The route reason: the decision's, the refusal's, or ``rejected`` (never an error's reason)."""
+        if self.decision is not None:
+            return self.decision.reason
+        return self.refusal.reason if self.refusal is not None else "rejected"
+
     @contextlib.asynccontextmanager
     async def refusals_recorded(self) -> AsyncIterator[None]:
         """Around everything between authentication and the response (or the stream): whatever
@@ -89,36 +106,32 @@ class RequestRecord:
             yield
         except BaseException as exc:
             await self.failed_before_stream(exc)
+            if self.refusal_headers is not None:
+                self.refusal_headers.update(self.headers())
             raise
 
     def admitted(self, *, alias: str, subject: str | None, generation: GenerationRequest) -> None:
         """The body decoded into a generation request for ``alias``."""
         self.alias, self.subject, self.generation = alias, subject, generation
 
-    async def started_forwarding(self, decision: Any) -> None:
-        """Called by the router before each attempt; the first writes the start record."""
-        self.route = str(getattr(decision, "route", self.route))
-        self.reason = str(getattr(decision, "reason", self.reason))
-        self.provider = str(getattr(decision, "provider", ""))
-        self.model = str(getattr(decision, "model", ""))
-        self.revision = str(getattr(decision, "revision", "")) or self.state.revision_of(self.model)
-        redactions = getattr(decision, "redactions", None)
-        if isinstance(redactions, dict):
-            self.redactions = {str(k): int(v) for k, v in redactions.items()}
+    async def on_forward(self, decision: ForwardDecision) -> None:
+        """Awaited by the router before each attempt; the first writes the start record."""
+        self.decision = decision
         event_type = "request.failover" if self.forwarded else "request.start"
         if event_type == "request.start":
-            self._skipped(tuple(getattr(decision, "skipped", ())))
+            self._skipped(decision.skipped)
         if self.timer is None:
-            meter = self.state.gpu_meters.get(self.model) if self.route == "local" else None
+            meter = self.state.gpu_meters.get(decision.model) if decision.route == "local" else None
             self.timer = self.state.metrics.track_request(
                 tenant=self.tenant,
                 model=self.alias,
                 route=self.route,
                 gpu_meter=meter,
-                exact_counts=self.route == "local",
             )
             self.timer.started_s = self.started
             self.timer.dequeued()
+        # the provider that streams may not be the first one tried
+        self.timer.exact_counts = decision.route == "local"
         audit = self.state.audit
         if audit is not None:
             content: dict[str, Any] | None = None
@@ -143,12 +156,24 @@ class RequestRecord:
                 tenant=self.tenant, request_id=self.request_id, model=self.alias
             )
 
+    def on_refuse(self, refusal: Refusal) -> None:
+        """The router's plan left no candidate: nothing was forwarded."""
+        self.refusal = refusal
+        self._skipped(refusal.skipped)
+
+    def on_settle(self, outcome: Outcome, charge: Charge) -> None:
+        """The stream ended: the end record, the metrics and the budgets take the router's charge
+        (a cut or abandoned stream included)."""
+        self.charged_tokens = (charge.prompt_tokens, charge.completion_tokens)
+        self.external_cost = charge.cost
+
     def _skipped(self, skipped: tuple[tuple[str, str], ...]) -> None:
         """The candidates the plan left out: in the records and counted in the metrics."""
         self.skipped = [[str(route), str(why)] for route, why in skipped]
         self.state.metrics.observe_skips((route, why) for route, why in self.skipped)
 
     def _meta(self) -> dict[str, Any]:
+        d = self.decision
         meta: dict[str, Any] = {
             "request_id": self.request_id,
             "key_id": self.principal.key_id,
@@ -156,10 +181,10 @@ class RequestRecord:
             "alias": self.alias,
             "route": self.route,
             "reason": self.reason,
-            "provider": self.provider,
-            "model": self.model,
-            "revision": self.revision,
-            "redactions": self.redactions,
+            "provider": d.provider if d is not None else "",
+            "model": d.model if d is not None else "",
+            "revision": d.revision if d is not None else "",
+            "redactions": dict(d.redactions) if d is not None else {},
         } | self.params
         if self.skipped:
             meta["skipped"] = self.skipped
@@ -186,43 +211,20 @@ class RequestRecord:
                 delta.completion_tokens, output=bool(delta.text or delta.tool_calls or delta.tool_call_deltas)
             )
 
-    def charged(self, routed: RoutedStream) -> None:
-        """Take the usage and spend the router charged for the ended stream, so the end record,
-        the metrics and the budgets agree (a cut or abandoned stream included)."""
-        self.charged_tokens = (routed.prompt_tokens, routed.completion_tokens)
-        self.external_cost = routed.cost or 0.0
-
-    def apply_route(self, routed: RoutedStream) -> None:
-        self.route, self.reason = routed.route, routed.reason
-        self.provider, self.model = routed.provider, routed.model
-        self.revision = routed.revision or self.revision
-        self.redactions = dict(routed.redactions)
-        if self.timer is not None:  # the provider that streams may not be the first one tried
-            self.timer.exact_counts = self.route == "local"
-
-    def route_headers(self, routed: RoutedStream) -> dict[str, str]:
-        self.apply_route(routed)
-        return self.headers()
-
     def headers(self) -> dict[str, str]:
         """The response headers that say where the request ran."""
-        headers = {
-            "x-request-id": self.request_id,
-            "x-bastion-route": self.route,
-            "x-bastion-route-reason": self.reason,
-        }
-        if self.revision:
-            headers["x-bastion-model-revision"] = self.revision
+        headers = {"x-request-id": self.request_id}
+        if self.decision is None and self.refusal is None:
+            return headers  # refused before the router decided anything
+        headers["x-bastion-route"] = self.route
+        headers["x-bastion-route-reason"] = self.reason
+        if self.decision is not None and self.decision.revision:
+            headers["x-bastion-model-revision"] = self.decision.revision
         return headers
 
     async def failed_before_stream(self, exc: BaseException) -> None:
         """The request ended before any token: record it (forwarded or not) and count it."""
         err = to_bastion_error(exc) if isinstance(exc, Exception) else None
-        reason = getattr(err, "reason", None)
-        if reason:
-            self.reason = reason
-        if isinstance(err, UnsupportedFieldError):
-            self._skipped(err.skipped)
         status = "cancelled" if err is None else err.code
         try:
             with anyio.CancelScope(shield=True):  # a cancelled request is recorded all the same
@@ -252,6 +254,7 @@ class RequestRecord:
             "status": status,
             "http_status": http_status,
             "error_code": error.code if error else None,
+            "route_error": error.reason if error else None,
             "param": error.param if error else None,
             "prompt_tokens": prompt_tokens,
             "completion_tokens": completion_tokens,

@@ -8,11 +8,14 @@
    is given no external provider and ``_connect`` only the local table), else
    local first when it fits its TTFT budget, then fallbacks in order;
 4. candidates tried in order until one yields its first delta (jittered
-   backoff; a 429's ``Retry-After`` cools that provider down and is waited out
-   when it fits the failover budget), redacting before the first egress;
-5. a ``RoutedStream`` that restores placeholders and settles breakers, budgets
-   and spend when it ends: however it ends (finished, failed mid-way, or the
-   client gone), the tenant is charged the prompt and the tokens produced.
+   backoff; ``router.connect.classify`` says what a failure means: a 429's
+   ``Retry-After`` cools that provider down and is waited out when it fits the
+   failover budget), redacting before the first egress; the observer's
+   ``on_forward`` is awaited with each attempt's ``ForwardDecision`` first;
+5. a ``RoutedStream`` that carries the decision it streams with, restores
+   placeholders and settles breakers, budgets and spend when it ends (``Account``):
+   however it ends (finished, failed mid-way, or the client gone), the tenant is
+   charged the prompt and the tokens produced.
 """
 
 from __future__ import annotations
@@ -20,13 +23,15 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 
 import msgspec
 
 from router.anthropic_provider import AnthropicProvider
 from router.breaker import Breaker
 from router.config import RedactionConfig, RouteConfig, RouterConfig, TenantPolicy
+from router.connect import Failure, connect
+from router.decision import Attempt, ForwardDecision, Refusal, RouteObserver
 from router.free_text import FreeTextDetector, FreeTextEntity
 from router.limits import Limiter, LimitState
 from router.openai_provider import OpenAIProvider
@@ -42,7 +47,7 @@ from router.policy import (
 )
 from router.providers import build_provider
 from router.redaction import Redaction, Redactor, request_texts
-from router.stream import Attempt, Charge, Outcome, RoutedStream
+from router.stream import Account, RoutedStream
 from serving.contract import needs
 from serving.errors import (
     BastionError,
@@ -56,14 +61,12 @@ from serving.errors import (
     UpstreamError,
     UpstreamRateLimitedError,
 )
-from serving.protocol import Delta, GenerationRequest, Provider
+from serving.protocol import GenerationRequest, Provider
 
-__all__ = ["BeforeForward", "ForwardDecision", "RouteRequest", "RoutedStream", "Router"]
+__all__ = ["RouteRequest", "Router"]
 
 _EWMA = 0.2
 _REDACT_INLINE_CHARS = 16_384
-#: a prompt's size per token when estimated (no provider usage): about right for English BPE vocabularies
-_BYTES_PER_TOKEN = 4
 
 
 class RouteRequest(msgspec.Struct, frozen=True, kw_only=True):
@@ -75,25 +78,6 @@ class RouteRequest(msgspec.Struct, frozen=True, kw_only=True):
     generation: GenerationRequest
     #: every value of ``x-bastion-residency``, one per header line: may only tighten the tenant's residency
     residency_headers: tuple[str, ...] = ()
-
-
-class ForwardDecision(msgspec.Struct, frozen=True, kw_only=True):
-    """What the router is about to send where; given to ``before_forward`` before each attempt."""
-
-    route: str
-    reason: str
-    provider: str
-    model: str
-    revision: str
-    #: counts by type of what was redacted for this attempt (empty for local attempts)
-    redactions: dict[str, int]
-    #: 0 for the first attempt, then 1, 2, ... for failovers
-    attempt: int
-    #: (route, reason) of every candidate left out so far (``unsupported:<field>``, ``breaker-open``, ...)
-    skipped: tuple[tuple[str, str], ...] = ()
-
-
-BeforeForward = Callable[[ForwardDecision], Awaitable[None]]
 
 
 class Router:
@@ -175,14 +159,13 @@ class Router:
         states.update({k: b.state.value for k, b in self._breakers.items()})
         return states
 
-    async def open(
-        self, request: RouteRequest, *, before_forward: BeforeForward | None = None
-    ) -> RoutedStream:
+    async def open(self, request: RouteRequest, *, observer: RouteObserver | None = None) -> RoutedStream:
         """Admit, decide, redact and connect; return once the first delta arrived.
 
-        ``before_forward`` is awaited before each attempt, before anything is sent to
-        that provider (the node writes its durable audit start record there); if it
-        raises, nothing is forwarded and the error propagates.
+        ``observer.on_forward`` is awaited before each attempt, before anything is sent
+        to that provider (the node writes its durable audit start record there); if it
+        raises, nothing is forwarded and the error propagates. ``on_refuse`` hears of a
+        plan with no candidate, ``on_settle`` of the returned stream's end.
 
         Raises ``RateLimitedError``/``BudgetExceededError`` (429),
         ``ResidencyRejectedError``/``ServiceUnavailableError`` (503),
@@ -198,19 +181,18 @@ class Router:
         if not plan.candidates and plan.reason == "overflow":
             plan = await self._wait_for_local(route, residency, request)
         if not plan.candidates:
-            raise self._rejection(plan, residency, request)
+            refused = self._rejection(plan, residency, request)
+            if observer is not None:
+                reason = refused.reason or plan.reason
+                observer.on_refuse(Refusal(reason=reason, skipped=_route_names(plan.skipped)))
+            raise refused
         attempts = [
-            Attempt(
-                route="local" if name == "local" else f"external:{name}",
-                model="",
-                outcome="skipped",
-                reason=why,
-            )
-            for name, why in plan.skipped
+            Attempt(route=route, model="", outcome="skipped", reason=why)
+            for route, why in _route_names(plan.skipped)
         ]
         # The only table of providers a local-only request can reach: the local engines.
         table: Mapping[str, Provider] = {} if residency.local_only else self._external
-        return await self._connect(request, residency, plan, table, attempts, before_forward)
+        return await self._connect(request, residency, plan, table, attempts, observer)
 
     # -- deciding ---------------------------------------------------------------------------------
 
@@ -291,7 +273,7 @@ class Router:
                 f"{lacks}; nothing was forwarded",
                 param=plan.unsupported,
                 reason=f"unsupported:{plan.unsupported}",
-                skipped=tuple((_route_name(name), why) for name, why in plan.skipped),
+                skipped=_route_names(plan.skipped),
             )
         if residency.local_only:
             return ResidencyRejectedError(
@@ -335,7 +317,7 @@ class Router:
         plan: Plan,
         table: Mapping[str, Provider],
         attempts: list[Attempt],
-        before_forward: BeforeForward | None,
+        observer: RouteObserver | None,
     ) -> RoutedStream:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._options.failover_budget_s
@@ -361,11 +343,7 @@ class Router:
                 provider = table.get(candidate.provider)
                 breaker = self._breakers.get(candidate.provider)
             if provider is None or breaker is None:
-                attempts.append(
-                    Attempt(
-                        route=candidate.route, model=candidate.model, outcome="skipped", reason="no-provider"
-                    )
-                )
+                attempts.append(_skip(candidate, "no-provider"))
                 continue
             generation = msgspec.structs.replace(request.generation, model=candidate.model)
             if not candidate.local and request.policy.redact:
@@ -373,143 +351,77 @@ class Router:
                 redaction = redaction or await self._redact(request)
                 generation = msgspec.structs.replace(redaction.request, model=candidate.model)
             if not breaker.acquire():
-                attempts.append(
-                    Attempt(
-                        route=candidate.route, model=candidate.model, outcome="skipped", reason="breaker-open"
-                    )
-                )
+                attempts.append(_skip(candidate, "breaker-open"))
                 continue
-            if before_forward is not None:
-                failed_before = any(a.outcome in ("failed", "rate-limited") for a in attempts)
-                info = provider.describe()
-                used = redaction if not candidate.local else None
-                try:
-                    await before_forward(
-                        ForwardDecision(
-                            route=candidate.route,
-                            reason="failover" if failed_before else plan.reason,
-                            provider=info.name,
-                            model=candidate.model,
-                            revision=info.revisions.get(candidate.model, candidate.model),
-                            redactions=dict(used.counts) if used is not None else {},
-                            attempt=tries,
-                            skipped=tuple((a.route, a.reason) for a in attempts if a.outcome == "skipped"),
-                        )
-                    )
-                except BaseException:
-                    breaker.release()
-                    raise
-            tries += 1
-            started = self._clock()
-            stream = provider.stream(generation)
+            used = redaction if not candidate.local else None
+            decision = _decision(candidate, provider, plan.reason, attempts, used, tries)
             try:
-                first = await anext(stream)
-            except asyncio.CancelledError:
-                breaker.release()  # the client went away: neither success nor failure
-                await _aclose(stream)
+                if observer is not None:
+                    await observer.on_forward(decision)
+                started = self._clock()
+                result = await connect(provider, generation, route=candidate.route)
+            except BaseException:
+                breaker.release()  # nothing was forwarded, or the client went away: neither outcome
                 raise
-            except UpstreamRateLimitedError as exc:
-                breaker.release()
-                wait = exc.retry_after_s if exc.retry_after_s is not None else 1.0
-                self._cooldown_until[candidate.provider] = self._clock() + wait
-                attempts.append(
-                    Attempt(
-                        route=candidate.route,
-                        model=candidate.model,
-                        outcome="rate-limited",
-                        reason=exc.reason or "upstream-429",
-                        status_code=429,
-                    )
-                )
-                if candidate.route not in retried and loop.time() + wait <= deadline:
+            tries += 1
+            if isinstance(result, Failure):
+                last = self._failed(candidate, breaker, result, attempts)
+                wait = result.wait_s
+                if (
+                    result.kind == "rate-limited"
+                    and candidate.route not in retried
+                    and loop.time() + wait <= deadline
+                ):
                     retried.add(candidate.route)
                     deferred.append((loop.time() + wait, candidate))
-                last = exc
-                continue
-            except BastionError as exc:
-                await _aclose(stream)
-                if not exc.failover:
-                    breaker.release()  # the request's fault: another provider would refuse it too
-                    raise
-                breaker.record_failure()
-                attempts.append(
-                    Attempt(
-                        route=candidate.route,
-                        model=candidate.model,
-                        outcome="failed",
-                        reason=exc.reason or exc.code,
-                        status_code=exc.status_code,
-                    )
-                )
-                last = exc
-                continue
-            except (StopAsyncIteration, Exception) as exc:
-                await _aclose(stream)
-                breaker.record_failure()
-                why = "empty-stream" if isinstance(exc, StopAsyncIteration) else "provider-error"
-                attempts.append(
-                    Attempt(route=candidate.route, model=candidate.model, outcome="failed", reason=why)
-                )
-                last = UpstreamError(f"{candidate.route}: {why}", reason=why)
                 continue
             if candidate.local:
                 self._observe_ttft(candidate.model, (self._clock() - started) * 1000)
-            failed_before = any(a.outcome in ("failed", "rate-limited") for a in attempts)
-            reason = "failover" if failed_before else plan.reason
             attempts.append(
-                Attempt(route=candidate.route, model=candidate.model, outcome="ok", reason=reason)
+                Attempt(route=candidate.route, model=candidate.model, outcome="ok", reason=decision.reason)
             )
-            return self._routed(request, candidate, reason, first, stream, breaker, redaction, attempts)
+            account = Account(
+                breaker=breaker,
+                limits=self._limits,
+                tenant=request.tenant,
+                price=None
+                if candidate.local
+                else self._providers[candidate.provider].models.get(candidate.model),
+                generation=request.generation,
+            )
+            restorer = used.restorer() if used is not None and request.policy.restore_pii else None
+            return RoutedStream(
+                connection=result,
+                decision=decision,
+                attempts=tuple(attempts),
+                restorer=restorer,
+                account=account,
+                observer=observer,
+            )
         raise self._exhausted(residency, last)
 
-    def _routed(
-        self,
-        request: RouteRequest,
-        candidate: Candidate,
-        reason: str,
-        first: Delta,
-        stream: AsyncIterator[Delta],
-        breaker: Breaker,
-        redaction: Redaction | None,
-        attempts: list[Attempt],
-    ) -> RoutedStream:
-        provider = self._local[candidate.model] if candidate.local else self._external[candidate.provider]
-        info = provider.describe()
-        price = None if candidate.local else self._providers[candidate.provider].models.get(candidate.model)
-        tenant = request.tenant
-
-        def settle(outcome: Outcome) -> Charge:
-            if outcome.cancelled:
-                breaker.release()
-            elif outcome.ok:
-                breaker.record_success()
-            else:
-                breaker.record_failure()
-            # Every outcome is charged: the engine did the work, an external provider bills for it.
-            # A stream cut before the provider's usage arrived is charged the prompt as estimated.
-            prompt = outcome.prompt_tokens or estimate_prompt_tokens(request.generation)
-            completion = outcome.completion_tokens
-            cost = 0.0
-            if price is not None:
-                cost = (prompt * price.input_per_mtok + completion * price.output_per_mtok) / 1_000_000
-            self._limits.record(tenant, tokens=prompt + completion, spend=cost)
-            return Charge(prompt_tokens=prompt, completion_tokens=completion, cost=cost)
-
-        used = redaction if redaction is not None and not candidate.local else None
-        restorer = used.restorer() if used is not None and request.policy.restore_pii else None
-        return RoutedStream(
-            first=first,
-            rest=stream,
-            route=candidate.route,
-            reason=reason,
-            provider=info.name,
-            model=candidate.model,
-            revision=info.revisions.get(candidate.model, candidate.model),
-            redactions=dict(used.counts) if used is not None else {},
-            attempts=attempts,
-            restorer=restorer,
-            settle=settle,
+    def _failed(
+        self, candidate: Candidate, breaker: Breaker, failure: Failure, attempts: list[Attempt]
+    ) -> BastionError:
+        """Settle a failed attempt; raises a ``refused`` one's error, else returns what to remember."""
+        if failure.kind == "refused":
+            breaker.release()  # the request's fault: another provider would refuse it too
+            raise failure.error
+        if failure.kind == "rate-limited":
+            breaker.release()  # a cooldown, not a breaker failure
+            self._cooldown_until[candidate.provider] = self._clock() + failure.wait_s
+        else:
+            breaker.record_failure()
+        attempts.append(
+            Attempt(
+                route=candidate.route,
+                model=candidate.model,
+                outcome=failure.kind,
+                reason=failure.reason,
+                status_code=failure.status_code,
+            )
         )
+        return failure.error
 
     def _exhausted(self, residency: Residency, last: BastionError | None) -> BastionError:
         if residency.local_only:
@@ -562,21 +474,36 @@ class Router:
         self._ttft_ms[model] = ms if old is None else old + _EWMA * (ms - old)
 
 
-def estimate_prompt_tokens(generation: GenerationRequest) -> int:
-    """A prompt's tokens when no provider reported them: one per 4 bytes of text (at least 1)."""
-    size = len((generation.prompt or "").encode())
-    for m in generation.messages or ():
-        size += len((m.content or "").encode()) + sum(
-            len(c.function.name) + len(c.function.arguments) for c in m.tool_calls or ()
-        )
-    return max(1, -(-size // _BYTES_PER_TOKEN))
+def _decision(
+    candidate: Candidate,
+    provider: Provider,
+    plan_reason: str,
+    attempts: list[Attempt],
+    redaction: Redaction | None,
+    tries: int,
+) -> ForwardDecision:
+    """The decision for one attempt: ``failover`` once an earlier attempt failed, else the plan's reason."""
+    failed_before = any(a.outcome in ("failed", "rate-limited") for a in attempts)
+    info = provider.describe()
+    return ForwardDecision(
+        route=candidate.route,
+        reason="failover" if failed_before else plan_reason,
+        provider=info.name,
+        model=candidate.model,
+        revision=info.revisions.get(candidate.model, candidate.model),
+        redactions=dict(redaction.counts) if redaction is not None else {},
+        attempt=tries,
+        skipped=tuple((a.route, a.reason) for a in attempts if a.outcome == "skipped"),
+    )
+
+
+def _skip(candidate: Candidate, why: str) -> Attempt:
+    return Attempt(route=candidate.route, model=candidate.model, outcome="skipped", reason=why)
+
+
+def _route_names(skipped: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
+    return tuple((_route_name(name), why) for name, why in skipped)
 
 
 def _route_name(provider: str) -> str:
     return "local" if provider == "local" else f"external:{provider}"
-
-
-async def _aclose(stream: AsyncIterator[Delta]) -> None:
-    close = getattr(stream, "aclose", None)
-    if close is not None:
-        await close()

@@ -4,23 +4,30 @@ Wraps a provider's iterator after its first delta arrived (failover is over by
 then). It restores redacted values when the tenant asks (placeholders may
 straddle delta boundaries), reports the outcome once (success, failure, or
 cancellation, each with the tokens known so far) so breakers, budgets and
-spend stay right, and turns any failure after the first token into a
-``BastionError`` raised from the iterator: a cut stream never ends as a clean
-answer.
+spend stay right (``Account``; the observer hears it through ``on_settle``),
+and turns any failure after the first token into a ``BastionError`` raised
+from the iterator: a cut stream never ends as a clean answer.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
-from typing import Literal
+from dataclasses import dataclass
 
 import msgspec
 
+from router.breaker import Breaker
+from router.config import ModelPrice
+from router.connect import Connection, aclose
+from router.decision import Attempt, Charge, ForwardDecision, Outcome, RouteObserver
+from router.limits import LimitState
 from router.restorer import Restorer
 from serving.errors import BastionError, UpstreamError
-from serving.protocol import Delta
+from serving.protocol import Delta, GenerationRequest
 
-__all__ = ["Attempt", "Charge", "Outcome", "RoutedStream"]
+__all__ = ["Account", "RoutedStream", "estimate_prompt_tokens"]
+
+#: a prompt's size per token when estimated (no provider usage): about right for English BPE vocabularies
+_BYTES_PER_TOKEN = 4
 
 
 class _Empty:
@@ -34,69 +41,72 @@ class _Empty:
 _EMPTY = _Empty()
 
 
-class Attempt(msgspec.Struct, frozen=True, kw_only=True):
-    """One candidate considered for a request, for the audit record."""
+@dataclass(frozen=True, kw_only=True)
+class Account:
+    """Settles one stream: its breaker's verdict and the tenant's charge (tokens and spend)."""
 
-    route: str
-    model: str
-    outcome: Literal["ok", "skipped", "failed", "rate-limited"]
-    reason: str
-    status_code: int | None = None
+    breaker: Breaker
+    limits: LimitState
+    tenant: str
+    #: the served external model's price (``None``: local, no spend)
+    price: ModelPrice | None
+    #: the request: its prompt is estimated when no usage arrived
+    generation: GenerationRequest
+
+    def settle(self, outcome: Outcome) -> Charge:
+        if outcome.cancelled:
+            self.breaker.release()
+        elif outcome.ok:
+            self.breaker.record_success()
+        else:
+            self.breaker.record_failure()
+        # Every outcome is charged: the engine did the work, an external provider bills for it.
+        # A stream cut before the provider's usage arrived is charged the prompt as estimated.
+        prompt = outcome.prompt_tokens or estimate_prompt_tokens(self.generation)
+        completion = outcome.completion_tokens
+        cost = 0.0
+        if self.price is not None:
+            cost = (prompt * self.price.input_per_mtok + completion * self.price.output_per_mtok) / 1_000_000
+        self.limits.record(self.tenant, tokens=prompt + completion, spend=cost)
+        return Charge(prompt_tokens=prompt, completion_tokens=completion, cost=cost)
 
 
-class Outcome(msgspec.Struct, frozen=True, kw_only=True):
-    """How a stream ended, with the tokens its deltas reported by then (0: none reported)."""
-
-    ok: bool
-    #: ``None``: the client went away; neither success nor failure
-    error: BastionError | None = None
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cancelled: bool = False
-
-
-class Charge(msgspec.Struct, frozen=True, kw_only=True):
-    """What the tenant was charged for a stream, whatever its outcome."""
-
-    prompt_tokens: int
-    completion_tokens: int
-    #: external spend in the configured currency (0 for local)
-    cost: float = 0.0
+def estimate_prompt_tokens(generation: GenerationRequest) -> int:
+    """A prompt's tokens when no provider reported them: one per 4 bytes of text (at least 1)."""
+    size = len((generation.prompt or "").encode())
+    for m in generation.messages or ():
+        size += len((m.content or "").encode()) + sum(
+            len(c.function.name) + len(c.function.arguments) for c in m.tool_calls or ()
+        )
+    return max(1, -(-size // _BYTES_PER_TOKEN))
 
 
 class RoutedStream:
-    """Async iterator of ``Delta`` with the route taken; see ``Router.open``."""
+    """Async iterator of ``Delta``; ``decision`` says where it runs and why (see ``Router.open``)."""
 
     def __init__(
         self,
         *,
-        first: Delta,
-        rest: AsyncIterator[Delta],
-        route: str,
-        reason: str,
-        provider: str,
-        model: str,
-        revision: str,
-        redactions: dict[str, int],
-        attempts: list[Attempt],
+        connection: Connection,
+        decision: ForwardDecision,
+        attempts: tuple[Attempt, ...],
         restorer: Restorer | None,
-        settle: Callable[[Outcome], Charge],
+        account: Account,
+        observer: RouteObserver | None = None,
     ) -> None:
-        self.route = route
-        self.reason = reason
-        self.provider = provider
-        self.model = model
-        self.revision = revision
-        self.redactions = redactions
+        #: the attempt that streams: route, reason, provider, model, revision, redactions
+        self.decision = decision
+        #: every candidate considered, in order (skipped, failed, and the one that streams)
         self.attempts = attempts
-        #: usage so far; once the stream ended (any outcome), what the tenant was charged
-        self.prompt_tokens = 0
-        self.completion_tokens = 0
-        self.cost = 0.0
-        self._first: Delta | None = first
-        self._rest = rest
+        #: what the tenant was charged, once the stream ended (any outcome)
+        self.charge: Charge | None = None
+        self._prompt_tokens = 0
+        self._completion_tokens = 0
+        self._first: Delta | None = connection.first
+        self._rest = connection.rest
         self._restorer = restorer
-        self._settle = settle
+        self._account = account
+        self._observer = observer
         self._done = False
 
     def __aiter__(self) -> RoutedStream:
@@ -119,14 +129,16 @@ class RoutedStream:
         except StopAsyncIteration:
             raise self._fail(
                 UpstreamError(
-                    f"{self.route}: stream ended without a finish reason", reason="stream-truncated"
+                    f"{self.decision.route}: stream ended without a finish reason", reason="stream-truncated"
                 )
             ) from None
         except BastionError as exc:
             raise self._fail(exc) from None
         except Exception as exc:
             raise self._fail(
-                UpstreamError(f"{self.route}: stream failed ({type(exc).__name__})", reason="stream-failed")
+                UpstreamError(
+                    f"{self.decision.route}: stream failed ({type(exc).__name__})", reason="stream-failed"
+                )
             ) from exc
         return self._post(delta)
 
@@ -139,9 +151,7 @@ class RoutedStream:
 
     async def _close_rest(self) -> None:
         rest, self._rest = self._rest, _EMPTY
-        close = getattr(rest, "aclose", None)
-        if close is not None:
-            await close()
+        await aclose(rest)
 
     def _fail(self, error: BastionError) -> BastionError:
         if not self._done:
@@ -152,18 +162,18 @@ class RoutedStream:
     def _charge(self, outcome: Outcome) -> None:
         """Settle once, with the tokens known so far, and keep what was charged."""
         outcome = msgspec.structs.replace(
-            outcome, prompt_tokens=self.prompt_tokens, completion_tokens=self.completion_tokens
+            outcome, prompt_tokens=self._prompt_tokens, completion_tokens=self._completion_tokens
         )
-        charge = self._settle(outcome)
-        self.prompt_tokens, self.completion_tokens = charge.prompt_tokens, charge.completion_tokens
-        self.cost = charge.cost
+        self.charge = self._account.settle(outcome)
+        if self._observer is not None:
+            self._observer.on_settle(outcome, self.charge)
 
     def _post(self, delta: Delta) -> Delta:
         # running totals; the final usage may correct the chunks an external provider counted
         if delta.prompt_tokens:
-            self.prompt_tokens = delta.prompt_tokens
+            self._prompt_tokens = delta.prompt_tokens
         if delta.completion_tokens:
-            self.completion_tokens = delta.completion_tokens
+            self._completion_tokens = delta.completion_tokens
         if self._restorer is not None:
             delta = self._restorer.delta(delta)
         if delta.finish_reason is None:

@@ -19,7 +19,7 @@ import pytest
 
 from router.ledger import BudgetLedger
 from router.limits import Limiter
-from router.router import estimate_prompt_tokens
+from router.stream import estimate_prompt_tokens
 from serving.engine import LocalEngine
 from serving.protocol import ChatMessage, GenerationRequest
 from tests.fakes.upstream import FakeUpstream, Reply

@@ -11,7 +11,8 @@ import msgspec
 import pytest
 
 from router.config import RouterConfig, TenantPolicy
-from router.router import RoutedStream, RouteRequest
+from router.router import RouteRequest
+from router.stream import RoutedStream
 from serving.errors import EngineUnavailableError
 from serving.protocol import ChatMessage, Delta, GenerationRequest, Health, ProviderInfo
 from tests.fakes import FakeUpstream

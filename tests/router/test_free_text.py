@@ -55,12 +55,14 @@ async def test_the_local_models_answer_is_validated_and_redacted(
         await collect(stream)
     finally:
         await router.aclose()
-    assert stream.route == "external:a"
+    assert stream.decision.route == "external:a"
     sent = upstream_a.requests[0].json()["messages"][0]["content"]
     outside = set(re.findall(r"\w(?:[\w'.\-/]*\w)?", _PLACEHOLDER.sub(" ", sent)))
     assert not named & outside, sent
     free = {
-        k: v for k, v in stream.redactions.items() if k in ("PERSON", "BIRTH_DATE", "ADDRESS", "RECORD_ID")
+        k: v
+        for k, v in stream.decision.redactions.items()
+        if k in ("PERSON", "BIRTH_DATE", "ADDRESS", "RECORD_ID")
     }
     assert sum(free.values()) == len(
         [p for p in _PLACEHOLDER.findall(sent) if not p.startswith(("[PHONE", "[EMAIL"))]
@@ -117,7 +119,7 @@ async def test_free_text_fails_closed(
             await collect(stream)
             sent = upstream_a.requests[0].json()["messages"][0]["content"]
             assert sent.startswith("Patientin [PERSON_1], geb.") and "Anna" not in sent
-            assert stream.redactions["PERSON"] == 1
+            assert stream.decision.redactions["PERSON"] == 1
             question = ner.calls[0]
             assert question.sampling.json_schema is not None and question.sampling.temperature == 0.0
             return

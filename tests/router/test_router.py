@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from router.config import RouterConfig
+from router.decision import Charge, ForwardDecision, Outcome, Refusal
 from router.redaction import Redactor
-from router.router import ForwardDecision, Router
+from router.router import Router
 from serving.errors import (
     BadRequestError,
     BastionError,
@@ -73,8 +74,13 @@ async def env(upstream_a: FakeUpstream, upstream_b: FakeUpstream, key_file: Path
 async def test_local_first_when_it_fits_the_budget(env: Env) -> None:
     stream = await env.router.open(chat("acme", EXTERNAL))
     text, last = await collect(stream)
-    assert (stream.route, stream.reason, stream.provider, stream.model) == ("local", "ok", "local", "tiny")
-    assert stream.revision == "rev-0123abcd"
+    assert (
+        stream.decision.route,
+        stream.decision.reason,
+        stream.decision.provider,
+        stream.decision.model,
+    ) == ("local", "ok", "local", "tiny")
+    assert stream.decision.revision == "rev-0123abcd"
     assert text == "local answer here" and last.finish_reason == "stop"
     assert env.engine.calls[0].model == "tiny"
     assert env.upstream_requests() == 0
@@ -158,7 +164,7 @@ async def test_header_narrows_regions(env: Env) -> None:
     env.engine.healthy = False
     stream = await env.router.open(chat("t", EXTERNAL, header="eu-central"))
     await collect(stream)
-    assert stream.route == "external:b"
+    assert stream.decision.route == "external:b"
     assert [(a.route, a.reason) for a in stream.attempts if a.outcome == "skipped"] == [
         ("local", "local-unhealthy"),
         ("external:a", "residency"),
@@ -193,8 +199,8 @@ async def test_overflow_goes_to_the_first_healthy_fallback(env: Env) -> None:
     stream = await env.router.open(chat("t", EXTERNAL))
     text, last = await collect(stream)
     assert last.finish_reason == "stop"
-    assert (stream.route, stream.reason) == ("external:a", "overflow")
-    assert stream.model == "gpt-4o-2024-08-06" and stream.revision == "gpt-4o-2024-08-06"
+    assert (stream.decision.route, stream.decision.reason) == ("external:a", "overflow")
+    assert stream.decision.model == "gpt-4o-2024-08-06" and stream.decision.revision == "gpt-4o-2024-08-06"
     assert text == "answer from a"
     assert env.engine.calls == []
     assert len(env.a.requests) == 1 and env.a.requests[0].json()["model"] == "gpt-4o-2024-08-06"
@@ -202,11 +208,11 @@ async def test_overflow_goes_to_the_first_healthy_fallback(env: Env) -> None:
     env.a.script(Reply(status=500))
     s = await env.router.open(chat("t", EXTERNAL))
     await collect(s)
-    assert (s.route, s.reason) == ("external:b", "failover")
+    assert (s.decision.route, s.decision.reason) == ("external:b", "failover")
     assert env.router.breaker_states()["a"] == "open"
     stream = await env.router.open(chat("t", EXTERNAL))
     await collect(stream)
-    assert (stream.route, stream.reason) == ("external:b", "overflow")
+    assert (stream.decision.route, stream.decision.reason) == ("external:b", "overflow")
     assert ("external:a", "breaker-open") in [(a.route, a.reason) for a in stream.attempts]
     assert len(env.a.requests) == 2
 
@@ -215,7 +221,7 @@ async def test_overflow_with_nowhere_to_go_is_served_locally(env: Env) -> None:
     env.engine.waiting = 50
     stream = await env.router.open(chat("t", policy(residency=["us-east"]), alias="chat"))
     await collect(stream)
-    assert (stream.route, stream.reason) == ("local", "overflow")
+    assert (stream.decision.route, stream.decision.reason) == ("local", "overflow")
     assert env.upstream_requests() == 0
 
 
@@ -224,7 +230,11 @@ async def test_failover_order_and_attempts(env: Env) -> None:
     env.a.script(Reply(status=503))
     stream = await env.router.open(chat("t", EXTERNAL))
     text, _ = await collect(stream)
-    assert (stream.route, stream.reason, text) == ("external:b", "failover", "answer from b")
+    assert (stream.decision.route, stream.decision.reason, text) == (
+        "external:b",
+        "failover",
+        "answer from b",
+    )
     assert [(a.route, a.outcome, a.reason) for a in stream.attempts] == [
         ("local", "skipped", "local-unhealthy"),
         ("external:a", "failed", "upstream-503"),
@@ -237,42 +247,79 @@ async def test_local_failure_fails_over_to_external(env: Env) -> None:
     env.engine.fail = True
     stream = await env.router.open(chat("t", EXTERNAL))
     await collect(stream)
-    assert (stream.route, stream.reason) == ("external:a", "failover")
+    assert (stream.decision.route, stream.decision.reason) == ("external:a", "failover")
     assert stream.attempts[0].reason == "engine-down"
 
 
-async def test_before_forward_sees_every_attempt_before_it_is_sent(env: Env) -> None:
+@dataclass
+class Observer:
+    """A ``RouteObserver`` that keeps what it is told; ``refuse_with`` makes ``on_forward`` raise."""
+
+    forwarded: list[ForwardDecision] = field(default_factory=list)
+    refusals: list[Refusal] = field(default_factory=list)
+    settled: list[tuple[Outcome, Charge]] = field(default_factory=list)
+    before: Callable[[ForwardDecision], None] | None = None
+    refuse_with: BastionError | None = None
+
+    async def on_forward(self, decision: ForwardDecision) -> None:
+        if self.refuse_with is not None:
+            raise self.refuse_with
+        if self.before is not None:
+            self.before(decision)
+        self.forwarded.append(decision)
+
+    def on_refuse(self, refusal: Refusal) -> None:
+        self.refusals.append(refusal)
+
+    def on_settle(self, outcome: Outcome, charge: Charge) -> None:
+        self.settled.append((outcome, charge))
+
+
+async def test_on_forward_sees_every_attempt_before_it_is_sent(env: Env) -> None:
     env.engine.healthy = False
     env.a.script(Reply(status=503))
-    seen: list[ForwardDecision] = []
 
-    async def record(decision: ForwardDecision) -> None:
-        seen.append(decision)
+    def nothing_sent_yet(decision: ForwardDecision) -> None:
         # nothing has reached this attempt's upstream yet
         assert len((env.a if decision.route == "external:a" else env.b).requests) == 0
 
+    observer = Observer(before=nothing_sent_yet)
     p = policy(residency=["eu-west", "eu-central"], redact=True)
-    stream = await env.router.open(chat("t", p, text=PII), before_forward=record)
+    stream = await env.router.open(chat("t", p, text=PII), observer=observer)
     await collect(stream)
+    seen = observer.forwarded
     assert [(d.route, d.reason, d.attempt) for d in seen] == [
         ("external:a", "local-unhealthy", 0),
         ("external:b", "failover", 1),
     ]
     assert seen[1].model == "claude-3-5-sonnet-20241022" and seen[1].provider == "b"
     assert seen[1].redactions == {"EMAIL": 1, "PHONE": 1, "CARD": 1}
+    # the stream carries the decision it streams with: the last one forwarded, not a copy of its facts
+    assert stream.decision is seen[-1]
+    [(outcome, charge)] = observer.settled
+    assert outcome.ok and stream.charge == charge and charge.completion_tokens > 0
 
 
-async def test_before_forward_failing_forwards_nothing(env: Env) -> None:
+async def test_on_forward_failing_forwards_nothing(env: Env) -> None:
     env.engine.healthy = False
-
-    async def refuse(decision: ForwardDecision) -> None:
-        raise ServiceUnavailableError("audit log unavailable", reason="audit-unavailable")
-
+    observer = Observer(
+        refuse_with=ServiceUnavailableError("audit log unavailable", reason="audit-unavailable")
+    )
     with pytest.raises(ServiceUnavailableError) as info:
-        await env.router.open(chat("t", EXTERNAL), before_forward=refuse)
+        await env.router.open(chat("t", EXTERNAL), observer=observer)
     assert info.value.reason == "audit-unavailable"
     assert env.upstream_requests() == 0
     assert env.router.breaker_states()["a"] == "closed"
+    assert observer.settled == []
+
+
+async def test_a_plan_without_candidates_is_told_to_the_observer_once(env: Env) -> None:
+    env.engine.healthy = False
+    observer = Observer()
+    with pytest.raises(ResidencyRejectedError) as info:
+        await env.router.open(chat("t", LOCAL_ONLY), observer=observer)
+    assert observer.refusals == [Refusal(reason="local-unhealthy", skipped=(("local", "local-unhealthy"),))]
+    assert info.value.reason == "local-unhealthy" and observer.forwarded == []
 
 
 async def test_allowed_providers(env: Env) -> None:
@@ -281,7 +328,7 @@ async def test_allowed_providers(env: Env) -> None:
         chat("t", policy(residency=["eu-west", "eu-central"], allowed_providers=["b"]))
     )
     await collect(stream)
-    assert stream.route == "external:b" and len(env.a.requests) == 0
+    assert stream.decision.route == "external:b" and len(env.a.requests) == 0
 
 
 async def test_all_candidates_failing_is_a_502(env: Env) -> None:
@@ -304,12 +351,12 @@ async def test_breaker_opens_and_recovers_through_a_probe(env: Env) -> None:
     assert env.router.breaker_states()["a"] == "open"
     stream = await env.router.open(chat("t", EXTERNAL))
     await collect(stream)
-    assert stream.route == "external:b" and len(env.a.requests) == 2
+    assert stream.decision.route == "external:b" and len(env.a.requests) == 2
     env.clock.advance(10)
     assert env.router.breaker_states()["a"] == "half-open"
     stream = await env.router.open(chat("t", EXTERNAL))
     await collect(stream)
-    assert stream.route == "external:a"
+    assert stream.decision.route == "external:a"
     assert env.router.breaker_states()["a"] == "closed"
 
 
@@ -332,16 +379,18 @@ async def test_429_cools_the_provider_down_for_its_retry_after(env: Env) -> None
     env.a.script(Reply(status=429, retry_after="30"))
     first = await env.router.open(chat("t", EXTERNAL))
     await collect(first)
-    assert (first.route, first.reason) == ("external:b", "failover")
+    assert (first.decision.route, first.decision.reason) == ("external:b", "failover")
     assert first.attempts[1].outcome == "rate-limited" and first.attempts[1].status_code == 429
     second = await env.router.open(chat("t", EXTERNAL))
     await collect(second)
-    assert second.route == "external:b" and len(env.a.requests) == 1  # a not asked again while cooling
+    assert (
+        second.decision.route == "external:b" and len(env.a.requests) == 1
+    )  # a not asked again while cooling
     assert env.router.breaker_states()["a"] == "closed"  # a 429 is not a breaker failure
     env.clock.advance(31)
     third = await env.router.open(chat("t", EXTERNAL))
     await collect(third)
-    assert third.route == "external:a"
+    assert third.decision.route == "external:a"
 
 
 async def test_429_retry_after_is_waited_out_within_the_budget(env: Env) -> None:
@@ -350,7 +399,7 @@ async def test_429_retry_after_is_waited_out_within_the_budget(env: Env) -> None
     env.b.script(Reply(status=429, retry_after="0.2"))
     stream = await env.router.open(chat("t", only_us, alias="us-chat"))
     await collect(stream)
-    assert (stream.route, stream.reason) == ("external:us", "failover")
+    assert (stream.decision.route, stream.decision.reason) == ("external:us", "failover")
     first, second = env.b.requests
     assert second.at - first.at >= 0.2
     env.b.script(Reply(status=429, retry_after="3600"))
@@ -364,7 +413,7 @@ async def test_failure_after_the_first_token_raises_from_the_stream(env: Env, fa
     env.engine.healthy = False
     env.a.script(Reply(fault=fault, after_chunks=2, text="one two three four five", stall_s=5))
     stream = await env.router.open(chat("t", EXTERNAL))
-    assert stream.route == "external:a"
+    assert stream.decision.route == "external:a"
     received = ""
     with pytest.raises(UpstreamError):
         async for delta in stream:
@@ -432,8 +481,8 @@ async def test_upstream_sees_placeholders_client_sees_values(env: Env) -> None:
         "Mail [EMAIL_1] or call [PHONE_1] about card [CARD_1]."
     )
     assert text == PII
-    assert stream.redactions == {"EMAIL": 1, "PHONE": 1, "CARD": 1}
-    assert all(isinstance(v, int) for v in stream.redactions.values())
+    assert stream.decision.redactions == {"EMAIL": 1, "PHONE": 1, "CARD": 1}
+    assert all(isinstance(v, int) for v in stream.decision.redactions.values())
 
 
 async def test_long_prompts_are_redacted_too(env: Env) -> None:
@@ -443,7 +492,7 @@ async def test_long_prompts_are_redacted_too(env: Env) -> None:
     await collect(stream)
     sent = env.a.requests[0].json()["messages"][0]["content"]
     assert sent.endswith("Mail [EMAIL_1] or call [PHONE_1] about card [CARD_1].")
-    assert stream.redactions == {"EMAIL": 1, "PHONE": 1, "CARD": 1}
+    assert stream.decision.redactions == {"EMAIL": 1, "PHONE": 1, "CARD": 1}
 
 
 async def test_without_restore_the_client_sees_placeholders(env: Env) -> None:
@@ -451,7 +500,7 @@ async def test_without_restore_the_client_sees_placeholders(env: Env) -> None:
     env.b.script(Reply(echo=True))
     stream = await env.router.open(chat("t", policy(residency=["eu-central"], redact=True), text=PII))
     text, _ = await collect(stream)
-    assert stream.route == "external:b"  # the Anthropic path redacts too
+    assert stream.decision.route == "external:b"  # the Anthropic path redacts too
     assert text == "Mail [EMAIL_1] or call [PHONE_1] about card [CARD_1]."
     assert "jane.roe" not in env.b.requests[0].body.decode()
 
@@ -459,7 +508,7 @@ async def test_without_restore_the_client_sees_placeholders(env: Env) -> None:
 async def test_local_route_is_not_redacted(env: Env) -> None:
     stream = await env.router.open(chat("t", policy(residency=["eu-west"], redact=True), text=PII))
     await collect(stream)
-    assert stream.route == "local" and stream.redactions == {}
+    assert stream.decision.route == "local" and stream.decision.redactions == {}
     assert env.engine.calls[0].messages is not None and env.engine.calls[0].messages[0].content == PII
 
 
@@ -508,7 +557,8 @@ async def test_monthly_spend_from_usage_and_prices(env: Env) -> None:
     for _ in range(2):
         stream = await env.router.open(chat("t", p))
         await collect(stream)
-        costs.append(stream.cost)
+        assert stream.charge is not None
+        costs.append(stream.charge.cost)
     # 11 prompt tokens at 2.0/M + 3 completion tokens at 10.0/M
     assert costs == [pytest.approx(11 * 2e-6 + 3 * 1e-5)] * 2
     with pytest.raises(BudgetExceededError) as info:
@@ -517,5 +567,5 @@ async def test_monthly_spend_from_usage_and_prices(env: Env) -> None:
     env.engine.healthy = True  # local use costs nothing and stays open
     stream = await env.router.open(chat("t", p))
     await collect(stream)
-    assert stream.route == "local"
+    assert stream.decision.route == "local"
     assert len(env.a.requests) == 2
