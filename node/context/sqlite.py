@@ -47,6 +47,7 @@ from .records import (
 from .sealing import FileKey, chunk_aad, content_aad, name_aad, new_file_key, open_file_key, rewrap_file_key
 from .sqlite_erase import drop_store, erase_chunks, settle
 from .sqlite_schema import create_store_tables, open_database, transaction
+from .vector_cache import VectorCache
 
 __all__ = ["SqliteBackend"]
 
@@ -79,22 +80,30 @@ def _fts_query(terms: Sequence[str]) -> str:
 class SqliteBackend:
     """``ContextBackend`` on one SQLite database. Open with ``await SqliteBackend.open(path, kek)``."""
 
-    def __init__(self, conn: apsw.Connection, kek: KeyEncryptionKey, pool: ThreadPoolExecutor) -> None:
+    def __init__(
+        self, conn: apsw.Connection, kek: KeyEncryptionKey, pool: ThreadPoolExecutor, vector_cache_bytes: int
+    ) -> None:
         self._conn = conn
         self._kek = kek
         self._pool = pool
+        self._vectors = VectorCache(vector_cache_bytes)
 
     @classmethod
-    async def open(cls, path: str | Path, kek: KeyEncryptionKey) -> SqliteBackend:
+    async def open(
+        cls, path: str | Path, kek: KeyEncryptionKey, *, vector_cache_bytes: int = 256 * 2**20
+    ) -> SqliteBackend:
+        """``vector_cache_bytes``: memory for stores' vectors as matrices (``node.context.vector_cache``);
+        0 searches every store with vec0."""
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bastion-context")
         try:
             conn = await asyncio.get_running_loop().run_in_executor(pool, open_database, Path(path))
         except BaseException:
             pool.shutdown(wait=False)
             raise
-        return cls(conn, kek, pool)
+        return cls(conn, kek, pool, vector_cache_bytes)
 
     async def aclose(self) -> None:
+        self._vectors.clear()
         await self._run(self._conn.close)
         self._pool.shutdown(wait=True)
 
@@ -186,7 +195,7 @@ class SqliteBackend:
                     " WHERE sf.file_pk = ?",
                     (pk,),
                 )
-                chunks = sum(erase_chunks(self._conn, s, d, pk) for s, d in stores)
+                chunks = sum(self._erase_chunks(s, d, pk) for s, d in stores)
                 self._conn.execute("DELETE FROM store_files WHERE file_pk = ?", (pk,))
                 self._conn.execute("DELETE FROM file_keys WHERE file_pk = ?", (pk,))
                 self._conn.execute("DELETE FROM files WHERE pk = ?", (pk,))
@@ -273,7 +282,7 @@ class SqliteBackend:
         def go() -> Erased:
             pk = self._store_row(tenant, store_id)[0]
             with transaction(self._conn):
-                chunks = drop_store(self._conn, pk)
+                chunks = self._drop_store(pk)
             settle(self._conn, [])
             return Erased(stores=(store_id,), chunks=chunks)
 
@@ -298,7 +307,7 @@ class SqliteBackend:
         def go() -> StoreFile:
             spk, dims, fpk = self._pks(tenant, store_id, file_id)
             with transaction(self._conn):
-                erase_chunks(self._conn, spk, dims, fpk)
+                self._erase_chunks(spk, dims, fpk)
                 self._conn.execute(
                     "INSERT OR REPLACE INTO store_files (store_pk, file_pk, status, attributes, chunking,"
                     " created_at) VALUES (?, ?, ?, ?, ?, ?)",
@@ -342,7 +351,7 @@ class SqliteBackend:
             self._store_file(tenant, store_id, file_id)
             spk, dims, fpk = self._pks(tenant, store_id, file_id)
             with transaction(self._conn):
-                chunks = erase_chunks(self._conn, spk, dims, fpk)
+                chunks = self._erase_chunks(spk, dims, fpk)
                 self._conn.execute("DELETE FROM store_files WHERE store_pk = ? AND file_pk = ?", (spk, fpk))
             settle(self._conn, [spk])
             return Erased(files=(file_id,), chunks=chunks)
@@ -360,7 +369,7 @@ class SqliteBackend:
             key = self._file_key(tenant, file_id, fpk)
             usage = 0
             with transaction(self._conn):
-                erase_chunks(self._conn, spk, dims, fpk)
+                self._erase_chunks(spk, dims, fpk)
                 for chunk in chunks:
                     if len(chunk.vector) != 4 * dims:
                         raise ValueError(
@@ -389,6 +398,7 @@ class SqliteBackend:
                         f"INSERT INTO vec_{spk} (rowid, embedding) VALUES (?, ?)",  # noqa: S608
                         (rowid, chunk.vector),
                     )
+                self._vectors.drop(spk)
                 self._conn.execute(
                     "UPDATE store_files SET status = ?, usage_bytes = ?, chunks = ?, last_error = NULL,"
                     " last_error_code = NULL"
@@ -442,7 +452,20 @@ class SqliteBackend:
         self, tenant: str, store_id: str, vector: bytes, k: int, file_ids: Collection[str] | None
     ) -> list[Candidate]:
         def go() -> list[Candidate]:
-            spk = self._store_row(tenant, store_id)[0]
+            store = self._store_row(tenant, store_id)
+            spk, dims = store[0], store[7]
+            file_pks = None
+            if file_ids is not None:
+                file_pks = {
+                    r[0]
+                    for r in self._all(
+                        "SELECT pk FROM files WHERE tenant = ? AND id IN (SELECT value FROM json_each(?))",
+                        (tenant, _json(sorted(file_ids)).decode()),
+                    )
+                }
+            cached = self._vectors.nearest(self._conn, spk, dims, vector, k, file_pks)
+            if cached is not None:
+                return [Candidate(store_id=store_id, key=key, raw=d) for key, d in cached]
             if file_ids is None:
                 sql = f"SELECT rowid, distance FROM vec_{spk} WHERE embedding MATCH ? AND k = ?"  # noqa: S608
                 rows = self._all(sql, (vector, min(k, 4096)))
@@ -498,7 +521,7 @@ class SqliteBackend:
             stores = self._all("SELECT pk, id FROM stores WHERE tenant = ?", (tenant,))
             files = self._all("SELECT pk, id FROM files WHERE tenant = ?", (tenant,))
             with transaction(self._conn):
-                chunks = sum(drop_store(self._conn, pk) for pk, _ in stores)
+                chunks = sum(self._drop_store(pk) for pk, _ in stores)
                 for pk, _ in files:
                     self._conn.execute("DELETE FROM store_files WHERE file_pk = ?", (pk,))
                     self._conn.execute("DELETE FROM file_keys WHERE file_pk = ?", (pk,))
@@ -531,6 +554,14 @@ class SqliteBackend:
             return len(rows)
 
         return await self._run(go)
+
+    def _erase_chunks(self, store_pk: int, dimensions: int, file_pk: int) -> int:
+        self._vectors.drop(store_pk)
+        return erase_chunks(self._conn, store_pk, dimensions, file_pk)
+
+    def _drop_store(self, store_pk: int) -> int:
+        self._vectors.drop(store_pk)
+        return drop_store(self._conn, store_pk)
 
 
 def _store_file_of(row: tuple[Any, ...]) -> StoreFile:

@@ -206,3 +206,42 @@ async def test_the_schema_is_migrated_forward(tmp_path: Path, backend: SqliteBac
         conn.close()
     with pytest.raises(RuntimeError, match="schema 99, newer than this code"):
         await SqliteBackend.open(tmp_path / "data" / "context.db", LocalKek(os.urandom(32)))
+
+
+async def test_the_vector_cache_ranks_as_vec0_does_and_is_never_stale(
+    tmp_path: Path, backend: SqliteBackend, kek: LocalKek
+) -> None:
+    store = await backend.create_store("acme", name=None, metadata={}, embedding_model="m", dimensions=DIMS)
+    files = []
+    for n in range(4):
+        f = await backend.put_file("acme", filename=f"{n}.txt", purpose="assistants", content=b"x")
+        await backend.attach_file("acme", store.id, f.id, attributes={}, chunking=StaticChunking())
+        chunks = [
+            ChunkIn(index=i, text=f"t{i}", start_token=i, end_token=i + 1, vector=vec(1000 + 10 * n + i))
+            for i in range(10)
+        ]
+        await backend.write_chunks("acme", store.id, f.id, chunks)
+        files.append(f.id)
+    plain = await SqliteBackend.open(tmp_path / "data" / "context.db", kek, vector_cache_bytes=0)
+    try:
+        for seed, only in [(1, None), (2, [files[1], files[3]]), (3, [files[2]]), (4, [])]:
+            cached = await backend.nearest("acme", store.id, vec(seed), 15, only)
+            scanned = await plain.nearest("acme", store.id, vec(seed), 15, only)
+            assert [c.key for c in cached] == [c.key for c in scanned]
+            assert [c.raw for c in cached] == pytest.approx([c.raw for c in scanned], abs=1e-5)
+    finally:
+        await plain.aclose()
+    # the cache follows every change: a new file, a deleted file, a re-attached one
+    before = {c.key for c in await backend.nearest("acme", store.id, vec(9), 100, None)}
+    assert len(before) == 40
+    extra = await backend.put_file("acme", filename="x.txt", purpose="assistants", content=b"x")
+    await backend.attach_file("acme", store.id, extra.id, attributes={}, chunking=StaticChunking())
+    await backend.write_chunks(
+        "acme", store.id, extra.id, [ChunkIn(index=0, text="new", start_token=0, end_token=1, vector=vec(9))]
+    )
+    (top,) = await backend.nearest("acme", store.id, vec(9), 1, None)
+    assert top.key not in before and top.raw == pytest.approx(0.0, abs=1e-6)
+    await backend.delete_file("acme", extra.id)
+    assert {c.key for c in await backend.nearest("acme", store.id, vec(9), 100, None)} == before
+    await backend.attach_file("acme", store.id, files[0], attributes={}, chunking=StaticChunking())
+    assert len(await backend.nearest("acme", store.id, vec(9), 100, None)) == 30
