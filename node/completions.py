@@ -14,7 +14,7 @@ import asyncio
 import hashlib
 import logging
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any
 
 import anyio
@@ -50,11 +50,23 @@ def cache_salt(tenant: str) -> str:
     return hashlib.sha256(b"bastion-cache-salt\x00" + tenant.encode()).hexdigest()[:32]
 
 
+#: turns a request body into the chat request it asks for (``/v1/responses`` translates its own)
+ChatDecoder = Callable[[bytes], Awaitable[ChatCompletionRequest]]
+
+
 async def handle_generation(
-    state: NodeState, request: Request[Any, Any, Any], principal: Principal, request_id: str, *, chat: bool
+    state: NodeState,
+    request: Request[Any, Any, Any],
+    principal: Principal,
+    request_id: str,
+    *,
+    chat: bool,
+    decode: ChatDecoder | None = None,
+    endpoint: str | None = None,
 ) -> Response[Any]:
     """``principal``: the authenticated tenant (``node.dependencies``); ``request_id``: the
-    handler's own (``chatcmpl-`` or ``cmpl-``)."""
+    handler's own (``chatcmpl-`` or ``cmpl-``). ``decode`` (chat only): how the body becomes a
+    chat request, inside the record's refusals, under ``endpoint``'s name in the records."""
     started = time.monotonic()
     # From here on the request is the tenant's: whatever ends it before the stream (a body
     # that does not decode, a limit, the router, an unexpected error) passes through the record.
@@ -62,12 +74,12 @@ async def handle_generation(
         state=state,
         principal=principal,
         request_id=request_id,
-        endpoint="chat" if chat else "completions",
+        endpoint=endpoint or ("chat" if chat else "completions"),
         started=started,
         refusal_headers=request.scope["state"].setdefault("route_headers", {}),
     )
     async with record.refusals_recorded():
-        wire, generation = await _decode(state, request, principal, request_id, chat=chat)
+        wire, generation = await _decode(state, request, principal, request_id, chat=chat, decode=decode)
         record.admitted(alias=wire.model, subject=wire.user, generation=generation)
         route_request = RouteRequest(
             tenant=principal.tenant.name,
@@ -103,12 +115,18 @@ async def handle_generation(
 
 
 async def _decode(
-    state: NodeState, request: Request[Any, Any, Any], principal: Principal, request_id: str, *, chat: bool
+    state: NodeState,
+    request: Request[Any, Any, Any],
+    principal: Principal,
+    request_id: str,
+    *,
+    chat: bool,
+    decode: ChatDecoder | None,
 ) -> tuple[ChatCompletionRequest | CompletionRequest, GenerationRequest]:
     body = await request.body()
     wire: ChatCompletionRequest | CompletionRequest
     if chat:
-        wire = decode_request(body, ChatCompletionRequest)
+        wire = await decode(body) if decode is not None else decode_request(body, ChatCompletionRequest)
         if len(wire.messages) > state.config.limits.max_messages:
             raise BadRequestError(
                 f"at most {state.config.limits.max_messages} messages per request", param="messages"

@@ -25,6 +25,7 @@ from .dependencies import ID_PREFIX, TENANT_DEPENDENCIES, Node, RequestId, Tenan
 from .embeddings import handle_embeddings
 from .feedback import FeedbackRequest, submit_feedback
 from .recorder import RequestRecord
+from .responses import handle_responses
 from .wire import decode_request
 
 __all__ = ["CONTROLLERS"]
@@ -46,6 +47,18 @@ class GenerationController(Controller):
         self, node: Node, request: Request[Any, Any, Any], principal: Tenant, request_id: RequestId
     ) -> Response[Any]:
         return await handle_generation(node, request, principal, request_id, chat=False)
+
+
+class ResponsesController(Controller):
+    """``/v1/responses``: the Responses API, stateless, over the chat path (``node.responses``)."""
+
+    dependencies = TENANT_DEPENDENCIES
+
+    @post("/v1/responses", status_code=200, opt={ID_PREFIX: "resp_"})
+    async def responses(
+        self, node: Node, request: Request[Any, Any, Any], principal: Tenant, request_id: RequestId
+    ) -> Response[Any]:
+        return await handle_responses(node, request, principal, request_id)
 
 
 class EmbeddingsController(Controller):
@@ -168,6 +181,7 @@ def _check_metrics_token(node: Node, authorization: str | None) -> None:
 #: every endpoint of the node
 CONTROLLERS: Final[list[ControllerRouterHandler]] = [
     GenerationController,
+    ResponsesController,
     EmbeddingsController,
     ModelsController,
     FeedbackController,

@@ -53,7 +53,7 @@ _log = logging.getLogger("bastion.metrics")
 #: the label value of every name that is not configured
 OTHER = "other"
 #: the API endpoints a request record names (``bastion_endpoint_requests``' ``endpoint`` label)
-ENDPOINTS = ("chat", "completions", "embeddings", "feedback")
+ENDPOINTS = ("chat", "completions", "responses", "embeddings", "feedback")
 #: API features counted by route (``bastion_feature_requests_total``)
 FEATURES = ("tools", "tool_calls")
 
@@ -326,7 +326,8 @@ class Metrics:
         self._endpoint = _Bound(ENDPOINTS)
         self.endpoint_requests = Counter(
             "bastion_endpoint_requests",
-            "Requests finished, by API endpoint (chat, completions, embeddings, feedback), route and status",
+            "Requests finished, by API endpoint (chat, completions, responses, embeddings, feedback), "
+            "route and status",
             ["endpoint", "route", "status"],
             registry=r,
         )
