@@ -282,8 +282,10 @@ class ContextService:
         return dedupe(hits)[:max_num_results]
 
     async def _allowed(self, tenant: str, store_id: str, filters: Filter | None) -> list[str] | None:
-        """The store's files a filter lets through (None: no filter, every file)."""
-        files = await self.backend.list_store_files(tenant, store_id)  # NotFoundError for another tenant's
+        """The store's files a filter lets through (None: no filter, every file). Without a filter
+        nothing is read here: each ranking resolves the store for the tenant (NotFoundError) before
+        it reads a chunk, and a search returns nothing until every store answered."""
         if filters is None:
             return None
+        files = await self.backend.list_store_files(tenant, store_id)  # NotFoundError for another tenant's
         return [f.file_id for f in files if filters.matches(f.attributes)]
