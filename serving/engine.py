@@ -380,6 +380,11 @@ class LocalEngine:
         except (GeneratorExit, asyncio.CancelledError):
             raise
         except (ValueError, VLLMClientError) as exc:
+            if tools is not None and params.structured_outputs is not None:
+                # the grammar of the tools' calls: a schema feature xgrammar cannot generate under
+                raise BadRequestError(
+                    f"the tools' parameter schemas cannot be generated under: {exc}", param="tools"
+                ) from exc
             raise BadRequestError(f"the engine rejected the request: {exc}") from exc
         except GracefulHTTPError as exc:
             # vLLM's admission control (queue full): busy, not broken

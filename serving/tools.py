@@ -89,6 +89,12 @@ def _check_parameters(params: Any, where: str, name: str) -> None:
     from jsonschema import Draft202012Validator
     from jsonschema.exceptions import SchemaError
 
+    if ref := _outside_ref(params):
+        raise BadRequestError(
+            f"{where} (tool {name!r}): `$ref` {ref!r} points outside the schema; only local "
+            "references (`#/...`) are resolved, nothing is fetched",
+            param=where,
+        )
     try:
         Draft202012Validator.check_schema(params)
     except SchemaError as exc:
@@ -97,6 +103,18 @@ def _check_parameters(params: Any, where: str, name: str) -> None:
             f"{where} (tool {name!r}) is not a valid JSON Schema: at {at or 'the top'}: {exc.message}",
             param=where,
         ) from None
+
+
+def _outside_ref(schema: Any) -> str | None:
+    """The first ``$ref`` in ``schema`` that is not a local (``#...``) reference, if any."""
+    if isinstance(schema, dict):
+        ref = schema.get("$ref")
+        if isinstance(ref, str) and not ref.startswith("#"):
+            return ref
+        return next((r for v in schema.values() if (r := _outside_ref(v)) is not None), None)
+    if isinstance(schema, list):
+        return next((r for v in schema if (r := _outside_ref(v)) is not None), None)
+    return None
 
 
 def _chosen(tool_choice: str | Mapping[str, Any] | None) -> str | None:

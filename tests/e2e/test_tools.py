@@ -305,6 +305,26 @@ BAD: list[tuple[str, dict[str, Any], str, str]] = [
     ),
     ("bad name", {"tools": [_tool("no spaces", WEATHER)]}, "tools[0].function.name", "letters, digits"),
     (
+        "remote reference",
+        {"tools": [_tool("f", {"type": "object", "properties": {"a": {"$ref": "https://example.com/a"}}})]},
+        "tools[0].function.parameters",
+        "points outside the schema",
+    ),
+    (
+        "schema xgrammar cannot generate under",
+        {
+            "tools": [
+                _tool(
+                    "f",
+                    {"type": "object", "properties": {"a": {"type": "integer", "minimum": 5, "maximum": 1}}},
+                )
+            ],
+            "tool_choice": "required",
+        },
+        "tools",
+        "minimum greater than maximum",
+    ),
+    (
         "unknown function",
         {"tools": TOOLS, "tool_choice": {"type": "function", "function": {"name": "launch"}}},
         "tool_choice",
