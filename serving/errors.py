@@ -15,9 +15,11 @@ The hierarchy::
     │   ├── BadRequestError           400 invalid_request
     │   │   ├── ContextLengthExceededError   context_length_exceeded
     │   │   ├── UnsupportedFieldError        unsupported_field
-    │   │   └── BadResidencyHeaderError      bad_residency_header
+    │   │   ├── BadResidencyHeaderError      bad_residency_header
+    │   │   └── FileParseError               file_parse_error (an uploaded file cannot be read)
+    │   │       └── UnsupportedFileError     unsupported_file (a file type the node does not read)
     │   ├── AuthenticationError       401 invalid_api_key
-    │   ├── NotFoundError             404 not_found (unknown path)
+    │   ├── NotFoundError             404 not_found (unknown path; a file or vector store not the tenant's)
     │   │   ├── ModelNotFoundError           model_not_found (also a model the key may not use)
     │   │   └── RequestNotFoundError         request_not_found
     │   ├── MethodNotAllowedError     405 method_not_allowed
@@ -25,6 +27,7 @@ The hierarchy::
     │   ├── ConflictError             409 conflict
     │   │   └── FeedbackExistsError          feedback_exists
     │   ├── PayloadTooLargeError      413 payload_too_large
+    │   │   └── FileTooLargeError            payload_too_large (a file or its text past a limit)
     │   └── RateLimitedError          429 rate_limit_exceeded       retryable
     │       └── BudgetExceededError          budget_exceeded
     ├── InternalError                 500 internal_error
@@ -70,6 +73,8 @@ __all__ = [
     "EngineUnavailableError",
     "FeedbackExistsError",
     "FeedbackUnavailableError",
+    "FileParseError",
+    "FileTooLargeError",
     "InternalError",
     "MethodNotAllowedError",
     "ModelNotFoundError",
@@ -85,6 +90,7 @@ __all__ = [
     "StartupFailure",
     "StateUnavailableError",
     "UnsupportedFieldError",
+    "UnsupportedFileError",
     "UpstreamError",
     "UpstreamRateLimitedError",
     "UpstreamTimeoutError",
@@ -161,6 +167,18 @@ class BadResidencyHeaderError(BadRequestError):
     code = "bad_residency_header"
 
 
+class FileParseError(BadRequestError):
+    """An uploaded file's bytes cannot be read as the format its name says; the message names why."""
+
+    code = "file_parse_error"
+
+
+class UnsupportedFileError(FileParseError):
+    """A file type this node does not read (by its extension)."""
+
+    code = "unsupported_file"
+
+
 class AuthenticationError(ClientError):
     status_code = 401
     type = "authentication_error"
@@ -168,7 +186,7 @@ class AuthenticationError(ClientError):
 
 
 class NotFoundError(ClientError):
-    """An unknown path."""
+    """An unknown path; a vector store or file the tenant does not own (as one that never existed)."""
 
     status_code = 404
     code = "not_found"
@@ -213,6 +231,10 @@ class FeedbackExistsError(ConflictError):
 class PayloadTooLargeError(ClientError):
     status_code = 413
     code = "payload_too_large"
+
+
+class FileTooLargeError(PayloadTooLargeError):
+    """An uploaded file, or the text parsed from it, is past a configured limit."""
 
 
 class RateLimitedError(ClientError):

@@ -14,9 +14,10 @@ budget), ``service`` (ingestion and search), ``evaluation`` and ``cli``
 (``bastion context eval``).
 """
 
+from serving.errors import FileParseError, FileTooLargeError, NotFoundError, UnsupportedFileError
+
 from .backend import ChunkIndex, ContextBackend, FileRepository, StoreRepository
 from .chunking import FileTokenizer, TextTokenizer, static_chunks
-from .errors import FileParseError, FileTooLargeError, NotFoundError, UnsupportedFileError
 from .filters import Comparison, Compound, Filter, parse_filter
 from .fusion import Hit, Packed, SearchMode, dedupe, pack, reciprocal_rank_fusion
 from .parse import SUPPORTED_EXTENSIONS, parse_file

@@ -23,7 +23,7 @@ from pathlib import PurePath
 from bs4 import BeautifulSoup
 from markdown_it import MarkdownIt
 
-from .errors import FileParseError, FileTooLargeError, UnsupportedFileError
+from serving.errors import FileParseError, FileTooLargeError, UnsupportedFileError
 
 __all__ = ["SUPPORTED_EXTENSIONS", "parse_file"]
 

@@ -21,11 +21,10 @@ import uuid
 from collections.abc import Mapping, Sequence
 
 from serving.embedding import Embedder, EmbeddingRequest
-from serving.errors import BadRequestError, BastionError
+from serving.errors import BadRequestError, BastionError, FileTooLargeError, UnsupportedFileError
 
 from .backend import ContextBackend
 from .chunking import TextTokenizer, static_chunks
-from .errors import FileTooLargeError, UnsupportedFileError
 from .filters import Filter
 from .fusion import Hit, SearchMode, dedupe, reciprocal_rank_fusion
 from .parse import parse_file

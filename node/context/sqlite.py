@@ -30,8 +30,8 @@ import apsw
 import msgspec
 
 from audit.kek import KeyEncryptionKey
+from serving.errors import NotFoundError
 
-from .errors import NotFoundError
 from .records import (
     AttributeValue,
     Candidate,
