@@ -107,7 +107,7 @@ async def test_no_personal_data_in_any_part_of_the_body_either_provider_received
     assert names == ["pay", "refund-IBAN_1"]  # a name keeps the characters names allow
     choice = sent["tool_choice"]
     assert choice.get("name", (choice.get("function") or {}).get("name")) == "refund-IBAN_1"
-    assert stream.redactions["EMAIL"] == 5 and stream.redactions["CARD"] == 2
+    assert stream.decision.redactions["EMAIL"] == 5 and stream.decision.redactions["CARD"] == 2
 
 
 @pytest.mark.parametrize("kind", ["openai", "anthropic"])
