@@ -25,8 +25,9 @@ from litestar.response import Stream
 
 from router import RESIDENCY_HEADER, RoutedStream, RouteRequest
 from serving.errors import BadRequestError, BastionError, ModelNotFoundError
-from serving.protocol import Delta, GenerationRequest, ToolCall
+from serving.protocol import Delta, GenerationRequest, choices
 
+from .choices import Choices
 from .errors import error_response, to_bastion_error
 from .recorder import RequestRecord
 from .state import NodeState
@@ -99,6 +100,7 @@ async def handle_generation(
             chat=chat,
             include_usage=wire.include_usage(),
             continuous_usage=wire.continuous_usage(),
+            choices=choices(generation),
         )
         events = _sse(record, routed, encoder)
         return Stream(
@@ -151,6 +153,7 @@ async def _decode(
         tenant=principal.tenant.name,
         cache_salt=cache_salt(principal.tenant.name),
         fields=wire.fields_set(),
+        response_format=wire.response_format_dict(),
     )
     if isinstance(wire, ChatCompletionRequest):
         generation = msgspec.structs.replace(
@@ -165,18 +168,14 @@ async def _decode(
 async def _collect(
     record: RequestRecord, routed: RoutedStream, *, chat: bool, headers: dict[str, str], principal: Principal
 ) -> Response[Any]:
-    parts: list[str] = []
+    answer = Choices(_expected(record))
     last = Delta()
-    tool_calls: tuple[ToolCall, ...] | None = None
     drain = record.state.drain
     try:
         with drain.in_flight():
             async for delta in routed:
                 record.on_delta(delta)
-                if delta.text:
-                    parts.append(delta.text)
-                if delta.tool_calls:
-                    tool_calls = (tool_calls or ()) + delta.tool_calls
+                answer.add(delta)
                 last = delta
     except BaseException as exc:
         await _close_quietly(routed)
@@ -186,31 +185,25 @@ async def _collect(
         with anyio.CancelScope(shield=True):
             await record.ended(
                 status="cancelled" if err is None else err.code,
-                text="".join(parts),
+                text=answer.texts(),
                 error=err,
-                tool_calls=tool_calls,
+                tool_calls=answer.tool_calls(),
             )
         if err is None:
             raise
         resp = error_response(err)
         resp.headers.update(headers)
         return resp
-    text = "".join(parts)
     with anyio.CancelScope(shield=True):
-        await record.ended(status="ok", text=text, error=None, last=last, tool_calls=tool_calls)
-    body = (
-        chat_completion_body(
-            request_id=record.request_id,
-            model=record.alias,
-            created=int(time.time()),
-            text=text,
-            last=last,
-            tool_calls=tool_calls,
+        await record.ended(
+            status="ok", text=answer.texts(), error=None, last=last, tool_calls=answer.tool_calls()
         )
-        if chat
-        else completion_body(
-            request_id=record.request_id, model=record.alias, created=int(time.time()), text=text, last=last
-        )
+    body = (chat_completion_body if chat else completion_body)(
+        request_id=record.request_id,
+        model=record.alias,
+        created=int(time.time()),
+        choices=answer.ordered(),
+        last=last,
     )
     return Response(body, media_type="application/json", headers=headers)
 
@@ -218,12 +211,11 @@ async def _collect(
 async def _sse(
     record: RequestRecord, routed: RoutedStream, encoder: StreamEncoder
 ) -> AsyncGenerator[bytes, None]:
-    parts: list[str] = []
+    answer = Choices(encoder.choices)
     last = Delta()
     status = "ok"
     error: BastionError | None = None
     pieces_streamed = False
-    tool_calls: tuple[ToolCall, ...] | None = None
     drain = record.state.drain
     try:
         with drain.in_flight():
@@ -231,16 +223,17 @@ async def _sse(
                 yield encoder.role()
             async for delta in routed:
                 record.on_delta(delta)
-                if delta.text:
-                    parts.append(delta.text)
+                answer.add(delta)
+                if delta.text or delta.logprobs:
                     yield encoder.text(delta.text, delta)
                 if delta.tool_call_deltas:
                     pieces_streamed = True
-                    yield encoder.tool_call_pieces(delta.tool_call_deltas)
+                    yield encoder.tool_call_pieces(delta.tool_call_deltas, delta.index)
                 elif delta.tool_calls and not pieces_streamed:
                     # a provider that streamed no pieces: the whole calls in one chunk
-                    yield encoder.tool_calls(delta.tool_calls)
-                tool_calls = delta.tool_calls or tool_calls
+                    yield encoder.tool_calls(delta.tool_calls, delta.index)
+                if delta.finish_reason is not None:
+                    yield encoder.choice_end(delta)
                 last = delta
     except Exception as exc:  # a failure after the first token: an error event, never a silent cut
         error = to_bastion_error(exc)
@@ -260,7 +253,7 @@ async def _sse(
             # Durable before the response finishes; a failing audit turns into an error event.
             try:
                 await record.ended(
-                    status=status, text="".join(parts), error=error, last=last, tool_calls=tool_calls
+                    status=status, text=answer.texts(), error=error, last=last, tool_calls=answer.tool_calls()
                 )
             except Exception as exc:
                 if status == "ok":
@@ -269,7 +262,11 @@ async def _sse(
     if error is not None:
         yield encoder.error(error.to_body())
     else:
-        yield encoder.finish(last)
+        yield encoder.done(last)
+
+
+def _expected(record: RequestRecord) -> int:
+    return 1 if record.generation is None else choices(record.generation)
 
 
 async def _close_events(events: AsyncGenerator[bytes, None]) -> None:

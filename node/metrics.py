@@ -55,7 +55,7 @@ OTHER = "other"
 #: the API endpoints a request record names (``bastion_endpoint_requests``' ``endpoint`` label)
 ENDPOINTS = ("chat", "completions", "responses", "embeddings", "feedback")
 #: API features counted by route (``bastion_feature_requests_total``)
-FEATURES = ("tools", "tool_calls")
+FEATURES = ("tools", "tool_calls", "json_object", "json_schema", "logprobs", "choices")
 
 # Bucket bounds for LLM latencies. Time to first token spans a cached short prompt
 # (ms) to a long prefill behind a queue (a minute); inter-token latency is ms-scale
@@ -342,7 +342,8 @@ class Metrics:
         self.feature_requests = Counter(
             "bastion_feature_requests",
             "Finished requests that used an API feature, by feature and route (tools: offered tools; "
-            "tool_calls: answered with tool calls)",
+            "tool_calls: answered with tool calls; json_object, json_schema: structured outputs; "
+            "logprobs; choices: more than one choice)",
             ["feature", "route"],
             registry=r,
         )

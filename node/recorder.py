@@ -33,7 +33,7 @@ import anyio
 from audit import AuditEvent
 from router import Charge, ForwardDecision, Outcome, Refusal
 from serving.errors import BastionError
-from serving.protocol import Delta, GenerationRequest, ToolCall
+from serving.protocol import Delta, GenerationRequest, ToolCall, choices
 
 from .errors import to_bastion_error
 from .logs import log_request
@@ -137,10 +137,14 @@ class RequestRecord:
             content: dict[str, Any] | None = None
             if event_type == "request.start" and (g := self.generation) is not None:
                 content = (
-                    {"messages": [m_to_dict(m) for m in g.messages]}
-                    if g.messages is not None
-                    else {"prompt": g.prompt}
-                ) | _tools_content(g)
+                    (
+                        {"messages": [m_to_dict(m) for m in g.messages]}
+                        if g.messages is not None
+                        else {"prompt": g.prompt}
+                    )
+                    | _tools_content(g)
+                    | _output_settings(g)
+                )
             elif event_type == "request.start":
                 content = self.content
             event = AuditEvent(
@@ -196,6 +200,9 @@ class RequestRecord:
                 "top_p": s.top_p,
                 "stop": list(s.stop),
                 "seed": s.seed,
+                "n": s.n,
+                "frequency_penalty": s.frequency_penalty,
+                "presence_penalty": s.presence_penalty,
             }
         return meta
 
@@ -236,11 +243,12 @@ class RequestRecord:
         self,
         *,
         status: str,
-        text: str,
+        text: str | list[str],
         error: BastionError | None,
         last: Delta | None = None,
         tool_calls: tuple[ToolCall, ...] | None = None,
     ) -> None:
+        """The end record; ``text`` is the answer (one text per choice when there are several)."""
         if self._ended:
             return
         self._ended = True
@@ -273,6 +281,8 @@ class RequestRecord:
             )
             if used
         ]
+        if self.generation is not None:
+            features += _features(self.generation)
         self.state.metrics.observe_features(features, route=self.route)
         log_request(
             _log,
@@ -297,7 +307,7 @@ class RequestRecord:
         # an output that is not text (embedding vectors) is not stored
         content: dict[str, Any] | None = None
         if self.forwarded and self.generation is not None:
-            content = {"completion": text}
+            content = _completion(text)
             if tool_calls:
                 content["tool_calls"] = [_call_dict(c) for c in tool_calls]
         await audit.append(
@@ -336,6 +346,41 @@ def _tools_content(g: GenerationRequest) -> dict[str, Any]:
     if g.parallel_tool_calls is not None:
         out["parallel_tool_calls"] = g.parallel_tool_calls
     return out
+
+
+def _output_settings(g: GenerationRequest) -> dict[str, Any]:
+    """What the request asked of its output's shape, for the start record (encrypted with the
+    prompt: a schema or a logit bias can say as much as the prompt does)."""
+    out: dict[str, Any] = {}
+    if g.response_format is not None:
+        out["response_format"] = g.response_format
+    s = g.sampling
+    if s.logprobs is not None:
+        out["logprobs"] = s.logprobs
+    if s.logit_bias:
+        out["logit_bias"] = {str(k): v for k, v in s.logit_bias.items()}
+    return out
+
+
+def _features(g: GenerationRequest) -> list[str]:
+    """The API features (``node.metrics.FEATURES``) a request used."""
+    out: list[str] = []
+    kind = (g.response_format or {}).get("type")
+    if kind in ("json_object", "json_schema"):
+        out.append(str(kind))
+    if g.sampling.logprobs is not None:
+        out.append("logprobs")
+    if choices(g) > 1:
+        out.append("choices")
+    return out
+
+
+def _completion(text: str | list[str]) -> dict[str, Any]:
+    if isinstance(text, str):
+        return {"completion": text}
+    if len(text) == 1:
+        return {"completion": text[0]}
+    return {"completion": text[0] if text else "", "choices": text}
 
 
 def m_to_dict(m: Any) -> dict[str, Any]:

@@ -55,6 +55,8 @@ def build_messages_body(request: GenerationRequest, *, default_max_tokens: int) 
     (the planner never sends here a request with a field marked unsupported for ``anthropic``),
     and the name of the forced tool that carries a ``response_format`` answer, if any."""
     messages = request.messages
+    if isinstance(request.prompt, tuple):
+        raise BadRequestError("the Messages API takes one prompt per request", param="prompt")
     if messages is None:
         messages = (ChatMessage(role="user", content=request.prompt or ""),)
     system = [m.content for m in messages if m.role in ("system", "developer") and m.content]

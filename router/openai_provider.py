@@ -25,8 +25,11 @@ from serving.protocol import (
     Delta,
     FunctionCall,
     GenerationRequest,
+    TokenLogprob,
     ToolCall,
     ToolCallDelta,
+    TopLogprob,
+    choices,
     message_dict,
 )
 from serving.protocol import FinishReason as _FinishReason
@@ -58,10 +61,66 @@ class _ChunkDelta(msgspec.Struct):
     tool_calls: list[_ToolFragment] | None = None
 
 
+class _TopLogprob(msgspec.Struct):
+    token: str
+    logprob: float
+    bytes: list[int] | None = None
+
+
+class _TokenLogprob(msgspec.Struct):
+    token: str
+    logprob: float
+    bytes: list[int] | None = None
+    top_logprobs: list[_TopLogprob] = []
+
+
+class _Logprobs(msgspec.Struct):
+    """Chat's ``content`` entries, or the legacy completions object."""
+
+    content: list[_TokenLogprob] | None = None
+    tokens: list[str] | None = None
+    token_logprobs: list[float | None] | None = None
+    top_logprobs: list[dict[str, float] | None] | None = None
+
+    def parsed(self) -> tuple[TokenLogprob, ...]:
+        if self.content is not None:
+            return tuple(
+                TokenLogprob(
+                    token=t.token,
+                    logprob=t.logprob,
+                    utf8=None if t.bytes is None else tuple(t.bytes),
+                    top=tuple(
+                        TopLogprob(
+                            token=a.token, logprob=a.logprob, utf8=None if a.bytes is None else tuple(a.bytes)
+                        )
+                        for a in t.top_logprobs
+                    ),
+                )
+                for t in self.content
+            )
+        tokens = self.tokens or []
+        values = self.token_logprobs or []
+        tops = self.top_logprobs or []
+        return tuple(
+            TokenLogprob(
+                token=token,
+                logprob=_NO_LOGPROB if i >= len(values) or values[i] is None else float(values[i] or 0.0),
+                utf8=tuple(token.encode()),
+                top=tuple(
+                    TopLogprob(token=k, logprob=v, utf8=tuple(k.encode()))
+                    for k, v in ((tops[i] or {}) if i < len(tops) else {}).items()
+                ),
+            )
+            for i, token in enumerate(tokens)
+        )
+
+
 class _Choice(msgspec.Struct):
+    index: int = 0
     delta: _ChunkDelta | None = None
     text: str | None = None
     finish_reason: str | None = None
+    logprobs: _Logprobs | None = None
 
 
 class _Usage(msgspec.Struct):
@@ -75,22 +134,44 @@ class _Chunk(msgspec.Struct):
     error: dict[str, Any] | None = None
 
 
+_NO_LOGPROB = -9999.0
+
+
+class _Pending:
+    """One choice's output from the events of one network read."""
+
+    __slots__ = ("logprobs", "parts", "pieces")
+
+    def __init__(self) -> None:
+        self.parts: list[str] = []
+        self.logprobs: list[TokenLogprob] | None = None
+        #: tool-call fragments (passed on as they came)
+        self.pieces: list[ToolCallDelta] = []
+
+
 class _StreamState:
     """What one stream has told so far."""
 
-    __slots__ = ("counted", "done", "finish", "pieces", "tools", "usage", "usage_seen")
+    __slots__ = ("choices", "counted", "done", "finish", "pending", "tools", "usage", "usage_seen")
 
-    def __init__(self) -> None:
-        self.finish: _FinishReason | None = None
+    def __init__(self, choices: int = 1) -> None:
+        self.choices = choices
+        #: choice index -> its finish reason
+        self.finish: dict[int, _FinishReason] = {}
         self.usage = _Usage()
         #: the provider reported usage (its counts replace ours)
         self.usage_seen = False
         #: chunks that carried output (text or a tool-call fragment): about one token each
         self.counted = 0
-        self.tools: dict[int, list[str]] = {}  # index -> [id, name, arguments]
-        #: tool-call fragments not yet delivered (passed on as they came)
-        self.pieces: list[ToolCallDelta] = []
+        #: (choice index, call index) -> [id, name, arguments]
+        self.tools: dict[tuple[int, int], list[str]] = {}
         self.done = False  # [DONE] seen
+        #: choice index -> output of the current read, not delivered yet
+        self.pending: dict[int, _Pending] = {}
+
+    @property
+    def finished(self) -> bool:
+        return all(i in self.finish for i in range(self.choices))
 
     @property
     def completion_tokens(self) -> int:
@@ -118,19 +199,34 @@ def build_body(request: GenerationRequest) -> tuple[str, bytes]:
             body["tool_choice"] = request.tool_choice
         if request.parallel_tool_calls is not None:
             body["parallel_tool_calls"] = request.parallel_tool_calls
+        if s.logprobs is not None:
+            body["logprobs"] = True
+            if "top_logprobs" in request.fields:
+                body["top_logprobs"] = s.logprobs
     else:
         path = "/completions"
-        body["prompt"] = request.prompt or ""
+        prompt = request.prompt or ""
+        body["prompt"] = list(prompt) if isinstance(prompt, tuple) else prompt
+        if s.logprobs is not None:
+            body["logprobs"] = s.logprobs
     for key, value in (
         ("max_tokens", s.max_tokens),
         ("temperature", s.temperature),
         ("top_p", s.top_p),
         ("seed", s.seed),
+        ("frequency_penalty", s.frequency_penalty),
+        ("presence_penalty", s.presence_penalty),
     ):
         if value is not None:
             body[key] = value
     if s.stop:
         body["stop"] = list(s.stop)
+    if s.n > 1:
+        body["n"] = s.n
+    if s.logit_bias:
+        body["logit_bias"] = {str(token): bias for token, bias in s.logit_bias.items()}
+    if request.response_format is not None:
+        body["response_format"] = request.response_format
     return path, _encode(body)
 
 
@@ -150,30 +246,34 @@ class OpenAIProvider(ExternalProvider):
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[Delta]:
         path, body = build_body(request)
-        state = _StreamState()
+        state = _StreamState(choices(request))
         async for batch in self._upstream.batches(path, body, terminal=_is_done):
-            # The text of every chunk that arrived in one read goes out as one delta.
-            text, failure = fold_batch(batch, partial(self._absorb, state=state))
-            pieces, state.pieces = state.pieces, []
-            if text or pieces:
+            # The output of every chunk that arrived in one read goes out as one delta per choice.
+            _, failure = fold_batch(batch, partial(self._absorb, state=state))
+            for index, pending in sorted(state.pending.items()):
                 yield Delta(
-                    text=text,
+                    text="".join(pending.parts),
                     prompt_tokens=state.usage.prompt_tokens,
                     completion_tokens=state.completion_tokens,
-                    tool_call_deltas=tuple(pieces) or None,
+                    tool_call_deltas=tuple(pending.pieces) or None,
+                    index=index,
+                    logprobs=None if pending.logprobs is None else tuple(pending.logprobs),
                 )
+            state.pending.clear()
             if failure is not None:
                 raise failure
-            if state.done and state.finish is not None:
+            if state.done and state.finished:
                 # Deliver the end now; the transport then lets the body finish.
-                yield self._final(state)
+                for delta in self._final(state):
+                    yield delta
                 return
-        if state.finish is None:
+        if not state.finished:
             raise UpstreamError(
                 f"provider {self._config.name!r}: stream ended without a finish reason",
                 reason="stream-truncated",
             )
-        yield self._final(state)  # servers that end without [DONE]
+        for delta in self._final(state):  # servers that end without [DONE]
+            yield delta
 
     def _absorb(self, event: SseEvent, parts: list[str], *, state: _StreamState) -> UpstreamError | None:
         """Fold one event into ``state`` and ``parts``; the error it carries, if any."""
@@ -191,10 +291,15 @@ class OpenAIProvider(ExternalProvider):
         if chunk.usage is not None:
             state.usage, state.usage_seen = chunk.usage, True
         for choice in chunk.choices:
+            if not 0 <= choice.index < state.choices:
+                return UpstreamError(
+                    f"provider {name!r}: a chunk of choice {choice.index} (asked for {state.choices})",
+                    reason="malformed-stream",
+                )
             text = choice.text if choice.delta is None else choice.delta.content
             if choice.delta is not None and choice.delta.tool_calls:
-                _merge_tools(state.tools, choice.delta.tool_calls)
-                state.pieces.extend(
+                _merge_tools(state.tools, choice.index, choice.delta.tool_calls)
+                state.pending.setdefault(choice.index, _Pending()).pieces.extend(
                     ToolCallDelta(
                         index=f.index,
                         id=f.id,
@@ -207,28 +312,43 @@ class OpenAIProvider(ExternalProvider):
             elif text:
                 state.counted += 1
             if choice.finish_reason is not None:
-                state.finish = _FINISH.get(choice.finish_reason, "stop")
-            if text:
-                parts.append(text)
+                state.finish[choice.index] = _FINISH.get(choice.finish_reason, "stop")
+            logprobs = choice.logprobs.parsed() if choice.logprobs is not None else None
+            if text or logprobs:
+                pending = state.pending.setdefault(choice.index, _Pending())
+                if text:
+                    pending.parts.append(text)
+                if logprobs:
+                    pending.logprobs = (pending.logprobs or []) + list(logprobs)
         return None
 
-    def _final(self, state: _StreamState) -> Delta:
+    def _final(self, state: _StreamState) -> list[Delta]:
+        """Each choice's end, in index order: the last one ends the stream."""
         self._last_ok = time.monotonic()
-        calls = tuple(
-            ToolCall(id=v[0], function=FunctionCall(name=v[1], arguments=v[2]))
-            for _, v in sorted(state.tools.items())
-        )
-        return Delta(
-            finish_reason=state.finish,
-            prompt_tokens=state.usage.prompt_tokens,
-            completion_tokens=state.completion_tokens,
-            tool_calls=calls or None,
-        )
+        out: list[Delta] = []
+        for index in range(state.choices):
+            calls = tuple(
+                ToolCall(id=v[0], function=FunctionCall(name=v[1], arguments=v[2]))
+                for (choice, _), v in sorted(state.tools.items())
+                if choice == index
+            )
+            out.append(
+                Delta(
+                    finish_reason=state.finish[index],
+                    prompt_tokens=state.usage.prompt_tokens,
+                    completion_tokens=state.completion_tokens,
+                    tool_calls=calls or None,
+                    index=index,
+                )
+            )
+        return out
 
 
-def _merge_tools(tools: dict[int, list[str]], fragments: list[_ToolFragment]) -> None:
+def _merge_tools(
+    tools: dict[tuple[int, int], list[str]], choice: int, fragments: list[_ToolFragment]
+) -> None:
     for frag in fragments:
-        slot = tools.setdefault(frag.index, ["", "", ""])
+        slot = tools.setdefault((choice, frag.index), ["", "", ""])
         if frag.id:
             slot[0] = frag.id
         if frag.function is not None:

@@ -34,7 +34,7 @@ from typing import Literal
 
 import msgspec
 
-from serving.protocol import ChatMessage, GenerationRequest, rewrite_tool_calls
+from serving.protocol import ChatMessage, GenerationRequest, prompts, rewrite_tool_calls
 
 __all__ = ["Slot", "Visit", "rewrite", "scanned", "texts", "tool_texts"]
 
@@ -69,8 +69,7 @@ def texts(request: GenerationRequest, tools: list[list[str]] | None = None) -> l
         for c in m.tool_calls or ():
             out.append(scanned(c.function.name, "name"))
             out.extend(_arguments_texts(c.function.arguments))
-    if request.prompt is not None:
-        out.append(request.prompt)
+    out.extend(prompts(request))
     for found in tool_texts(request) if tools is None else tools:
         out.extend(found)
     if (name := _choice_name(request.tool_choice)) is not None:
@@ -94,7 +93,11 @@ def rewrite(
     definition or tool-call arguments none of whose texts is a hit is kept as it is, unwalked
     (``tools``: what ``tool_texts`` gave for ``request``)."""
     messages = None if request.messages is None else tuple(_message(m, visit, hits) for m in request.messages)
-    prompt = None if request.prompt is None else visit(request.prompt, "text")
+    prompt: str | tuple[str, ...] | None = None
+    if isinstance(request.prompt, tuple):
+        prompt = tuple(visit(p, "text") for p in request.prompt)
+    elif request.prompt is not None:
+        prompt = visit(request.prompt, "text")
     defined = request.tools
     if defined is not None:
         known = tool_texts(request) if tools is None else tools

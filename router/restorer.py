@@ -44,6 +44,10 @@ class Restorer:
         self._calls: dict[int, Restorer] = {}
         self._json: Restorer | None = None
 
+    def fresh(self) -> Restorer:
+        """A restorer of the same values with nothing pending (for another choice of the answer)."""
+        return Restorer(self._plain, self._names)
+
     def arguments(self) -> Restorer:
         return Restorer(self._plain, self._names, json=True)
 

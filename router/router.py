@@ -61,7 +61,7 @@ from serving.errors import (
     UpstreamError,
     UpstreamRateLimitedError,
 )
-from serving.protocol import GenerationRequest, Provider
+from serving.protocol import GenerationRequest, Provider, prompts
 
 __all__ = ["RouteRequest", "Router"]
 
@@ -458,7 +458,9 @@ class Router:
                 )
             detector = FreeTextDetector(engine, config.ner_model, timeout_s=config.ner_timeout_s)
             entities = await detector.detect(request_texts(generation))
-        size = len(generation.prompt or "") + sum(len(m.content or "") for m in generation.messages or ())
+        size = sum(len(p) for p in prompts(generation)) + sum(
+            len(m.content or "") for m in generation.messages or ()
+        )
         if size < _REDACT_INLINE_CHARS and not generation.tools:
             return redactor.redact(generation, entities)
         # Long prompts and tool definitions take milliseconds: let the event loop serve other

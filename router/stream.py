@@ -22,7 +22,7 @@ from router.decision import Attempt, Charge, ForwardDecision, Outcome, RouteObse
 from router.limits import LimitState
 from router.restorer import Restorer
 from serving.errors import BastionError, UpstreamError
-from serving.protocol import Delta, GenerationRequest
+from serving.protocol import Delta, GenerationRequest, choices, prompts
 
 __all__ = ["Account", "RoutedStream", "estimate_prompt_tokens"]
 
@@ -73,7 +73,7 @@ class Account:
 
 def estimate_prompt_tokens(generation: GenerationRequest) -> int:
     """A prompt's tokens when no provider reported them: one per 4 bytes of text (at least 1)."""
-    size = len((generation.prompt or "").encode())
+    size = sum(len(p.encode()) for p in prompts(generation))
     for m in generation.messages or ():
         size += len((m.content or "").encode()) + sum(
             len(c.function.name) + len(c.function.arguments) for c in m.tool_calls or ()
@@ -104,9 +104,12 @@ class RoutedStream:
         self._completion_tokens = 0
         self._first: Delta | None = connection.first
         self._rest = connection.rest
-        self._restorer = restorer
+        #: one restorer per choice (a placeholder may straddle two deltas of one choice)
+        self._restorers = {0: restorer} if restorer is not None else None
         self._account = account
         self._observer = observer
+        #: choices not finished yet: the stream ends with the last one's finish
+        self._open = choices(account.generation)
         self._done = False
 
     def __aiter__(self) -> RoutedStream:
@@ -174,11 +177,22 @@ class RoutedStream:
             self._prompt_tokens = delta.prompt_tokens
         if delta.completion_tokens:
             self._completion_tokens = delta.completion_tokens
-        if self._restorer is not None:
-            delta = self._restorer.delta(delta)
+        restorer = self._restorer(delta.index)
+        if restorer is not None:
+            delta = restorer.delta(delta)
         if delta.finish_reason is None:
             return delta
-        if not self._done:
+        self._open -= 1
+        if not self._done and self._open <= 0:
             self._done = True
             self._charge(Outcome(ok=True))
         return delta
+
+    def _restorer(self, index: int) -> Restorer | None:
+        restorers = self._restorers
+        if restorers is None:
+            return None
+        restorer = restorers.get(index)
+        if restorer is None:
+            restorer = restorers[index] = restorers[0].fresh()
+        return restorer

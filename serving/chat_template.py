@@ -55,7 +55,8 @@ class PromptRenderer:
         if (request.messages is None) == (request.prompt is None):
             raise BadRequestError("set exactly one of `messages` and `prompt`", param="messages")
         if request.messages is None:
-            assert request.prompt is not None
+            if not isinstance(request.prompt, str):
+                raise BadRequestError("one prompt at a time: several are rendered one by one", param="prompt")
             return list(self._tok.encode(request.prompt, add_special_tokens=True)), "prompt"
         if not request.messages:
             raise BadRequestError("`messages` must not be empty", param="messages")

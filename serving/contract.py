@@ -10,9 +10,10 @@ no candidate can honour is refused naming the field. Nothing is silently
 dropped. The README's table is this one.
 
 Fields the node itself handles alike on every route (``model``, ``messages``,
-``prompt``, ``stream``, ``stream_options``, ``user``) are not in the table;
-neither are values the wire schema refuses outright (``n`` above 1, non-zero
-penalties, ``echo``).
+a single ``prompt``, ``stream``, ``stream_options``, ``user``) are not in the
+table; neither are values the wire schema refuses outright (``echo``). A field
+counts as set when it asks for something: ``n`` above 1, a non-zero penalty, a
+``response_format`` other than ``text``, ``prompt`` as a list of several.
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ _PARSED: Final = Rule(
     support=Support.HONOURED,
     note="by a model with a `tool_parser` in models.toml; one without is skipped (`unsupported:tools`)",
 )
+_NOT_MESSAGES: Final = Rule(support=Support.UNSUPPORTED, note="the Messages API has no such setting")
 _VLLM_ONLY: Final = Rule(support=Support.UNSUPPORTED, note="a vLLM extension; external APIs refuse it")
 
 #: the optional fields whose fate depends on the route, in the order the README shows them
@@ -69,6 +71,14 @@ FIELDS: Final = (
     "top_p",
     "stop",
     "seed",
+    "n",
+    "top_logprobs",
+    "logprobs",
+    "logit_bias",
+    "frequency_penalty",
+    "presence_penalty",
+    "response_format",
+    "prompt",
     "tools",
     "tool_choice",
     "parallel_tool_calls",
@@ -84,6 +94,17 @@ CONTRACT: Final[Mapping[RouteKind, Mapping[str, Rule]]] = {
         "top_p": _H,
         "stop": _H,
         "seed": _H,
+        "n": _H,
+        "top_logprobs": _H,
+        "logprobs": _H,
+        "logit_bias": _H,
+        "frequency_penalty": _H,
+        "presence_penalty": _H,
+        "response_format": Rule(
+            support=Support.TRANSLATED,
+            note="vLLM structured outputs (xgrammar), compact JSON; `json_object` is any JSON object",
+        ),
+        "prompt": Rule(support=Support.TRANSLATED, note="one engine request per prompt"),
         "tools": _PARSED,
         "tool_choice": _PARSED,
         "parallel_tool_calls": _PARSED,
@@ -97,6 +118,14 @@ CONTRACT: Final[Mapping[RouteKind, Mapping[str, Rule]]] = {
         "top_p": _H,
         "stop": _H,
         "seed": _H,
+        "n": _H,
+        "top_logprobs": _H,
+        "logprobs": _H,
+        "logit_bias": _H,
+        "frequency_penalty": _H,
+        "presence_penalty": _H,
+        "response_format": _H,
+        "prompt": _H,
         "tools": _H,
         "tool_choice": _H,
         "parallel_tool_calls": _H,
@@ -114,6 +143,14 @@ CONTRACT: Final[Mapping[RouteKind, Mapping[str, Rule]]] = {
         "top_p": _H,
         "stop": Rule(support=Support.TRANSLATED, note="sent as `stop_sequences`"),
         "seed": Rule(support=Support.UNSUPPORTED, note="the Messages API has no seed"),
+        "n": Rule(support=Support.UNSUPPORTED, note="the Messages API answers with one choice"),
+        "top_logprobs": _NOT_MESSAGES,
+        "logprobs": _NOT_MESSAGES,
+        "logit_bias": _NOT_MESSAGES,
+        "frequency_penalty": _NOT_MESSAGES,
+        "presence_penalty": _NOT_MESSAGES,
+        "response_format": Rule(support=Support.UNSUPPORTED, note="not translated to the Messages API"),
+        "prompt": Rule(support=Support.UNSUPPORTED, note="one prompt per request"),
         "tools": Rule(support=Support.TRANSLATED, note="function tools become `input_schema` tools"),
         "tool_choice": Rule(
             support=Support.TRANSLATED,

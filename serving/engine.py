@@ -19,7 +19,9 @@ import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Final, Literal
+from typing import Any, Final
+
+import msgspec
 
 from serving.chat_template import PromptRenderer, budget_max_tokens
 from serving.contract import TOOL_FIELDS
@@ -30,6 +32,7 @@ from serving.models import ModelSpec
 from serving.pins import verify_model
 from serving.prober import Prober, ProbeSettings
 from serving.protocol import Delta, GenerationRequest, Health, ProviderInfo
+from serving.sampling import ChoiceStream, check_json_schema, merge_streams, sampling_kwargs
 from serving.tool_output import ToolSetup, ToolStream, reader_for, structured_outputs, tool_parser_class
 from serving.tools import plan_tools
 
@@ -38,12 +41,6 @@ __all__ = ["EngineStats", "LocalEngine", "engine_args"]
 #: how long the engine core gets to stop its worker and release its resources before it is killed:
 #: its own grace for the worker (5 s) and for a SIGTERM to it (4 s), and a margin
 _SHUTDOWN_GRACE_S: Final = 15.0
-
-_FINISH: Final[dict[str, Literal["stop", "length", "abort"]]] = {
-    "stop": "stop",
-    "length": "length",
-    "abort": "abort",
-}
 
 
 class LocalEngine:
@@ -276,8 +273,12 @@ class LocalEngine:
         """Prompt tokens as this model counts them (its tokenizer and chat template)."""
         if self._renderer is None:
             raise self._unavailable()
-        ids, _ = self._renderer.render(request)
-        return len(ids)
+        renderer = self._renderer
+        if isinstance(request.prompt, tuple):
+            return sum(
+                len(renderer.render(msgspec.structs.replace(request, prompt=p))[0]) for p in request.prompt
+            )
+        return len(renderer.render(request)[0])
 
     def stream(self, request: GenerationRequest) -> AsyncIterator[Delta]:
         """Generate; see ``serving.protocol.Provider.stream``. Validation errors are raised
@@ -285,6 +286,8 @@ class LocalEngine:
         return self._stream(request)
 
     def _prepare(self, request: GenerationRequest) -> tuple[list[int], Any, ToolStream | None]:
+        """Prompt token ids, vLLM ``SamplingParams`` and the tool-call reader (if the request has
+        tools) for a request with one prompt."""
         from vllm.exceptions import VLLMClientError
         from vllm.sampling_params import RequestOutputKind, SamplingParams
 
@@ -298,6 +301,10 @@ class LocalEngine:
                 f"model {self.name!r} has no `tool_parser` in models.toml: it cannot serve tools",
                 param="tools",
             )
+        if plan is not None and s.n > 1:
+            raise BadRequestError(
+                "the local engine reads tool calls from one choice only: use n = 1", param="n"
+            )
         tools = (
             ToolSetup(None) if plan is None else reader_for(plan, request, self._tool_parser, self._tokenizer)
         )
@@ -306,24 +313,35 @@ class LocalEngine:
         )
         try:
             params = SamplingParams(
-                n=1,
                 max_tokens=max_tokens,
                 min_tokens=s.min_tokens,
-                temperature=1.0 if s.temperature is None else s.temperature,
-                top_p=1.0 if s.top_p is None else s.top_p,
                 stop=list(s.stop) or None,
-                seed=s.seed,
                 ignore_eos=s.ignore_eos,
                 output_kind=RequestOutputKind.DELTA,
                 skip_special_tokens=tools.skip_special_tokens,
                 structured_outputs=structured_outputs(s.json_schema, plan, tools),
+                **sampling_kwargs(s),
             )
         except (ValueError, VLLMClientError) as exc:
             bad = getattr(exc, "parameter", None)
             raise BadRequestError(f"invalid sampling parameters: {exc}", param=bad) from exc
+        if request.response_format is not None and s.json_schema is not None:
+            check_json_schema(s.json_schema)  # the client's schema (the node's own are known good)
         return ids, params, None if tools.reader is None else ToolStream(tools.reader)
 
-    async def _stream(self, request: GenerationRequest) -> AsyncIterator[Delta]:
+    def _stream(self, request: GenerationRequest) -> AsyncIterator[Delta]:
+        if isinstance(request.prompt, tuple):
+            # several prompts: one engine request each, their choices numbered in prompt order
+            n = request.sampling.n
+            return merge_streams(
+                [
+                    self._stream_one(msgspec.structs.replace(request, prompt=prompt), first_index=i * n)
+                    for i, prompt in enumerate(request.prompt)
+                ]
+            )
+        return self._stream_one(request)
+
+    async def _stream_one(self, request: GenerationRequest, *, first_index: int = 0) -> AsyncIterator[Delta]:
         self._check_alive()
         if not self._health.ready or self._llm is None:
             raise self._unavailable()
@@ -336,39 +354,29 @@ class LocalEngine:
             prompt["cache_salt"] = request.cache_salt
         # our own id: two client requests may share a request_id, vLLM's abort is by id
         request_id = f"{request.request_id}-{uuid.uuid4().hex[:12]}"
-        completion = 0
+        choices = ChoiceStream(
+            n=params.n,
+            prompt_tokens=len(ids),
+            logprobs=request.sampling.logprobs,
+            first_index=first_index,
+            tools=tools,
+        )
         finished = False
         self._inflight.add(request_id)
         gen = self._llm.generate(prompt, params, request_id)
         try:
             async for out in gen:
                 self._prober.note_output()
-                cached = int(out.num_cached_tokens or 0)
-                step = out.outputs[0] if out.outputs else None
-                if step is not None:
-                    completion += len(step.token_ids)
-                reason = step.finish_reason if step is not None else None
                 if out.finished:
                     finished = True
-                    if reason == "abort" and not self._health.ready:
+                    if not self._health.ready and any(o.finish_reason == "abort" for o in out.outputs):
                         raise self._unavailable()
-                    last = Delta(
-                        text=step.text if step is not None else "",
-                        prompt_tokens=len(ids),
-                        completion_tokens=completion,
-                        cached_tokens=cached,
-                        finish_reason=_FINISH.get(str(reason), "stop"),
-                    )
-                    yield last if tools is None else tools.delta(last, step.token_ids if step else ())
+                for delta in choices.deltas(
+                    out.outputs, finished=out.finished, cached=int(out.num_cached_tokens or 0)
+                ):
+                    yield delta
+                if out.finished:
                     return
-                if step is not None and (step.text or step.token_ids):
-                    delta = Delta(
-                        text=step.text,
-                        prompt_tokens=len(ids),
-                        completion_tokens=completion,
-                        cached_tokens=cached,
-                    )
-                    yield delta if tools is None else tools.delta(delta, step.token_ids)
             # the engine's generator ended without a finished output: it was torn down under us
             self._check_alive()
             raise self._unavailable()
@@ -385,7 +393,8 @@ class LocalEngine:
                 raise BadRequestError(
                     f"the tools' parameter schemas cannot be generated under: {exc}", param="tools"
                 ) from exc
-            raise BadRequestError(f"the engine rejected the request: {exc}") from exc
+            bad = getattr(exc, "parameter", None)
+            raise BadRequestError(f"the engine rejected the request: {exc}", param=bad) from exc
         except GracefulHTTPError as exc:
             # vLLM's admission control (queue full): busy, not broken
             raise EngineUnavailableError(f"model {self.name!r} is busy: {exc}", retry_after_s=1.0) from exc

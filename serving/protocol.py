@@ -22,9 +22,13 @@ __all__ = [
     "Provider",
     "ProviderInfo",
     "SamplingOptions",
+    "TokenLogprob",
     "ToolCall",
     "ToolCallDelta",
+    "TopLogprob",
+    "choices",
     "message_dict",
+    "prompts",
     "rewrite_tool_calls",
     "tool_calls_dicts",
 ]
@@ -107,15 +111,44 @@ class SamplingOptions(msgspec.Struct, frozen=True, kw_only=True):
     #: generate exactly ``max_tokens`` (benchmarks); only local engines honour it
     ignore_eos: bool = False
     min_tokens: int = 0
-    #: constrain the output to this JSON schema (structured outputs); only local engines honour it,
-    #: and only the node itself sets it (free-text redaction)
+    #: constrain the output to this JSON schema (JSON text; structured outputs on the local engine):
+    #: from the client's ``response_format`` (``GenerationRequest.response_format``; a
+    #: ``json_object`` one is ``{"type": "object"}``) or set by the node itself (free-text redaction)
     json_schema: str | None = None
+    #: choices to generate for each prompt
+    n: int = 1
+    frequency_penalty: float | None = None
+    presence_penalty: float | None = None
+    #: token id -> bias added to its logit (-100 to 100)
+    logit_bias: dict[int, float] | None = None
+    #: log probabilities of the sampled tokens and of this many most likely alternatives at each
+    #: step (0 to 20); ``None``: none
+    logprobs: int | None = None
+
+
+class TopLogprob(msgspec.Struct, frozen=True, kw_only=True):
+    """One of the most likely tokens at a step, with its log probability."""
+
+    token: str
+    logprob: float
+    #: the token's UTF-8 bytes (a token may hold part of a character)
+    utf8: tuple[int, ...] | None = None
+
+
+class TokenLogprob(msgspec.Struct, frozen=True, kw_only=True):
+    """A generated token, its log probability and the most likely alternatives at its step."""
+
+    token: str
+    logprob: float
+    utf8: tuple[int, ...] | None = None
+    top: tuple[TopLogprob, ...] = ()
 
 
 class GenerationRequest(msgspec.Struct, frozen=True, kw_only=True):
     """What a provider is asked to generate.
 
-    Exactly one of ``messages`` (chat) and ``prompt`` (completion) is set.
+    Exactly one of ``messages`` (chat) and ``prompt`` (completion) is set; ``prompt`` may be
+    several prompts (a completion per prompt, ``SamplingOptions.n`` choices each).
     ``model`` is the provider's own model name (a local served name, or an
     external dated model id). ``cache_salt`` isolates the prefix cache per tenant.
     """
@@ -123,7 +156,7 @@ class GenerationRequest(msgspec.Struct, frozen=True, kw_only=True):
     request_id: str
     model: str
     messages: tuple[ChatMessage, ...] | None = None
-    prompt: str | None = None
+    prompt: str | tuple[str, ...] | None = None
     sampling: SamplingOptions = SamplingOptions()
     tenant: str = ""
     cache_salt: str | None = None
@@ -152,6 +185,12 @@ class Delta(msgspec.Struct, frozen=True, kw_only=True):
     last delta only. ``tool_call_deltas`` are the pieces of tool calls as they stream (from a
     provider that streams them); the last delta carries the whole calls in ``tool_calls`` all the
     same, for those that collect the answer.
+
+    With several choices (``SamplingOptions.n`` above 1, or several prompts) each
+    delta belongs to the choice ``index`` (prompt ``i``'s choice ``j`` is
+    ``i * n + j``), the token counts are totals over all choices, and each
+    choice's last delta has its ``finish_reason``: the stream ends with the last
+    choice's (``choices``).
     """
 
     text: str = ""
@@ -162,6 +201,23 @@ class Delta(msgspec.Struct, frozen=True, kw_only=True):
     tool_call_deltas: tuple[ToolCallDelta, ...] | None = None
     #: prompt tokens served from the prefix cache (local engines)
     cached_tokens: int = 0
+    #: the choice this delta belongs to
+    index: int = 0
+    #: the tokens of ``text`` with their log probabilities (when the request asks for them)
+    logprobs: tuple[TokenLogprob, ...] | None = None
+
+
+def prompts(request: GenerationRequest) -> tuple[str, ...]:
+    """The request's prompts (none for a chat)."""
+    if request.prompt is None:
+        return ()
+    return request.prompt if isinstance(request.prompt, tuple) else (request.prompt,)
+
+
+def choices(request: GenerationRequest) -> int:
+    """How many choices ``request`` asks for: ``n`` for each prompt."""
+    prompts = len(request.prompt) if isinstance(request.prompt, tuple) else 1
+    return prompts * request.sampling.n
 
 
 class Health(msgspec.Struct, frozen=True, kw_only=True):

@@ -64,8 +64,8 @@ _CHAT_TEMPLATE: Final = (
     "within <tools></tools>:\n<tools>' }}"
     "{% for tool in tools %}{{ '\n' + (tool | tojson) }}{% endfor %}"
     "{{ '\n</tools>\n\nFor each call, return a JSON object with the function name and arguments "
-    "within <tool_call></tool_call> tags:\n<tool_call>\n{\"name\": <function-name>, "
-    "\"arguments\": <args-json-object>}\n</tool_call><|im_end|>\n' }}"
+    'within <tool_call></tool_call> tags:\n<tool_call>\n{"name": <function-name>, '
+    '"arguments": <args-json-object>}\n</tool_call><|im_end|>\n\' }}'
     "{% endif %}"
     "{% for message in messages %}"
     "{{ '<|im_start|>' + message['role'] + '\n' + (message['content'] or '') }}"

@@ -139,4 +139,4 @@ def test_a_config_reaches_bastion_serve(tmp_path: Path, form: str) -> None:
 def test_other_commands_pass_through_unchanged(tmp_path: Path) -> None:
     run = _entrypoint(["keys", "create", "--tenant", "cardiology"], tmp_path)
     assert run.returncode == 0, run.stderr
-    assert "bst_" in run.stdout and "keys = [{ id = \"k_" in run.stdout
+    assert "bst_" in run.stdout and 'keys = [{ id = "k_' in run.stdout

@@ -59,15 +59,41 @@ VALUES: dict[str, object] = {
     "parallel_tool_calls": False,
     "ignore_eos": True,
     "min_tokens": 2,
+    "n": 2,
+    "top_logprobs": 2,
+    "logprobs": True,
+    "logit_bias": {"5": 10},
+    "frequency_penalty": 0.5,
+    "presence_penalty": -0.5,
+    "response_format": {"type": "json_object"},
+    "prompt": ["one", "two"],
 }
 #: what a case sets besides its field (a tool choice needs tools; parallel calls are asked to be
 #: required, where the local engine's schema shows the single call)
 WITH: dict[str, dict[str, object]] = {
     "tool_choice": {"tools": [TOOL]},
     "parallel_tool_calls": {"tools": [TOOL], "tool_choice": "required"},
+    "top_logprobs": {"logprobs": True},
 }
-#: (kind, field) -> (where it shows: a SamplingParams attribute or a key of the upstream body, the value)
+#: (kind, field) -> (where it shows: a SamplingParams attribute (dotted path; ``request.`` a
+#: GenerationRequest attribute) or a key of the upstream body, the value)
 EFFECTS: dict[tuple[RouteKind, str], tuple[str, object]] = {
+    ("local", "n"): ("n", 2),
+    ("local", "top_logprobs"): ("logprobs", 2),
+    ("local", "logprobs"): ("logprobs", 0),
+    ("local", "logit_bias"): ("logit_bias", {5: 10.0}),
+    ("local", "frequency_penalty"): ("frequency_penalty", 0.5),
+    ("local", "presence_penalty"): ("presence_penalty", -0.5),
+    ("local", "response_format"): ("structured_outputs.json", '{"type":"object"}'),
+    ("local", "prompt"): ("request.prompt", ("one", "two")),
+    ("openai", "n"): ("n", 2),
+    ("openai", "top_logprobs"): ("top_logprobs", 2),
+    ("openai", "logprobs"): ("logprobs", True),
+    ("openai", "logit_bias"): ("logit_bias", {"5": 10}),
+    ("openai", "frequency_penalty"): ("frequency_penalty", 0.5),
+    ("openai", "presence_penalty"): ("presence_penalty", -0.5),
+    ("openai", "response_format"): ("response_format", {"type": "json_object"}),
+    ("openai", "prompt"): ("prompt", ["one", "two"]),
     ("local", "max_tokens"): ("max_tokens", 5),
     ("local", "max_completion_tokens"): ("max_tokens", 6),
     ("local", "temperature"): ("temperature", 0.5),
@@ -130,6 +156,7 @@ class Observed:
         self.params: list[Any] = []
         self.prompts: list[str] = []
         self.unsupported = unsupported
+        self.requests: list[GenerationRequest] = []
 
     def describe(self) -> ProviderInfo:
         return msgspec.structs.replace(self.engine.describe(), unsupported=self.unsupported)
@@ -138,9 +165,11 @@ class Observed:
         return await self.engine.health()
 
     def stream(self, request: GenerationRequest) -> AsyncIterator[Delta]:
-        ids, params, _ = self.engine._prepare(request)
+        first = request.prompt[0] if isinstance(request.prompt, tuple) else request.prompt
+        ids, params, _ = self.engine._prepare(msgspec.structs.replace(request, prompt=first))
         self.params.append(params)
         self.prompts.append(self.engine._tokenizer.decode(ids))
+        self.requests.append(request)
         return self.engine.stream(request)
 
 
@@ -212,10 +241,20 @@ async def node(
 
 
 def _body(alias: str, **fields: object) -> dict[str, object]:
-    body: dict[str, object] = {"model": alias, "messages": [{"role": "user", "content": "hi"}]}
+    body: dict[str, object] = {"model": alias}
+    if "prompt" not in fields:
+        body["messages"] = [{"role": "user", "content": "hi"}]
     if not {"max_tokens", "max_completion_tokens"} & set(fields):
         body["max_tokens"] = 4
     return body | fields
+
+
+def _effect(seen: tuple[GenerationRequest, Any], where: str) -> object:
+    request, params = seen
+    value: Any = request if where.startswith("request.") else params
+    for attribute in where.removeprefix("request.").split("."):
+        value = getattr(value, attribute)
+    return value
 
 
 @pytest.mark.parametrize(("kind", "name"), CASES, ids=[f"{k}-{f}" for k, f in CASES])
@@ -224,12 +263,10 @@ async def test_every_field_on_every_route_shows_its_effect_or_is_refused(
 ) -> None:
     running, engine, key = node
     seen_upstream, seen_engine = len(fake.requests), len(engine.params)
+    fields = {name: VALUES[name]} | WITH.get(name, {})
+    path = "/v1/completions" if name == "prompt" else "/v1/chat/completions"
     async with httpx.AsyncClient(base_url=running.url, timeout=60) as http:
-        r = await http.post(
-            "/v1/chat/completions",
-            headers=bearer(key),
-            json=_body(ALIAS[kind], **{name: VALUES[name]}, **WITH.get(name, {})),
-        )
+        r = await http.post(path, headers=bearer(key), json=_body(ALIAS[kind], **fields))
     if CONTRACT[kind][name].support is Support.UNSUPPORTED:
         assert r.status_code == 400, r.text
         error = r.json()["error"]
@@ -248,7 +285,7 @@ async def test_every_field_on_every_route_shows_its_effect_or_is_refused(
         elif where == "structured_outputs":
             assert json.loads(engine.params[-1].structured_outputs.json)["type"] == value
         else:
-            assert getattr(engine.params[-1], where) == value
+            assert _effect((engine.requests[-1], engine.params[-1]), where) == value
     else:
         received = fake.requests[seen_upstream:]
         assert len(received) == 1

@@ -193,7 +193,6 @@ async def test_a_tenant_without_the_model_gets_404_and_does_not_see_it_listed(
     assert sorted([m.id async for m in acme.models.list()]) == sorted([TINY, EMBED])
 
 
-
 async def test_requests_are_audited_with_the_input_and_without_the_vectors(
     node: tuple[RunningNode, NodeSetup], embed_engine: LocalEmbedder
 ) -> None:

@@ -217,9 +217,7 @@ async def test_a_request_served_by_one_node_is_rated_once_through_any_node(
         # until it is back; then the rating the outage refused goes through
         deadline = time.monotonic() + 30
         while True:
-            late = await node_b.post(
-                "/v1/feedback", headers=acme, json={"request_id": unrated, "rating": -1}
-            )
+            late = await node_b.post("/v1/feedback", headers=acme, json={"request_id": unrated, "rating": -1})
             if late.status_code != 503 or time.monotonic() > deadline:
                 break
             assert late.json()["error"]["code"] == "feedback_unavailable"

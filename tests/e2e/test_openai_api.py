@@ -216,7 +216,7 @@ async def test_client_disconnect_aborts_the_request_in_the_engine(
             "temperature",
         ),
         (
-            b'{"model": "bastion-tiny", "messages": [{"role": "user", "content": "x"}], "n": 2}',
+            b'{"model": "bastion-tiny", "messages": [{"role": "user", "content": "x"}], "n": 17}',
             400,
             "invalid_request",
             "n",

@@ -371,13 +371,19 @@ def _openai_events(
         "model": model,
     }
     out: list[tuple[bytes, bool]] = []
+    count = _choice_count(request)
+    offsets = [0] * count
     for piece in pieces:
-        choice = (
-            {"index": 0, "delta": {"content": piece}, "finish_reason": None}
-            if chat
-            else {"index": 0, "text": piece, "finish_reason": None}
-        )
-        out.append((_sse({**base, "choices": [choice]}), bool(piece)))
+        for index in range(count):  # several choices (n, several prompts): a chunk each, same text
+            choice: dict[str, Any] = (
+                {"index": index, "delta": {"content": piece}, "finish_reason": None}
+                if chat
+                else {"index": index, "text": piece, "finish_reason": None}
+            )
+            if request.get("logprobs"):
+                choice["logprobs"] = _logprobs(request, piece, offsets[index], chat=chat)
+                offsets[index] += len(piece)
+            out.append((_sse({**base, "choices": [choice]}), bool(piece)))
     finish = reply.finish or "stop"
     if reply.tool_call is not None:
         call_id, name, arguments = reply.tool_call
@@ -399,18 +405,46 @@ def _openai_events(
                 )
             )
         finish = reply.finish or "tool_calls"
-    final = (
-        {"index": 0, "delta": {}, "finish_reason": finish}
-        if chat
-        else {"index": 0, "text": "", "finish_reason": finish}
-    )
-    out.append((_sse({**base, "choices": [final]}), False))
+    for index in range(count):
+        final = (
+            {"index": index, "delta": {}, "finish_reason": finish}
+            if chat
+            else {"index": index, "text": "", "finish_reason": finish}
+        )
+        out.append((_sse({**base, "choices": [final]}), False))
     if (request.get("stream_options") or {}).get("include_usage"):
-        p, c = _usage(reply, len(pieces))
+        p, c = _usage(reply, len(pieces) * count)
         usage = {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
         out.append((_sse({**base, "choices": [], "usage": usage}), False))
     out.append((b"data: [DONE]\n\n", False))
     return out
+
+
+def _choice_count(request: dict[str, Any]) -> int:
+    """Choices an OpenAI request asks for: ``n`` for each prompt."""
+    prompt = request.get("prompt")
+    return int(request.get("n") or 1) * (len(prompt) if isinstance(prompt, list) else 1)
+
+
+#: the log probability the fake reports for every token
+FAKE_LOGPROB = -0.5
+
+
+def _logprobs(request: dict[str, Any], piece: str, offset: int, *, chat: bool) -> dict[str, Any]:
+    """A piece's log probabilities, as chat or legacy completions report them; every alternative is
+    the piece itself."""
+    if chat:
+        top = [{"token": piece, "logprob": FAKE_LOGPROB, "bytes": list(piece.encode())}] * int(
+            request.get("top_logprobs") or 0
+        )
+        entry = {"token": piece, "logprob": FAKE_LOGPROB, "bytes": list(piece.encode()), "top_logprobs": top}
+        return {"content": [entry], "refusal": None}
+    return {
+        "tokens": [piece],
+        "token_logprobs": [FAKE_LOGPROB],
+        "top_logprobs": [{piece: FAKE_LOGPROB}],
+        "text_offset": [offset],
+    }
 
 
 def _anthropic_events(

@@ -58,7 +58,6 @@ fallbacks = [{{ provider = "fake", model = "{FAKE_MODEL}" }}]
     )
 
 
-
 def _chat(**fields: object) -> bytes:
     body: dict[str, object] = {"model": "chat", "messages": [{"role": "user", "content": "hi"}]}
     return json.dumps(body | fields).encode()
