@@ -8,6 +8,7 @@ import json
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+import jsonschema
 import openai
 import pytest
 import pytest_asyncio
@@ -225,3 +226,65 @@ async def test_a_stream_cut_upstream_ends_in_response_failed(
     assert events[-1].type == "response.failed"
     error = events[-1].response.error  # type: ignore[union-attr]
     assert error is not None and error.code == "server_error" and error.message.startswith("[")
+
+
+ANSWER_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "verdict": {"type": "string", "enum": ["yes", "no", "unsure"]},
+        "urgent": {"type": "boolean"},
+    },
+    "required": ["verdict", "urgent"],
+    "additionalProperties": False,
+}
+
+
+@pytest.mark.asyncio(loop_scope="session")
+@pytest.mark.parametrize("stream", [False, True])
+async def test_text_format_json_schema_on_the_local_model_follows_the_schema(
+    node: tuple[RunningNode, Any], stream: bool
+) -> None:
+    text_format: Any = {
+        "format": {"type": "json_schema", "name": "answer", "schema": ANSWER_SCHEMA, "strict": True}
+    }
+    client = _client(node)
+    if stream:
+        events = [
+            e
+            async for e in await client.responses.create(
+                model=TINY,
+                input="Is it urgent?",
+                text=text_format,
+                temperature=0,
+                max_output_tokens=200,
+                stream=True,
+            )
+        ]
+        assert events[-1].type == "response.completed"
+        text = events[-1].response.output_text  # type: ignore[union-attr]
+    else:
+        response = await client.responses.create(
+            model=TINY, input="Is it urgent?", text=text_format, temperature=0, max_output_tokens=200
+        )
+        assert response.status == "completed"
+        assert response.text.format is not None and response.text.format.type == "json_schema"
+        text = response.output_text
+    jsonschema.validate(json.loads(text), ANSWER_SCHEMA)
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_a_required_function_tool_on_the_local_model_gets_valid_arguments(
+    node: tuple[RunningNode, Any],
+) -> None:
+    tool: Any = {"type": "function", "name": "triage", "parameters": ANSWER_SCHEMA, "strict": True}
+    response = await _client(node).responses.create(
+        model=TINY,
+        input="Triage this.",
+        tools=[tool],
+        tool_choice="required",
+        temperature=0,
+        max_output_tokens=200,
+    )
+    [call] = [o for o in response.output if o.type == "function_call"]
+    assert call.name == "triage" and call.call_id.startswith("call_")
+    jsonschema.validate(json.loads(call.arguments), ANSWER_SCHEMA)
