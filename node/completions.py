@@ -24,9 +24,10 @@ from litestar.background_tasks import BackgroundTask
 from litestar.response import Stream
 
 from router import RESIDENCY_HEADER, RoutedStream, RouteRequest
-from serving.errors import BadRequestError, BastionError, ModelNotFoundError
+from serving.errors import BadRequestError, BastionError
 from serving.protocol import Delta, GenerationRequest, choices
 
+from .access import check_model
 from .choices import Choices
 from .errors import error_response, to_bastion_error
 from .recorder import RequestRecord
@@ -135,15 +136,8 @@ async def _decode(
             )
     else:
         wire = decode_request(body, CompletionRequest)
-    state.tenants.check_model(principal, wire.model)
-    if wire.model in state.embedders:
-        raise BadRequestError(
-            f"The model '{wire.model}' is an embedding model; use /v1/embeddings.", param="model"
-        )
-    if wire.model not in state.router.aliases():
-        raise ModelNotFoundError(
-            f"The model '{wire.model}' does not exist or you do not have access to it.", param="model"
-        )
+    routed, embedding = state.router.aliases(), state.embedders
+    check_model(principal, wire.model, use="generate", routed=routed, embedding=embedding)
     generation = GenerationRequest(
         request_id=request_id,
         model=wire.model,

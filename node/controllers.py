@@ -20,6 +20,7 @@ from litestar.types import ControllerRouterHandler
 
 from serving.errors import AuditFailedError, AuthenticationError, EngineUnavailableError
 
+from .access import listed_models
 from .completions import handle_generation
 from .dependencies import ID_PREFIX, TENANT_DEPENDENCIES, Node, RequestId, Tenant
 from .embeddings import handle_embeddings
@@ -80,19 +81,17 @@ class ModelsController(Controller):
 
     @get("/v1/models")
     async def list_models(self, node: Node, principal: Tenant) -> dict[str, Any]:
-        aliases = set(node.router.aliases()) | set(node.embedders)
         data = []
-        for name in principal.tenant.models:
-            if name in aliases:
-                entry: dict[str, Any] = {
-                    "id": name,
-                    "object": "model",
-                    "created": int(node.started_at),
-                    "owned_by": "bastion",
-                }
-                if revision := node.revision_of(name):
-                    entry["revision"] = revision
-                data.append(entry)
+        for name in listed_models(principal, routed=node.router.aliases(), embedding=node.embedders):
+            entry: dict[str, Any] = {
+                "id": name,
+                "object": "model",
+                "created": int(node.started_at),
+                "owned_by": "bastion",
+            }
+            if revision := node.revision_of(name):
+                entry["revision"] = revision
+            data.append(entry)
         return {"object": "list", "data": data}
 
 

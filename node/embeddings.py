@@ -25,8 +25,8 @@ from litestar import Request, Response
 from router import ForwardDecision
 from router.policy import RESIDENCY_HEADER, effective_residency
 from serving.embedding import Embedder, EmbeddingRequest
-from serving.errors import BadRequestError, ModelNotFoundError
 
+from .access import check_model
 from .embedding_wire import EmbeddingsRequest, embeddings_body
 from .recorder import RequestRecord
 from .state import NodeState
@@ -107,16 +107,5 @@ async def handle_embeddings(
 
 def _embedder(state: NodeState, principal: Principal, model: str) -> Embedder:
     """The tenant's embedding model ``model``: 404 outside its allow-list, 400 for a chat model."""
-    state.tenants.check_model(principal, model)
-    embedder = state.embedders.get(model)
-    if embedder is not None:
-        return embedder
-    if model in state.router.aliases():
-        raise BadRequestError(
-            f"The model '{model}' is not an embedding model; /v1/embeddings needs a model served with "
-            'task = "embed".',
-            param="model",
-        )
-    raise ModelNotFoundError(
-        f"The model '{model}' does not exist or you do not have access to it.", param="model"
-    )
+    check_model(principal, model, use="embed", routed=state.router.aliases(), embedding=state.embedders)
+    return state.embedders[model]

@@ -17,7 +17,7 @@ from typing import Protocol
 
 import msgspec
 
-from serving.errors import AuthenticationError, ModelNotFoundError
+from serving.errors import AuthenticationError
 
 from .config import TenantConfig
 
@@ -169,15 +169,3 @@ class TenantRegistry:
         if self._uses is not None:
             self._uses.note(key_id, now)
         return Principal(tenant=entry.tenant, key_id=key_id)
-
-    @staticmethod
-    def check_model(principal: Principal, model: str) -> None:
-        """404 for a model this tenant may not use, whether or not another tenant may.
-
-        Like OpenAI ("does not exist or you do not have access"), so a tenant cannot
-        learn which models other tenants are served.
-        """
-        if model not in principal.tenant.models:
-            raise ModelNotFoundError(
-                f"The model '{model}' does not exist or you do not have access to it.", param="model"
-            )

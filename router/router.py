@@ -174,7 +174,9 @@ class Router:
         """
         route = self._routes.get(request.alias)
         if route is None:
-            raise ModelNotFoundError(f"model {request.alias!r} is not routed here", param="model")
+            # The node decided access before (``node.access``): only a reload that dropped the
+            # alias in between leads here, and it answers as the node would have.
+            raise ModelNotFoundError.of(request.alias)
         residency = effective_residency(request.policy, request.residency_headers, regions=self._regions)
         await self._limits.admit(request.tenant, request.policy)
         plan = await self._plan(route, residency, request)

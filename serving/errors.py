@@ -197,6 +197,11 @@ class ModelNotFoundError(NotFoundError):
 
     code = "model_not_found"
 
+    @classmethod
+    def of(cls, model: str) -> ModelNotFoundError:
+        """OpenAI's wording, the one answer whether ``model`` does not exist or is not the key's."""
+        return cls(f"The model '{model}' does not exist or you do not have access to it.", param="model")
+
 
 class RequestNotFoundError(NotFoundError):
     """Unknown request id, or another tenant's: the same answer for both."""
