@@ -149,7 +149,11 @@ CONTRACT: Final[Mapping[RouteKind, Mapping[str, Rule]]] = {
         "logit_bias": _NOT_MESSAGES,
         "frequency_penalty": _NOT_MESSAGES,
         "presence_penalty": _NOT_MESSAGES,
-        "response_format": Rule(support=Support.UNSUPPORTED, note="not translated to the Messages API"),
+        "response_format": Rule(
+            support=Support.TRANSLATED,
+            note="a forced `json_response` tool whose `input_schema` is the schema (`json_object`: any "
+            "object); its input comes back as the answer's text",
+        ),
         "prompt": Rule(support=Support.UNSUPPORTED, note="one prompt per request"),
         "tools": Rule(support=Support.TRANSLATED, note="function tools become `input_schema` tools"),
         "tool_choice": Rule(

@@ -205,3 +205,53 @@ async def test_a_tool_round_trip_becomes_tool_use_and_one_turn_of_tool_results(
         },
     ]
     assert "tool_choice" not in sent  # nothing asked beyond the API's default
+
+
+@pytest.mark.asyncio(loop_scope="session")
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_json_schema_answer_comes_back_as_json_text_restored(
+    node: tuple[RunningNode, str], fake: FakeUpstream, stream: bool
+) -> None:
+    seen = len(fake.requests)
+    answer = '{"owner": "[EMAIL_1]", "ok": true}'
+    fake.script(Reply(text="", tool_call=("toolu_03", "json_response", answer), gap_s=0.01))
+    schema = {
+        "type": "object",
+        "properties": {
+            "owner": {"type": "string", "description": f"like {EMAIL}"},
+            "ok": {"type": "boolean"},
+        },
+        "required": ["owner", "ok"],
+    }
+    fmt = {"type": "json_schema", "json_schema": {"name": "owner", "schema": schema, "strict": True}}
+    client = _client(node)
+    messages = [{"role": "user", "content": f"Who owns {EMAIL}?"}]
+    if stream:
+        text, finish = "", None
+        async for chunk in await client.chat.completions.create(
+            model="claude",
+            messages=messages,
+            response_format=fmt,
+            max_tokens=50,
+            stream=True,  # type: ignore[arg-type]
+        ):
+            for choice in chunk.choices:
+                assert not choice.delta.tool_calls
+                text += choice.delta.content or ""
+                finish = choice.finish_reason or finish
+    else:
+        done = await client.chat.completions.create(
+            model="claude",
+            messages=messages,
+            response_format=fmt,
+            max_tokens=50,  # type: ignore[arg-type]
+        )
+        text, finish = done.choices[0].message.content or "", done.choices[0].finish_reason
+        assert not done.choices[0].message.tool_calls
+    sent = _received(fake, seen)
+    assert EMAIL not in json.dumps(sent)
+    assert [t["name"] for t in sent["tools"]] == ["json_response"]
+    assert sent["tools"][0]["input_schema"]["properties"]["owner"]["description"] == "like [EMAIL_1]"
+    assert sent["tool_choice"] == {"type": "tool", "name": "json_response"}
+    assert finish == "stop"
+    assert json.loads(text) == {"owner": EMAIL, "ok": True}

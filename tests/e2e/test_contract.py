@@ -93,6 +93,7 @@ EFFECTS: dict[tuple[RouteKind, str], tuple[str, object]] = {
     ("openai", "frequency_penalty"): ("frequency_penalty", 0.5),
     ("openai", "presence_penalty"): ("presence_penalty", -0.5),
     ("openai", "response_format"): ("response_format", {"type": "json_object"}),
+    ("anthropic", "response_format"): ("tool_choice", {"type": "tool", "name": "json_response"}),
     ("openai", "prompt"): ("prompt", ["one", "two"]),
     ("local", "max_tokens"): ("max_tokens", 5),
     ("local", "max_completion_tokens"): ("max_tokens", 6),
