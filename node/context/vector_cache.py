@@ -13,18 +13,18 @@ core: a few ms). Distances are cosine distances, as vec0 reports them.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import apsw
 import numpy as np
 
-__all__ = ["VectorCache"]
+__all__ = ["Matrix", "VectorCache", "rank"]
 
 
 @dataclass(slots=True, frozen=True)
-class _Matrix:
+class Matrix:
     keys: Any  # int64 [n]: chunk keys (the tables' rowids)
     files: Any  # int64 [n]: each chunk's file pk
     unit: Any  # float32 [n, d]: the vectors scaled to unit length (zero vectors stay zero)
@@ -33,11 +33,40 @@ class _Matrix:
     def nbytes(self) -> int:
         return int(self.keys.nbytes + self.files.nbytes + self.unit.nbytes)
 
+    @classmethod
+    def of(cls, rows: Sequence[Sequence[Any]], dims: int) -> Matrix:
+        """From ``(key, file pk, little-endian float32 vector)`` rows."""
+        vectors = np.frombuffer(b"".join(r[2] for r in rows), dtype="<f4").reshape(len(rows), dims)
+        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+        return cls(
+            keys=np.array([r[0] for r in rows], dtype=np.int64),
+            files=np.array([r[1] for r in rows], dtype=np.int64),
+            unit=np.divide(vectors, norms, out=np.zeros_like(vectors), where=norms > 0),
+        )
+
+
+def rank(matrix: Matrix, vector: bytes, k: int, file_pks: Collection[int] | None) -> list[tuple[int, float]]:
+    """The ``k`` rows of ``matrix`` nearest ``vector`` (of the files ``file_pks`` when given) as
+    (key, cosine distance), best first, ties by key."""
+    query = np.frombuffer(vector, dtype="<f4")
+    norm = float(np.linalg.norm(query))
+    scores = matrix.unit @ (query / norm if norm else query)
+    if file_pks is not None:
+        allowed = np.isin(matrix.files, np.fromiter(file_pks, dtype=np.int64))
+        scores = np.where(allowed, scores, -np.inf)
+        k = min(k, int(allowed.sum()))
+    k = min(k, len(scores))
+    if k <= 0:
+        return []
+    top = np.argpartition(-scores, k - 1)[:k]
+    top = top[np.lexsort((matrix.keys[top], -scores[top]))]
+    return [(int(matrix.keys[i]), float(1.0 - scores[i])) for i in top]
+
 
 class VectorCache:
     def __init__(self, max_bytes: int) -> None:
         self._max_bytes = max_bytes
-        self._stores: OrderedDict[int, _Matrix] = OrderedDict()
+        self._stores: OrderedDict[int, Matrix] = OrderedDict()
         self._bytes = 0
 
     def drop(self, store_pk: int) -> None:
@@ -62,21 +91,9 @@ class VectorCache:
         matrix = self._matrix(conn, store_pk, dims)
         if matrix is None:
             return None
-        query = np.frombuffer(vector, dtype="<f4")
-        norm = float(np.linalg.norm(query))
-        scores = matrix.unit @ (query / norm if norm else query)
-        if file_pks is not None:
-            allowed = np.isin(matrix.files, np.fromiter(file_pks, dtype=np.int64))
-            scores = np.where(allowed, scores, -np.inf)
-            k = min(k, int(allowed.sum()))
-        k = min(k, len(scores))
-        if k <= 0:
-            return []
-        top = np.argpartition(-scores, k - 1)[:k]
-        top = top[np.lexsort((matrix.keys[top], -scores[top]))]
-        return [(int(matrix.keys[i]), float(1.0 - scores[i])) for i in top]
+        return rank(matrix, vector, k, file_pks)
 
-    def _matrix(self, conn: apsw.Connection, store_pk: int, dims: int) -> _Matrix | None:
+    def _matrix(self, conn: apsw.Connection, store_pk: int, dims: int) -> Matrix | None:
         found = self._stores.get(store_pk)
         if found is not None:
             self._stores.move_to_end(store_pk)
@@ -90,13 +107,7 @@ class VectorCache:
             f"SELECT v.rowid, c.file_pk, v.embedding FROM vec_{store_pk} v"  # noqa: S608
             " JOIN chunks c ON c.key = v.rowid ORDER BY v.rowid"
         ).fetchall()
-        vectors = np.frombuffer(b"".join(r[2] for r in rows), dtype="<f4").reshape(len(rows), dims)
-        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-        matrix = _Matrix(
-            keys=np.array([r[0] for r in rows], dtype=np.int64),
-            files=np.array([r[1] for r in rows], dtype=np.int64),
-            unit=np.divide(vectors, norms, out=np.zeros_like(vectors), where=norms > 0),
-        )
+        matrix = Matrix.of(rows, dims)
         while self._stores and self._bytes + matrix.nbytes > self._max_bytes:
             _, old = self._stores.popitem(last=False)
             self._bytes -= old.nbytes
