@@ -32,8 +32,8 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from audit.kek import KeyEncryptionKey
+from serving.errors import NotFoundError
 
-from .errors import NotFoundError
 from .postgres_rows import STORE_COLS, store_file_of, vector_store_of
 from .postgres_schema import chunk_table, create_store_table, migrate, vacuum
 from .records import (

@@ -54,7 +54,12 @@ async def store_backend(
 
 
 async def _store_with_file(
-    backend: ContextBackend, tenant: str, words: list[str], *, seed: int = 0, attributes: dict[str, str] | None = None
+    backend: ContextBackend,
+    tenant: str,
+    words: list[str],
+    *,
+    seed: int = 0,
+    attributes: dict[str, str] | None = None,
 ) -> tuple[str, str]:
     store = await backend.create_store(
         tenant, name="s", metadata={"team": "x"}, embedding_model="m", dimensions=DIMS
