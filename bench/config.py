@@ -98,6 +98,8 @@ class LoadConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     continuous_usage: bool = True
     tokenizer: str | None = None
     prometheus: PrometheusConfig | None = None
+    #: sent as the request's ``response_format`` (chat only), e.g. a ``json_schema`` one
+    response_format: dict[str, Any] | None = None
     records_path: str | None = None
     progress: bool = False
 
@@ -111,6 +113,8 @@ class LoadConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
             raise ValueError(f"unknown SLO metrics {sorted(unknown)}; known: {list(SLO_METRICS)}")
         if not self.url.startswith(("http://", "https://")):
             raise ValueError("url must start with http:// or https://")
+        if self.response_format is not None and self.endpoint != "chat":
+            raise ValueError("response_format needs endpoint 'chat'")
 
     @property
     def closed_loop(self) -> bool:

@@ -7,7 +7,9 @@ each with the same load: ``--requests`` POSTs to ``/v1/embeddings`` at
 ``--concurrency``, each one string of ``--input-words`` random words,
 ``encoding_format`` float. Rounds alternate between the servers (both stay up)
 so that machine noise hits both. Prints requests/s and latency p50/p99 of each
-and the ratios Bastion / vLLM.
+and the ratios Bastion / vLLM, and where each server's CPU went per request:
+its own process (HTTP and request path), vLLM's engine processes, and other
+children (Bastion's audit writer).
 
     python -m bench.embed_compare --model-dir data/models/bastion-tiny-embed
 
@@ -29,7 +31,7 @@ from pathlib import Path
 
 import httpx
 
-from .harness import Server, bastion_from_args, vllm_server, wait_ready
+from .harness import Server, bastion_from_args, cpu_seconds_by_role, vllm_server, wait_ready
 
 __all__ = ["main"]
 
@@ -130,19 +132,27 @@ def main(argv: list[str] | None = None) -> int:
         for rnd in range(args.rounds):
             for server in servers if rnd % 2 == 0 else servers[::-1]:
                 wait_ready(server.url, server.proc, server.ready_path, args.start_timeout_s)
+                before = cpu_seconds_by_role(server.proc.pid)
                 r = asyncio.run(_load(server, args, seed=rnd))
+                after = cpu_seconds_by_role(server.proc.pid)
+                for role in after:  # CPU ms per request
+                    r[f"cpu_{role}_ms"] = (after[role] - before[role]) * 1000 / args.requests
                 results[server.name].append(r)
+                cpu = ", ".join(f"{role} {r[f'cpu_{role}_ms']:.1f}" for role in after)
                 print(f"round {rnd} {server.name:8} {r['req_s']:8.1f} req/s  p50 {r['p50_ms']:7.1f} ms  "
-                      f"p99 {r['p99_ms']:7.1f} ms  failed {r['failed']:.0f}", flush=True)  # fmt: skip
+                      f"p99 {r['p99_ms']:7.1f} ms  failed {r['failed']:.0f}  CPU ms/request: {cpu}",
+                      flush=True)  # fmt: skip
 
     def med(name: str, key: str) -> float:
         return statistics.median(r[key] for r in results[name])
 
     print(f"\n{args.requests} embedding requests of {args.input_words} words, "
           f"concurrency {args.concurrency}, median of {args.rounds} alternating rounds")  # fmt: skip
-    print(f"{'':16}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}")
+    print(f"{'':16}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}   CPU ms/request: front, engine, other")
     for name in results:
-        print(f"{name:16}{med(name, 'req_s'):9.1f}{med(name, 'p50_ms'):9.1f}{med(name, 'p99_ms'):9.1f}")
+        print(f"{name:16}{med(name, 'req_s'):9.1f}{med(name, 'p50_ms'):9.1f}{med(name, 'p99_ms'):9.1f}   "
+              f"{med(name, 'cpu_front_ms'):.1f}, {med(name, 'cpu_engine_ms'):.1f}, "
+              f"{med(name, 'cpu_other_ms'):.1f}")  # fmt: skip
     for name in order:
         if name == "vllm":
             continue

@@ -41,6 +41,7 @@ __all__ = [
     "bastion_from_args",
     "bastion_server",
     "check_config",
+    "cpu_seconds_by_role",
     "create_key",
     "free_port",
     "key_in_output",
@@ -190,6 +191,34 @@ class ProcessTreeMemory:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
+
+
+#: vLLM's engine processes (the same in vLLM's server and in Bastion's in-process AsyncLLM)
+_ENGINE_NAMES = ("VLLM::EngineCore", "VLLM::Worker")
+
+
+def cpu_seconds_by_role(pid: int) -> dict[str, float]:
+    """CPU seconds (user + system) so far of a server's process tree, by role: ``front`` (the
+    server process itself: HTTP, the node's request path), ``engine`` (vLLM's engine core and
+    workers) and ``other`` (any other descendant, e.g. the audit log's writer). Differences of two
+    readings say where a load's CPU went."""
+    import psutil  # the `bench` extra
+
+    roles = {"front": 0.0, "engine": 0.0, "other": 0.0}
+    try:
+        root = psutil.Process(pid)
+        tree = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return roles
+    for p in tree:
+        try:
+            t = p.cpu_times()
+            name = p.name()
+        except psutil.Error:
+            continue
+        role = "front" if p is root else "engine" if name.startswith(_ENGINE_NAMES) else "other"
+        roles[role] += t.user + t.system
+    return roles
 
 
 @dataclass

@@ -76,6 +76,8 @@ class Workload:
             body["messages"] = [{"role": "user", "content": prompt}]
         else:
             body["prompt"] = prompt
+        if self.cfg.response_format is not None:
+            body["response_format"] = self.cfg.response_format
         if self.cfg.include_usage:
             opts: dict[str, Any] = {"include_usage": True}
             if self.cfg.continuous_usage:

@@ -6,13 +6,14 @@ check`` and ``bastion keys create``), the mock upstream and the engine as subpro
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
 import pytest
 
 from bench import gateway_overhead
-from bench.harness import check_config, create_key, free_port, no_audit_config
+from bench.harness import check_config, cpu_seconds_by_role, create_key, free_port, no_audit_config
 
 
 def _figures(line: str) -> list[float]:
@@ -49,3 +50,11 @@ def test_a_node_config_is_checked_and_keyed_by_the_bastion_command(
     config.write_text(config.read_text().replace("residency", "residence"))
     with pytest.raises(RuntimeError, match="residence"):
         check_config(config)
+
+
+def test_cpu_seconds_are_split_by_role() -> None:
+    before = cpu_seconds_by_role(os.getpid())
+    sum(i * i for i in range(2_000_000))  # CPU spent in this (the front) process
+    after = cpu_seconds_by_role(os.getpid())
+    assert set(after) == {"front", "engine", "other"}
+    assert after["front"] > before["front"] and after["engine"] == before["engine"] == 0.0

@@ -71,3 +71,15 @@ def test_config_rejects_unknown_fields_and_bad_combinations() -> None:
         decode_config({"url": "http://x", "concurrency": 1})
     with pytest.raises(msgspec.ValidationError, match="unknown SLO"):
         decode_config({"url": "http://x", "concurrency": 1, "num_requests": 1, "slos": {"ttfx_ms": 1}})
+
+
+def test_a_response_format_is_sent_on_chat_only() -> None:
+    fmt = {"type": "json_schema", "json_schema": {"name": "t", "schema": {"type": "object"}}}
+    base = {"url": "http://127.0.0.1:1", "concurrency": 1, "num_requests": 1}
+    body, _ = Workload(decode_config({**base, "endpoint": "chat", "response_format": fmt})).request(0)
+    doc = msgspec.json.decode(body)
+    assert doc["response_format"] == fmt and doc["messages"][0]["role"] == "user"
+    plain, _ = Workload(decode_config({**base, "endpoint": "chat"})).request(0)
+    assert "response_format" not in msgspec.json.decode(plain)
+    with pytest.raises(msgspec.ValidationError, match="needs endpoint 'chat'"):
+        decode_config({**base, "response_format": fmt})
