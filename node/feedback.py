@@ -74,9 +74,9 @@ class FeedbackIndex(Protocol):
 
     def claim(self, *, tenant: str, request_id: str) -> AbstractContextManager[None]: ...
 
-    async def remember(self, *, tenant: str, request_id: str, model: str) -> None: ...
+    async def remember(self, *, tenant: str, request_id: str, alias: str) -> None: ...
 
-    async def model_of(self, *, tenant: str, request_id: str) -> str | None: ...
+    async def alias_of(self, *, tenant: str, request_id: str) -> str | None: ...
 
     async def known(self, *, tenant: str, request_id: str) -> bool: ...
 
@@ -86,7 +86,8 @@ class FeedbackIndex(Protocol):
 
 
 class FeedbackStore:
-    """Request id -> model, per tenant, in a SQLite file beside the node's data.
+    """Request id -> the alias it asked for (column ``model``), per tenant, in a SQLite file beside
+    the node's data.
 
     Rows are keyed by HMAC-SHA256(secret, tenant, request id), so the file alone
     says neither who made a request nor its id. The secret lives in a 0600 file
@@ -135,17 +136,17 @@ class FeedbackStore:
         msg = len(tenant).to_bytes(4, "big") + tenant.encode() + request_id.encode()
         return hmac.new(self._secret, msg, hashlib.sha256).digest()
 
-    async def remember(self, *, tenant: str, request_id: str, model: str) -> None:
+    async def remember(self, *, tenant: str, request_id: str, alias: str) -> None:
         """Called by the request path once a request is forwarded; never raises."""
         try:
             await self._conn.execute(
                 "INSERT OR IGNORE INTO requests (key, model, ts_ns) VALUES (?, ?, ?)",
-                (self._key(tenant, request_id), model, time.time_ns()),
+                (self._key(tenant, request_id), alias, time.time_ns()),
             )
         except (sqlite3.Error, ValueError):
             _log.warning("feedback index: could not record a request", exc_info=True)
 
-    async def model_of(self, *, tenant: str, request_id: str) -> str | None:
+    async def alias_of(self, *, tenant: str, request_id: str) -> str | None:
         try:
             cur = await self._conn.execute(
                 "SELECT model FROM requests WHERE key = ?", (self._key(tenant, request_id),)
@@ -225,19 +226,19 @@ async def _record_feedback(
         )
     if any(h.type == _FEEDBACK_EVENT for h in hits):
         raise FeedbackExistsError("This request has already been rated.", param="request_id")
-    model = await store.model_of(tenant=tenant, request_id=rid)
+    alias = await store.alias_of(tenant=tenant, request_id=rid)
     await store.take_rating(tenant=tenant, request_id=rid)
     try:
         await audit.append(
             AuditEvent(
                 type=_FEEDBACK_EVENT,
                 tenant=tenant,
-                meta={"request_id": rid, "rating": body.rating, "model": model or ""},
+                meta={"request_id": rid, "rating": body.rating, "model": alias or ""},
                 content=None if body.comment is None else {"comment": body.comment},
             )
         )
     except BaseException:
         await store.release_rating(tenant=tenant, request_id=rid)
         raise
-    state.metrics.observe_feedback(model=model or OTHER, rating=body.rating)
+    state.metrics.observe_feedback(alias=alias or OTHER, rating=body.rating)
     return {"object": "feedback", "request_id": body.request_id, "rating": body.rating}

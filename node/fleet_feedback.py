@@ -121,19 +121,19 @@ class FleetFeedback:
         finally:
             self._rating.discard(key)
 
-    async def remember(self, *, tenant: str, request_id: str, model: str) -> None:
+    async def remember(self, *, tenant: str, request_id: str, alias: str) -> None:
         """Register a forwarded request for every node; never raises (it is logged)."""
         try:
             async with self._pool.connection() as conn:
                 await conn.execute(
                     "INSERT INTO bastion_requests (key, model, node) VALUES (%s, %s, %s)"
                     " ON CONFLICT DO NOTHING",
-                    (self._key(tenant, request_id), model, self._node),
+                    (self._key(tenant, request_id), alias, self._node),
                 )
         except (psycopg.Error, OSError):
             _log.warning("fleet feedback index: could not register a request", exc_info=True)
 
-    async def model_of(self, *, tenant: str, request_id: str) -> str | None:
+    async def alias_of(self, *, tenant: str, request_id: str) -> str | None:
         row = await self._fetch("SELECT model FROM bastion_requests WHERE key = %s", tenant, request_id)
         return None if row is None else str(row[0])
 

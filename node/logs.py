@@ -134,10 +134,11 @@ def log_request(
     *,
     request_id: str,
     tenant: str,
-    model: str,
+    alias: str,
     route: str,
     status: int,
     timings: RequestTimings,
+    served_model: str = "",
     endpoint: str = "",
     code: str | None = None,
     stream: bool = False,
@@ -146,11 +147,16 @@ def log_request(
     cached_tokens: int = 0,
     route_reason: str | None = None,
 ) -> None:
-    """Write the one line of a finished request (INFO; WARNING for 5xx)."""
+    """Write the one line of a finished request (INFO; WARNING for 5xx).
+
+    ``model`` in the line is the alias the client asked for (as in its response),
+    ``served_model`` the model that served it (empty when none did).
+    """
     fields: dict[str, Any] = {
         "request_id": _ident(request_id),
         "tenant": _ident(tenant),
-        "model": _ident(model),
+        "model": _ident(alias),
+        "served_model": _ident(served_model),
         "route": route,
         "endpoint": endpoint,
         "status": status,

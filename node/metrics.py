@@ -9,6 +9,9 @@ on a scrape.
 
 Label values are bounded: tenant, model, route and provider come only from the
 configured names (anything else is ``other``), status is an HTTP status code.
+On request metrics (and ``bastion_feedback``) the ``model`` label holds the
+*alias*, what the client asked for (the parameters say ``alias=``); on engine
+metrics and canaries it is the local model that serves.
 No request id, user string or prompt text ever becomes a label or a value.
 """
 
@@ -188,7 +191,7 @@ class RequestTimer:
         metrics: Metrics,
         *,
         tenant: str,
-        model: str,
+        alias: str,
         route: str,
         gpu_meter: GpuTimeMeter | None,
         exact_counts: bool = True,
@@ -197,11 +200,11 @@ class RequestTimer:
         #: the provider reports every token as generated (see the class docstring); settable, as a
         #: failover may end on another kind of provider than the first attempt
         self.exact_counts = exact_counts
-        self.tenant, self.model, self.route = metrics.bound_labels(tenant=tenant, model=model, route=route)
+        self.tenant, self.alias, self.route = metrics.bound_labels(tenant=tenant, alias=alias, route=route)
         self._clock = metrics.clock
-        self._ttft = metrics.ttft.labels(self.model, self.route)
-        self._itl = metrics.itl.labels(self.model, self.route)
-        self._queue = metrics.queue_wait.labels(self.model, self.route)
+        self._ttft = metrics.ttft.labels(self.alias, self.route)
+        self._itl = metrics.itl.labels(self.alias, self.route)
+        self._queue = metrics.queue_wait.labels(self.alias, self.route)
         self._gpu_meter = gpu_meter
         self._gpu_mark: float | None = None
         self.started_s = self._clock()
@@ -263,7 +266,7 @@ class RequestTimer:
         e2e = end - self.started_s
         cost = self._metrics.observe_request(
             tenant=self.tenant,
-            model=self.model,
+            alias=self.alias,
             route=self.route,
             status=status,
             e2e_s=e2e,
@@ -391,14 +394,14 @@ class Metrics:
         self._tenant = _Bound(tenants)
         self._model = _Bound(models)
 
-    def bound_labels(self, *, tenant: str, model: str, route: str) -> tuple[str, str, str]:
-        return self._tenant(tenant), self._model(model), self._route(route)
+    def bound_labels(self, *, tenant: str, alias: str, route: str) -> tuple[str, str, str]:
+        return self._tenant(tenant), self._model(alias), self._route(route)
 
     def track_request(
         self,
         *,
         tenant: str,
-        model: str,
+        alias: str,
         route: str,
         gpu_meter: GpuTimeMeter | None = None,
         exact_counts: bool = True,
@@ -406,23 +409,23 @@ class Metrics:
         """Start timing a request at admission. Pass the engine's ``GpuTimeMeter`` on the local path,
         and ``exact_counts=False`` where token counts are only known at the end (external APIs)."""
         return RequestTimer(
-            self, tenant=tenant, model=model, route=route, gpu_meter=gpu_meter, exact_counts=exact_counts
+            self, tenant=tenant, alias=alias, route=route, gpu_meter=gpu_meter, exact_counts=exact_counts
         )
 
-    def observe_queue_wait(self, *, model: str, route: str, seconds: float) -> None:
-        self.queue_wait.labels(self._model(model), self._route(route)).observe(seconds)
+    def observe_queue_wait(self, *, alias: str, route: str, seconds: float) -> None:
+        self.queue_wait.labels(self._model(alias), self._route(route)).observe(seconds)
 
-    def observe_first_token(self, *, model: str, route: str, seconds: float) -> None:
-        self.ttft.labels(self._model(model), self._route(route)).observe(seconds)
+    def observe_first_token(self, *, alias: str, route: str, seconds: float) -> None:
+        self.ttft.labels(self._model(alias), self._route(route)).observe(seconds)
 
-    def observe_inter_token(self, *, model: str, route: str, seconds: float) -> None:
-        self.itl.labels(self._model(model), self._route(route)).observe(seconds)
+    def observe_inter_token(self, *, alias: str, route: str, seconds: float) -> None:
+        self.itl.labels(self._model(alias), self._route(route)).observe(seconds)
 
     def observe_request(
         self,
         *,
         tenant: str,
-        model: str,
+        alias: str,
         route: str,
         status: int | str,
         e2e_s: float | None,
@@ -439,7 +442,7 @@ class Metrics:
         as the first token arrives and passes ``None``. ``e2e_s`` ``None`` leaves the
         duration histogram alone (a request refused before it started).
         """
-        tenant, model, route = self.bound_labels(tenant=tenant, model=model, route=route)
+        tenant, model, route = self.bound_labels(tenant=tenant, alias=alias, route=route)
         self.requests.labels(tenant, model, route, _status_label(status)).inc()
         if e2e_s is not None:
             self.e2e.labels(model, route).observe(e2e_s)
@@ -484,8 +487,8 @@ class Metrics:
             self.canary_ratio.labels(*labels).set(match_ratio)
         self.canary_mismatches.labels(*labels).set(mismatches)
 
-    def observe_feedback(self, *, model: str, rating: int) -> None:
-        self.feedback.labels(self._model(model), str(rating) if -5 <= rating <= 5 else OTHER).inc()
+    def observe_feedback(self, *, alias: str, rating: int) -> None:
+        self.feedback.labels(self._model(alias), str(rating) if -5 <= rating <= 5 else OTHER).inc()
 
     # --- scrape-time sources ---
 

@@ -124,7 +124,7 @@ class RequestRecord:
             meter = self.state.gpu_meters.get(decision.model) if decision.route == "local" else None
             self.timer = self.state.metrics.track_request(
                 tenant=self.tenant,
-                model=self.alias,
+                alias=self.alias,
                 route=self.route,
                 gpu_meter=meter,
             )
@@ -157,7 +157,7 @@ class RequestRecord:
         if event_type == "request.start" and self.state.feedback is not None:
             # lets /v1/feedback label its count with the model; never raises
             await self.state.feedback.remember(
-                tenant=self.tenant, request_id=self.request_id, model=self.alias
+                tenant=self.tenant, request_id=self.request_id, alias=self.alias
             )
 
     def on_refuse(self, refusal: Refusal) -> None:
@@ -288,7 +288,8 @@ class RequestRecord:
             _log,
             request_id=self.request_id,
             tenant=self.tenant,
-            model=self.alias,
+            alias=self.alias,
+            served_model=self.decision.model if self.decision is not None else "",
             route=self.route,
             status=http_status,
             timings=timings,
@@ -325,7 +326,7 @@ class RequestRecord:
         # refused before any provider was contacted: counted, no latency observed
         e2e = time.monotonic() - self.started
         self.state.metrics.observe_request(
-            tenant=self.tenant, model=self.alias, route="none", status=http_status, e2e_s=None
+            tenant=self.tenant, alias=self.alias, route="none", status=http_status, e2e_s=None
         )
         return RequestTimings(
             e2e_s=e2e, queue_wait_s=None, ttft_s=None, itl_mean_s=None, gpu_seconds=0.0, cost=0.0

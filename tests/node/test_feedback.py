@@ -167,9 +167,9 @@ async def test_the_request_index_labels_feedback_by_model(tmp_path: Path, local_
             node.state.feedback = store
         try:
             request_id = await chat(client, setup.keys["acme"])
-            if await store.model_of(tenant="acme", request_id=request_id) is None:
+            if await store.alias_of(tenant="acme", request_id=request_id) is None:
                 # the recorder hook is not wired (yet): record as it would on forwarding
-                await store.remember(tenant="acme", request_id=request_id, model=TINY)
+                await store.remember(tenant="acme", request_id=request_id, alias=TINY)
             r = await client.post(
                 "/v1/feedback",
                 headers=bearer(setup.keys["acme"]),
@@ -186,12 +186,12 @@ async def test_the_request_index_labels_feedback_by_model(tmp_path: Path, local_
 async def test_feedback_store_survives_reopen_and_keys_by_tenant(tmp_path: Path) -> None:
     path = tmp_path / "data" / "feedback.db"
     async with await FeedbackStore.open(path) as store:
-        await store.remember(tenant="acme", request_id="chatcmpl-1", model=TINY)
-        await store.remember(tenant="acme", request_id="chatcmpl-1", model="changed")  # first write wins
+        await store.remember(tenant="acme", request_id="chatcmpl-1", alias=TINY)
+        await store.remember(tenant="acme", request_id="chatcmpl-1", alias="changed")  # first write wins
     async with await FeedbackStore.open(path) as store:
-        assert await store.model_of(tenant="acme", request_id="chatcmpl-1") == TINY
-        assert await store.model_of(tenant="globex", request_id="chatcmpl-1") is None
-        assert await store.model_of(tenant="acme", request_id="chatcmpl-2") is None
+        assert await store.alias_of(tenant="acme", request_id="chatcmpl-1") == TINY
+        assert await store.alias_of(tenant="globex", request_id="chatcmpl-1") is None
+        assert await store.alias_of(tenant="acme", request_id="chatcmpl-2") is None
     raw = path.read_bytes() + (tmp_path / "data" / "feedback.db-wal").read_bytes() if (
         tmp_path / "data" / "feedback.db-wal").exists() else path.read_bytes()  # fmt: skip
     # neither the tenant nor the request id is stored in the open

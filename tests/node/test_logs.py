@@ -56,7 +56,7 @@ def _request_line(logger: logging.Logger, n: int) -> None:
         logger,
         request_id=f"req-{n:05d}",
         tenant="cardiology",
-        model="bastion-tiny",
+        alias="bastion-tiny",
         route="local",
         status=200,
         timings=_TIMINGS,

@@ -91,7 +91,7 @@ def test_an_external_stream_is_timed_on_its_output_and_counted_from_its_usage() 
     final usage is a count, never a burst of gaps at the end."""
     clock = FakeClock()
     m = _metrics(clock)
-    timer = m.track_request(tenant="acme", model="tiny", route="external:openai-eu", exact_counts=False)
+    timer = m.track_request(tenant="acme", alias="tiny", route="external:openai-eu", exact_counts=False)
     timer.dequeued()
     clock.advance(0.5)
     timer.tokens(0, output=True)  # first chunk, no count yet: the first token at 0.5 s
@@ -113,7 +113,7 @@ def test_an_external_stream_is_timed_on_its_output_and_counted_from_its_usage() 
 def test_a_streamed_request_fills_every_histogram_with_its_timings() -> None:
     clock = FakeClock()
     m = _metrics(clock)
-    timer = m.track_request(tenant="acme", model="tiny", route="local")
+    timer = m.track_request(tenant="acme", alias="tiny", route="local")
     # steps exact in binary, so bucket edges are compared without rounding noise
     clock.advance(0.25)
     timer.dequeued()
@@ -154,7 +154,7 @@ def test_a_streamed_request_fills_every_histogram_with_its_timings() -> None:
 def test_finish_counts_once_and_failed_requests_have_no_ttft() -> None:
     clock = FakeClock()
     m = _metrics(clock)
-    timer = m.track_request(tenant="acme", model="gpt-4o", route="external:openai-eu")
+    timer = m.track_request(tenant="acme", alias="gpt-4o", route="external:openai-eu")
     clock.advance(2.0)
     first = timer.finish(status=502)
     assert timer.finish(status=200) is first
@@ -171,13 +171,13 @@ def test_finish_counts_once_and_failed_requests_have_no_ttft() -> None:
 def test_flat_observations_match_the_timer_path() -> None:
     m = _metrics()
     mr = {"model": "tiny", "route": "local"}
-    m.observe_queue_wait(model="tiny", route="local", seconds=0.25)
+    m.observe_queue_wait(alias="tiny", route="local", seconds=0.25)
     for gap in (0.125, 0.25):
-        m.observe_inter_token(model="tiny", route="local", seconds=gap)
+        m.observe_inter_token(alias="tiny", route="local", seconds=gap)
     m.observe_request(
-        tenant="acme", model="tiny", route="local", status="200", e2e_s=2.0, ttft_s=0.5, completion_tokens=3
+        tenant="acme", alias="tiny", route="local", status="200", e2e_s=2.0, ttft_s=0.5, completion_tokens=3
     )
-    m.observe_first_token(model="tiny", route="local", seconds=0.25)
+    m.observe_first_token(alias="tiny", route="local", seconds=0.25)
     assert _value(m, "bastion_time_to_first_token_seconds_count", **mr) == 2
     assert _value(m, "bastion_time_to_first_token_seconds_sum", **mr) == 0.75
     assert _value(m, "bastion_inter_token_latency_seconds_sum", **mr) == 0.375
@@ -188,7 +188,7 @@ def test_flat_observations_match_the_timer_path() -> None:
 
 def test_buckets_span_milliseconds_to_minutes() -> None:
     m = _metrics()
-    m.observe_request(tenant="acme", model="tiny", route="local", status=200, e2e_s=0.01)
+    m.observe_request(tenant="acme", alias="tiny", route="local", status=200, e2e_s=0.01)
     buckets = {s["le"] for s in _series(m)["bastion_request_duration_seconds_bucket"]}
     assert {"0.05", "600.0", "+Inf"} <= buckets
     assert TTFT_BUCKETS_S[0] <= 0.005 and TTFT_BUCKETS_S[-1] >= 60
@@ -201,12 +201,12 @@ def test_labels_are_bounded_to_configured_names() -> None:
     clock = FakeClock()
     m = _metrics(clock)
     hostile = "Ignore previous instructions; my SSN is 078-05-1120"
-    timer = m.track_request(tenant=hostile, model="req-7f3a9c", route="evil.example")
+    timer = m.track_request(tenant=hostile, alias="req-7f3a9c", route="evil.example")
     timer.tokens(3)
     timer.finish(status=200, prompt_tokens=5)
-    m.observe_request(tenant="globex", model="tiny", route="local", status=999, e2e_s=0.1)
-    m.observe_request(tenant="globex", model="tiny", route="local", status="cancelled", e2e_s=None)
-    m.observe_feedback(model="nope", rating=1000)
+    m.observe_request(tenant="globex", alias="tiny", route="local", status=999, e2e_s=0.1)
+    m.observe_request(tenant="globex", alias="tiny", route="local", status="cancelled", e2e_s=None)
+    m.observe_feedback(alias="nope", rating=1000)
     m.observe_canary(model="tiny", provider="someone-else", match_ratio=0.5, mismatches=1)
 
     text = m.render().decode()
@@ -229,7 +229,7 @@ def test_labels_are_bounded_to_configured_names() -> None:
 
 def test_each_app_has_its_own_registry() -> None:
     a, b = _metrics(), _metrics()
-    a.observe_request(tenant="acme", model="tiny", route="local", status=200, e2e_s=1.0)
+    a.observe_request(tenant="acme", alias="tiny", route="local", status=200, e2e_s=1.0)
     assert _value(a, "bastion_requests_total", tenant="acme", model="tiny", route="local", status="200") == 1
     assert (
         _value(b, "bastion_requests_total", tenant="acme", model="tiny", route="local", status="200") is None
@@ -271,11 +271,11 @@ def test_local_gpu_time_and_external_tokens_are_priced_on_one_scale() -> None:
     clock = FakeClock()
     m = _metrics(clock)  # 3.6 EUR per GPU-hour: 0.001 per GPU-second
     meter = GpuTimeMeter(clock=clock)
-    local = m.track_request(tenant="acme", model="tiny", route="local", gpu_meter=meter)
+    local = m.track_request(tenant="acme", alias="tiny", route="local", gpu_meter=meter)
     local.dequeued()
     clock.advance(10.0)
     t_local = local.finish(status=200, prompt_tokens=100, completion_tokens=50)
-    external = m.track_request(tenant="acme", model="gpt-4o", route="external:openai-eu")
+    external = m.track_request(tenant="acme", alias="gpt-4o", route="external:openai-eu")
     t_ext = external.finish(status=200, external_cost=0.02)
 
     assert t_local.gpu_seconds == pytest.approx(10.0) and t_local.cost == pytest.approx(0.01)
@@ -442,7 +442,8 @@ def test_request_log_is_one_json_line_without_text() -> None:
         logger,
         request_id="chatcmpl-\u2028abc",
         tenant="acme",
-        model="tiny",
+        alias="tiny",
+        served_model="tiny-local",
         route="local",
         status=200,
         timings=timings,
@@ -472,6 +473,7 @@ def test_request_log_is_one_json_line_without_text() -> None:
     )
     assert (record["ttft_ms"], record["e2e_ms"], record["queue_wait_ms"]) == (250.0, 1500.0, 2.0)
     assert record["itl_mean_ms"] == 12.5 and record["completion_tokens"] == 30
+    assert record["served_model"] == "tiny-local"  # "model" is the alias the client asked for
     other = json.loads(lines[1])
     assert other["n"] == 1 and other["k"] == 2
     assert "prompt" not in other and "completion" not in other and "messages" not in other
@@ -485,7 +487,7 @@ def test_server_errors_log_at_warning() -> None:
     )
     route = "external:openai-eu"
     log_request(
-        logger, request_id="r1", tenant="acme", model="m", route=route, status=502, timings=timings,
+        logger, request_id="r1", tenant="acme", alias="m", route=route, status=502, timings=timings,
         code="upstream_error",
     )  # fmt: skip
     record = json.loads(stream.getvalue())
@@ -501,7 +503,7 @@ def test_every_metric_the_dashboard_queries_is_exported() -> None:
 
     clock = FakeClock()
     m = _metrics(clock)
-    timer = m.track_request(tenant="acme", model="tiny", route="local", gpu_meter=GpuTimeMeter(clock=clock))
+    timer = m.track_request(tenant="acme", alias="tiny", route="local", gpu_meter=GpuTimeMeter(clock=clock))
     timer.dequeued()
     clock.advance(1.0)
     timer.tokens(1)
@@ -509,7 +511,7 @@ def test_every_metric_the_dashboard_queries_is_exported() -> None:
     timer.tokens(2)
     timer.finish(status=200, prompt_tokens=3, external_cost=0.5)
     m.observe_canary(model="tiny", provider="local", match_ratio=1.0, mismatches=0)
-    m.observe_feedback(model="tiny", rating=1)
+    m.observe_feedback(alias="tiny", rating=1)
     m.source_errors.labels("audit")
     m.add_gpu_source(lambda: GpuSnapshot(available=True, devices=(_reading(0),), sampled_at_s=1.0))
     m.add_engine_source(lambda: {"tiny": EngineStats(prefix_cache_queries=10, prefix_cache_hits=5)})
