@@ -62,6 +62,14 @@ def test_config_and_data_are_volumes_and_readyz_is_the_health_check() -> None:
     assert _all("STOPSIGNAL") == ["SIGTERM"]
 
 
+def test_the_image_sets_the_no_egress_environment_of_serving_egress() -> None:
+    from serving.egress import NO_EGRESS_ENV
+
+    env = " ".join(_all("ENV")).split()
+    for name, value in NO_EGRESS_ENV.items():
+        assert f"{name}={value}" in env, name
+
+
 def test_the_default_command_is_serve_behind_the_config_check() -> None:
     (entrypoint,) = _all("ENTRYPOINT")
     assert json.loads(entrypoint) == ["/usr/bin/tini", "--", "/usr/local/bin/bastion-entrypoint"]
