@@ -130,7 +130,7 @@ def load_nvml() -> Any:
 class GpuSampler:
     """Samples NVML in a background task every ``interval_s``; ``snapshot()`` is the latest reading.
 
-    Use as an async context manager (or ``start()`` / ``aclose()``) in the app's lifespan.
+    Use as an async context manager (or ``start()`` / ``aclose()``) in ``node.assembly.build_node``.
     """
 
     def __init__(
