@@ -15,6 +15,7 @@ from litestar import Litestar
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from .assembly import AUDIT_HEADER
+from .context_http import upload_router
 from .controllers import CONTROLLERS
 from .dependencies import node_dependency
 from .errors import exception_handlers
@@ -27,7 +28,7 @@ __all__ = ["create_app"]
 def create_app(node: NodeState) -> Litestar:
     """The node's HTTP API over ``node`` (its engines, router, audit log, tenants, metrics)."""
     return Litestar(
-        route_handlers=CONTROLLERS,
+        route_handlers=[*CONTROLLERS, upload_router(node)],
         dependencies={"node": node_dependency(node)},
         exception_handlers=exception_handlers,  # type: ignore[arg-type]
         middleware=[_request_id_middleware, read_deadline_middleware],

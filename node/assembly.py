@@ -8,11 +8,12 @@
 In order: the models file; the engines (each model's files verified against
 their pins first); the audit log; the tenants' counters (``[state]``); the API
 keys; the external providers; the router; metrics and the GPU sampler; the
-feedback index; ``config.loaded`` in the audit log; SIGHUP reload; the admin
-socket and the retention schedule; the drift canaries. Everything is closed in
-reverse order when the context ends. Keyword arguments replace what the config
-would start (tests pass a started engine, fake-upstream providers, an opened
-log): what is passed in is the caller's to close.
+feedback index; the context store (``[context]``: files, vector stores);
+``config.loaded`` in the audit log; SIGHUP reload; the admin socket and the
+retention schedule; the drift canaries. Everything is closed in reverse order
+when the context ends. Keyword arguments replace what the config would start
+(tests pass a started engine, fake-upstream providers, an opened log): what is
+passed in is the caller's to close.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from .admin import admin_channel, admin_socket_path, retention_schedule
 from .budgets import open_limits
 from .canaries import canary_job
 from .config import NodeConfig, resolve
+from .context_api import open_context
 from .drain import Drain
 from .feedback import FEEDBACK_DB
 from .fleet_feedback import open_feedback
@@ -141,6 +143,11 @@ async def build_node(
                     node=f"{socket.gethostname()}:{config.server.port}",
                 )
             )
+        node.context = await stack.enter_async_context(
+            open_context(
+                config, data_dir=data_dir, models=models, engines=local, embedders=embedders, audit=log
+            )
+        )
         _wire_metric_sources(node)
         if log is not None:
             summary = config_summary(config, local, registry.key_ids(), reason="start")
@@ -152,7 +159,7 @@ async def build_node(
             reloader = Reloader(node, config_file, key_store, key_uses)
             await stack.enter_async_context(reload_on_sighup(reloader))
         if log is not None:
-            await _enter_operations(stack, log, config, base, reloader)
+            await _enter_operations(stack, log, config, base, reloader, node)
         else:
             _log.warning(
                 "AUDIT LOG DISABLED ([audit] enabled = false): requests are NOT recorded; "
@@ -213,11 +220,20 @@ async def _open_audit(config: NodeConfig, stack: AsyncExitStack) -> AuditLog | N
 
 
 async def _enter_operations(
-    stack: AsyncExitStack, log: AuditLog, config: NodeConfig, base: Path, reloader: Reloader | None
+    stack: AsyncExitStack,
+    log: AuditLog,
+    config: NodeConfig,
+    base: Path,
+    reloader: Reloader | None,
+    node: NodeState,
 ) -> None:
-    """The admin socket (live shred, rotate-kek, retention, reload) and retention's schedule."""
+    """The admin socket (live shred, rotate-kek, retention, reload; the context store's data too)
+    and retention's schedule."""
     reload = reloader.reload if reloader is not None else None
-    await stack.enter_async_context(admin_channel(admin_socket_path(config, base), log, reload=reload))
+    context = node.context.service.backend if node.context is not None else None
+    await stack.enter_async_context(
+        admin_channel(admin_socket_path(config, base), log, reload=reload, context=context)
+    )
     if log.config.retention_months is not None:
         await stack.enter_async_context(retention_schedule(log, log.config.retention_interval_s))
 

@@ -20,6 +20,8 @@ from audit import AuditConfig
 from router.config import ProviderConfig, RouteConfig, RoutingOptions, TenantPolicy
 from serving.errors import StartupFailure
 
+from .context.records import ContextConfig, StaticChunking
+
 __all__ = [
     "ApiKeyConfig",
     "ConfigError",
@@ -151,6 +153,18 @@ class TenantConfig(TenantPolicy, frozen=True, kw_only=True, forbid_unknown_field
     models: tuple[str, ...] = ()
 
 
+class ContextSection(ContextConfig, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """``[context]``: files, vector stores and ``file_search`` (``node.context``), on when present."""
+
+    enabled: bool = True
+    #: how a file is chunked when a request names no ``chunking_strategy`` (OpenAI's ``auto``)
+    chunking: StaticChunking = StaticChunking()
+    #: tokens of retrieved text a ``file_search`` request may add to the prompt (the chat model's tokens)
+    file_search_tokens: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 2000
+    #: ``file_search`` results when the tool names no ``max_num_results``
+    file_search_results: Annotated[int, msgspec.Meta(ge=1, le=50)] = 10
+
+
 class NodeConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     server: ServerConfig = ServerConfig()
     limits: LimitsConfig = LimitsConfig()
@@ -170,6 +184,8 @@ class NodeConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     routing: RoutingOptions = RoutingOptions()
     #: set by dev mode only: loopback-only bind, banner
     dev_mode: bool = False
+    #: files and vector stores (``[context]``): absent, the endpoints answer 404
+    context: ContextSection | None = None
 
     def __post_init__(self) -> None:
         names = [t.name for t in self.tenants]
@@ -178,6 +194,8 @@ class NodeConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
         key_ids = [k.id for t in self.tenants for k in t.keys]
         if len(set(key_ids)) != len(key_ids):
             raise ValueError("API key ids must be unique across tenants")
+        if self.context is not None and self.context.enabled and self.audit is None:
+            raise ValueError("[context] encrypts files under the audit log's KEK: it needs [audit] enabled")
         if self.dev_mode and not _is_loopback(self.server.host):
             raise ValueError(f"dev mode binds to loopback only; refusing host {self.server.host!r}")
 

@@ -22,6 +22,7 @@ from serving.errors import AuditFailedError, AuthenticationError, EngineUnavaila
 
 from .access import listed_models
 from .completions import handle_generation
+from .context_http import CONTEXT_CONTROLLERS
 from .dependencies import ID_PREFIX, TENANT_DEPENDENCIES, Node, RequestId, Tenant
 from .embeddings import handle_embeddings
 from .feedback import FeedbackRequest, submit_feedback
@@ -186,4 +187,5 @@ CONTROLLERS: Final[list[ControllerRouterHandler]] = [
     FeedbackController,
     HealthController,
     MetricsController,
+    *CONTEXT_CONTROLLERS,  # /v1/vector_stores (/v1/files: node.context_http.upload_router)
 ]

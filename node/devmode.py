@@ -1,6 +1,7 @@
 """Dev mode: ``bastion serve`` with no ``node.toml``.
 
-Loopback only, the built-in tiny chat and embedding models (built if missing), one ``dev`` tenant
+Loopback only, the built-in tiny chat and embedding models (built if missing), files and vector
+stores on the tiny embedding model (``[context]``), one ``dev`` tenant
 whose key is printed, an audit log with keys generated under the data folder,
 and a banner that says all of this loudly. The config is still built by
 decoding a generated TOML document, like any other.
@@ -64,6 +65,9 @@ kek_file = {_toml_str(str(kek))}
 signing_key_file = {_toml_str(str(signing))}
 checkpoint_path = {_toml_str(str(dev_dir / "checkpoints"))}
 origin = "bastion.dev/audit"
+
+[context]
+embedding_model = {_toml_str(TINY_EMBED_MODEL)}
 
 [[tenants]]
 name = {_toml_str(DEV_TENANT)}

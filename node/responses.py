@@ -6,7 +6,8 @@ request (tenancy, residency, the route contract, redaction, limits, audit, with
 ``endpoint = "responses"`` in its records). What comes back is the OpenAI chat
 wire format, which is stable by definition, and is translated here: a whole chat
 completion into a Response object, a chat event stream into the Responses event
-sequence. The node keeps no responses (``store`` is refused).
+sequence. The node keeps no responses (``store`` is refused). A ``file_search``
+tool is answered on the node before generation (``node.file_search``).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from litestar.response import Stream
 from serving.errors import BadRequestError
 
 from .completions import handle_generation
+from .file_search import Retrieval, retrieve
 from .responses_wire import ResponsesRequest, ResponsesStream, response_object, to_chat
 from .state import NodeState
 from .tenancy import Principal
@@ -41,32 +43,36 @@ async def handle_responses(
     state: NodeState, request: Request[Any, Any, Any], principal: Principal, request_id: str
 ) -> Response[Any]:
     asked: list[ResponsesRequest] = []  # the decoded request, for the answer's echoed settings
+    found: list[Retrieval] = []  # what file_search retrieved (node.file_search)
 
     async def decode(body: bytes) -> ChatCompletionRequest:
         req = decode_request(body, ResponsesRequest)
         asked.append(req)
-        if req.file_search():
-            raise BadRequestError(
-                "the file_search tool needs a vector store on this node; none is configured",
-                param="tools",
-            )
         cap = state.config.limits.max_tokens_cap
         if req.max_output_tokens is not None and req.max_output_tokens > cap:
             raise BadRequestError(
                 f"max_output_tokens {req.max_output_tokens} is above this node's cap of {cap}",
                 param="max_output_tokens",
             )
-        return _chat_request(to_chat(req))
+        to_chat(req)  # the request's own errors before any search
+        retrieval = await retrieve(state, principal, request_id, req)
+        if retrieval is None:
+            return _chat_request(to_chat(req))
+        found.append(retrieval)
+        return _chat_request(to_chat(req, context=retrieval.context))
 
     response = await handle_generation(
         state, request, principal, request_id, chat=True, decode=decode, endpoint="responses"
     )
     req = asked[0]
+    retrieval = found[0] if found else None
     response_id = request_id  # ``resp_<hex>``: the response's id is the request's (audit, logs)
     if isinstance(response, Stream):
         events = ResponsesStream(req, response_id=response_id, model=req.model)
+        if retrieval is not None:
+            events.annotations = retrieval.annotations
         return Stream(
-            _translate(response.iterator, events),  # type: ignore[arg-type]
+            _translate(response.iterator, events, retrieval),  # type: ignore[arg-type]
             media_type="text/event-stream",
             headers=dict(response.headers),
             background=response.background,
@@ -74,7 +80,13 @@ async def handle_responses(
     if response.status_code not in (None, 200):  # an error body is the same on both APIs
         return response
     chat = msgspec.json.decode(response.content)
-    body = response_object(req, chat, response_id=response_id)
+    body = response_object(
+        req,
+        chat,
+        response_id=response_id,
+        annotations=retrieval.annotations if retrieval else None,
+        before=[retrieval.item] if retrieval else None,
+    )
     return Response(msgspec.json.encode(body), media_type="application/json", headers=dict(response.headers))
 
 
@@ -91,12 +103,16 @@ def _chat_request(body: dict[str, Any]) -> ChatCompletionRequest:
         raise
 
 
-async def _translate(chat: AsyncIterator[bytes], events: ResponsesStream) -> AsyncIterator[bytes]:
+async def _translate(
+    chat: AsyncIterator[bytes], events: ResponsesStream, retrieval: Retrieval | None
+) -> AsyncIterator[bytes]:
     """The Responses events for a chat event stream (split on blank lines only)."""
     finish: str | None = None
     usage: dict[str, Any] | None = None
     pending = b""
     yield events.start()
+    if retrieval is not None:
+        yield events.file_search_call(retrieval.item)
     try:
         async for piece in chat:
             pending += piece

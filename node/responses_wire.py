@@ -27,6 +27,7 @@ from serving.errors import BadRequestError
 __all__ = [
     "ResponsesRequest",
     "ResponsesStream",
+    "last_user_text",
     "response_object",
     "to_chat",
 ]
@@ -87,8 +88,9 @@ class ResponsesRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
                 "`previous_response_id` needs a response store, and this node keeps none: send the "
                 "conversation as `input` items - at `$.previous_response_id`"
             )
-        if self.include:
-            raise ValueError(f"`include` value {self.include[0]!r} is not supported - at `$.include`")
+        for value in self.include or ():
+            if value != "file_search_call.results":  # the one this node honours (node.file_search)
+                raise ValueError(f"`include` value {value!r} is not supported - at `$.include`")
         if self.metadata is not None and len(self.metadata) > 16:
             raise ValueError("at most 16 metadata pairs - at `$.metadata`")
 
@@ -141,6 +143,17 @@ def to_chat(req: ResponsesRequest, *, context: str | None = None) -> dict[str, A
     if req.text is not None and req.text.format is not None:
         body["response_format"] = _response_format(req.text.format)
     return body
+
+
+def last_user_text(req: ResponsesRequest) -> str:
+    """The text of the last user message of ``input`` (what ``file_search`` searches for)."""
+    if isinstance(req.input, str):
+        return req.input
+    for i in range(len(req.input) - 1, -1, -1):
+        item = req.input[i]
+        if isinstance(item, dict) and item.get("role") == "user" and item.get("type", "message") == "message":
+            return _text_of(item.get("content"), f"input[{i}].content")
+    return ""
 
 
 def _is_function(tool: dict[str, Any]) -> bool:
@@ -329,6 +342,11 @@ def _message_item(item_id: str, text: str, status: str, annotations: list[dict[s
     }
 
 
+def _placed(annotations: list[dict[str, Any]], text: str) -> list[dict[str, Any]]:
+    """Annotations without an ``index`` go at the end of ``text`` (the model did not say where)."""
+    return [a if "index" in a else a | {"index": len(text)} for a in annotations]
+
+
 def _call_item(item_id: str, call_id: str, name: str, arguments: str, status: str) -> dict[str, Any]:
     return {
         "type": "function_call",
@@ -354,8 +372,10 @@ def response_object(
     *,
     response_id: str,
     annotations: list[dict[str, Any]] | None = None,
+    before: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """The Response object for a chat completion body ``chat``."""
+    """The Response object for a chat completion body ``chat`` (``before``: output items that
+    come first, a ``file_search_call``)."""
     choice = chat["choices"][0]
     message = choice.get("message") or {}
     status, incomplete = _finished(choice.get("finish_reason"))
@@ -366,11 +386,13 @@ def response_object(
         model=req.model,
         status=status,
     )
-    output: list[dict[str, Any]] = []
+    output: list[dict[str, Any]] = list(before or ())
     text = message.get("content")
     calls = message.get("tool_calls") or []
     if text or not calls:
-        output.append(_message_item(_new_id("msg"), text or "", status, annotations or []))
+        output.append(
+            _message_item(_new_id("msg"), text or "", status, _placed(annotations or [], text or ""))
+        )
     for call in calls:
         fn = call["function"]
         output.append(_call_item(_new_id("fc"), call["id"], fn["name"], fn.get("arguments", ""), "completed"))
@@ -447,6 +469,18 @@ class ResponsesStream:
             logprobs=[],
         )
 
+    def file_search_call(self, item: dict[str, Any]) -> bytes:
+        """A finished ``file_search_call`` item (the node searched before generating), whole."""
+        index = len(self._items)
+        self._items.append(item)
+        ids = {"output_index": index, "item_id": item["id"]}
+        out = self._event(
+            "response.output_item.added", output_index=index, item=item | {"status": "in_progress"}
+        )
+        for phase in ("in_progress", "searching", "completed"):
+            out += self._event(f"response.file_search_call.{phase}", **ids)
+        return out + self._event("response.output_item.done", output_index=index, item=item)
+
     def tool_call(self, index: int, *, call_id: str | None, name: str | None, arguments: str) -> bytes:
         out = b""
         if index not in self._calls:
@@ -470,15 +504,26 @@ class ResponsesStream:
 
     def finish(self, finish_reason: str | None, usage: dict[str, Any] | None) -> bytes:
         status, incomplete = _finished(finish_reason)
-        if not self._items:  # an empty answer is still one (empty) message
+        if self._text_item is None and not self._calls:  # an empty answer is still one (empty) message
             out = self.text("")
         else:
             out = b""
         for index, item in enumerate(self._items):
+            if item["type"] == "file_search_call":
+                continue  # done when it was added
             item["status"] = status if item["type"] == "message" else "completed"
             if item["type"] == "message":
                 part = item["content"][0]
-                part["annotations"] = self.annotations
+                part["annotations"] = _placed(self.annotations, part["text"])
+                for n, annotation in enumerate(part["annotations"]):
+                    out += self._event(
+                        "response.output_text.annotation.added",
+                        item_id=item["id"],
+                        output_index=index,
+                        content_index=0,
+                        annotation_index=n,
+                        annotation=annotation,
+                    )
                 out += self._event(
                     "response.output_text.done",
                     item_id=item["id"],

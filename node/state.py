@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from serving.embedding import Embedder
     from serving.gpu import GpuSampler
 
+    from .context_api import ContextApi
     from .feedback import FeedbackIndex
     from .metrics import GpuTimeMeter, Metrics
 
@@ -43,6 +44,8 @@ class NodeState:
     #: the external providers by name (the router's and the drift canaries')
     providers: dict[str, Provider] = field(default_factory=dict)
     feedback: FeedbackIndex | None = None
+    #: files, vector stores and ``file_search`` (``[context]``); None without the section
+    context: ContextApi | None = None
     #: per local model: splits engine time among concurrent requests (GPU-seconds per request)
     gpu_meters: dict[str, GpuTimeMeter] = field(default_factory=dict)
     started_at: float = field(default_factory=time.time)

@@ -79,7 +79,7 @@ def test_function_tools_choice_and_text_format_become_their_chat_equivalents() -
         ({"previous_response_id": "resp_1"}, "previous_response_id"),
         ({"reasoning": {"effort": "low"}}, "reasoning"),
         ({"background": True}, "background"),
-        ({"include": ["file_search_call.results"]}, "include"),
+        ({"include": ["message.output_text.logprobs"]}, "include"),
         ({"truncation": "auto"}, "truncation"),
     ],
 )

@@ -1,0 +1,151 @@
+"""The Responses API's ``file_search`` tool, answered on the node.
+
+With a ``file_search`` tool the node always searches before it generates (it
+does not wait for the model to ask): the query is the last user input's text,
+searched in the tool's ``vector_store_ids`` (the tenant's own: another tenant's
+is 404, as everywhere) with its ``max_num_results``, ``filters`` and
+``ranking_options.score_threshold``. The best chunks are packed whole under
+``[context] file_search_tokens``, counted with the answering model's tokenizer
+(the local model's ``tokenizer.json``; for an alias that is not a local model,
+the embedding model's, an approximation), and given to the model as a system
+message after the instructions. The retrieved text is then part of the prompt:
+it is redacted with the rest of it if the request is routed to an external
+provider, and a ``local-only`` tenant's request never leaves the node.
+
+The answer carries a ``file_search_call`` output item first (its ``results``
+only when ``include`` asks for ``file_search_call.results``) and one
+``file_citation`` annotation per chunk given to the model (``file_id``,
+``filename``, ``index`` at the end of the text, and this node's ``chunk_id``,
+``<file_id>#<n>``). The search is audited as ``context.search`` under the
+request's id (chunk ids and scores; the query encrypted).
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+from serving.errors import BadRequestError
+
+from .context import Hit, pack, parse_filter
+from .context_api import ContextApi
+from .context_http import context_api
+from .responses_wire import ResponsesRequest, last_user_text
+from .state import NodeState
+from .tenancy import Principal
+
+__all__ = ["INCLUDE_RESULTS", "Retrieval", "retrieve"]
+
+#: the one ``include`` value this node honours
+INCLUDE_RESULTS = "file_search_call.results"
+#: tokens of framing around each chunk in the prompt (its header line)
+_FRAMING = 16
+_PREAMBLE = (
+    "Excerpts from the user's files follow, retrieved for this request. Use them to answer, "
+    "and say so when they do not hold the answer."
+)
+
+
+class _Ranking(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    ranker: Literal["auto", "default-2024-11-15", "none"] | None = None
+    score_threshold: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)] = 0.0
+
+
+class FileSearchTool(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    type: Literal["file_search"]
+    vector_store_ids: Annotated[list[str], msgspec.Meta(min_length=1, max_length=16)]
+    max_num_results: Annotated[int, msgspec.Meta(ge=1, le=50)] | None = None
+    filters: dict[str, Any] | None = None
+    ranking_options: _Ranking | None = None
+
+
+@dataclass
+class Retrieval:
+    """What a ``file_search`` found and gave the model."""
+
+    item: dict[str, Any]
+    #: the system message's text (None: nothing found)
+    context: str | None
+    annotations: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _tool(req: ResponsesRequest) -> FileSearchTool | None:
+    tools = req.file_search()
+    if not tools:
+        return None
+    if len(tools) > 1:
+        raise BadRequestError(
+            "give at most one file_search tool (it takes several vector_store_ids).", param="tools"
+        )
+    try:
+        return msgspec.convert(tools[0], FileSearchTool)
+    except msgspec.ValidationError as exc:
+        raise BadRequestError(f"the file_search tool: {exc}", param="tools") from None
+
+
+async def retrieve(
+    state: NodeState, principal: Principal, request_id: str, req: ResponsesRequest
+) -> Retrieval | None:
+    """Search for ``req``'s ``file_search`` tool and pack what fits (None: the request has none)."""
+    tool = _tool(req)
+    if tool is None:
+        return None
+    api = context_api(state)
+    query = last_user_text(req)
+    if not query.strip():
+        raise BadRequestError("file_search needs a user message with text to search for.", param="input")
+    settings = api.settings
+    async with api.audited(principal, request_id, "search", store_ids=tool.vector_store_ids) as record:
+        hits = await api.service.search(
+            principal.tenant.name,
+            tool.vector_store_ids,
+            query,
+            max_num_results=tool.max_num_results or settings.file_search_results,
+            filters=parse_filter(tool.filters) if tool.filters is not None else None,
+            score_threshold=tool.ranking_options.score_threshold if tool.ranking_options else 0.0,
+        )
+        tokenizer = _tokenizer(api, req.model)
+        packed = pack(
+            hits, budget_tokens=settings.file_search_tokens, count_tokens=tokenizer, overhead=_FRAMING
+        )
+        record |= {
+            "chunks": [h.id for h in hits],
+            "scores": [round(h.score, 6) for h in hits],
+            "packed": [h.id for h in packed.hits],
+            "packed_tokens": packed.tokens,
+            "content": {"query": query},
+        }
+    item: dict[str, Any] = {
+        "type": "file_search_call",
+        "id": f"fs_{uuid.uuid4().hex}",
+        "status": "completed",
+        "queries": [query],
+        "results": [_result(h) for h in hits] if INCLUDE_RESULTS in (req.include or ()) else None,
+    }
+    if not packed.hits:
+        return Retrieval(item=item, context=None)
+    blocks = [f"[{n}] {h.chunk.filename} ({h.id})\n{h.chunk.text}" for n, h in enumerate(packed.hits, 1)]
+    citations = [
+        {"type": "file_citation", "file_id": h.chunk.file_id, "filename": h.chunk.filename, "chunk_id": h.id}
+        for h in packed.hits
+    ]
+    return Retrieval(item=item, context="\n\n".join([_PREAMBLE, *blocks]), annotations=citations)
+
+
+def _tokenizer(api: ContextApi, model: str) -> Any:
+    tok = api.tokenizers.get(model) or api.service.tokenizer
+    return tok.count
+
+
+def _result(hit: Hit) -> dict[str, Any]:
+    c = hit.chunk
+    return {
+        "file_id": c.file_id,
+        "filename": c.filename,
+        "score": hit.score,
+        "text": c.text,
+        "attributes": c.attributes,
+    }
