@@ -39,7 +39,7 @@ from typing import Any, Final
 
 import msgspec
 
-from audit import AuditError, AuditLog, errors
+from audit import AuditError, AuditLog, errors, private_dir
 from audit.kek import kek_from_file
 
 from .config import NodeConfig, resolve
@@ -102,7 +102,10 @@ async def admin_channel(
             f"{path}: longer than a Unix socket path may be ({_SUN_PATH_MAX} bytes); shorten data_dir"
         )
     folder = path.parent
-    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if not folder.exists():
+        # every missing level 0700: ``mkdir -p`` would leave a new data_dir 0755, which the
+        # node's other stores then refuse (exit 6)
+        private_dir(folder)
     os.chmod(folder, 0o700)  # a folder made before, or under a loose umask
     _remove_stale(path)
 
