@@ -48,7 +48,17 @@ from .records import (
     StoreFile,
     VectorStore,
 )
-from .sealing import FileKey, chunk_aad, content_aad, name_aad, new_file_key, open_file_key, rewrap_file_key
+from .sealing import (
+    FileKey,
+    SealedChunk,
+    chunk_aad,
+    content_aad,
+    name_aad,
+    new_file_key,
+    open_chunks,
+    open_file_key,
+    rewrap_file_key,
+)
 from .vector_cache import Matrix, rank
 
 __all__ = ["PostgresBackend"]
@@ -464,37 +474,22 @@ class PostgresBackend:
         return best
 
     async def read_chunks(self, tenant: str, keys: Sequence[tuple[str, int]]) -> list[Chunk]:
-        out: list[Chunk] = []
-        opened: dict[int, tuple[FileKey, str]] = {}
+        rows: list[SealedChunk] = []
         async with self._pool.connection() as conn:
-            for store_id, key in keys:
-                spk = (await _store_row(conn, tenant, store_id))[0]
-                idx, start, end, text, fpk, file_id, name, attributes = await _one(
+            for store_id in dict.fromkeys(s for s, _ in keys):
+                spk = (await _store_row(conn, tenant, store_id))[0]  # NotFoundError: not the tenant's
+                wanted = sorted({k for s, k in keys if s == store_id})
+                found = await _all(
                     conn,
-                    f"SELECT c.idx, c.start_token, c.end_token, c.text, f.pk, f.id, f.name, sf.attributes"  # noqa: S608
-                    f" FROM {chunk_table(spk)} c JOIN ctx_files f ON f.pk = c.file_pk"
+                    "SELECT %s::text, c.key, c.idx, c.start_token, c.end_token, c.text, f.pk, f.id, f.name,"  # noqa: S608
+                    f" k.kid, k.wrapped, sf.attributes FROM {chunk_table(spk)} c"
+                    " JOIN ctx_files f ON f.pk = c.file_pk JOIN ctx_file_keys k ON k.file_pk = f.pk"
                     " JOIN ctx_store_files sf ON sf.store_pk = %s AND sf.file_pk = c.file_pk"
-                    " WHERE c.key = %s",
-                    (spk, key),
-                    "chunk",
+                    " WHERE c.key = ANY(%s)",
+                    (store_id, spk, wanted),
                 )
-                if fpk not in opened:
-                    fkey = await self._file_key(conn, tenant, file_id, fpk)
-                    opened[fpk] = (fkey, fkey.open(bytes(name), name_aad(tenant, file_id)).decode())
-                fkey, filename = opened[fpk]
-                out.append(
-                    Chunk(
-                        store_id=store_id,
-                        file_id=file_id,
-                        filename=filename,
-                        index=idx,
-                        start_token=start,
-                        end_token=end,
-                        text=fkey.open(bytes(text), chunk_aad(tenant, file_id, store_id, idx)).decode(),
-                        attributes=msgspec.json.decode(attributes, type=dict[str, AttributeValue]),
-                    )
-                )
-        return out
+                rows += (SealedChunk(*r) for r in found)
+        return open_chunks(self._kek, tenant, keys, rows)
 
     # -- erasure ----------------------------------------------------------------------------------
 

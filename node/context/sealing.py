@@ -16,18 +16,26 @@ not open. Wrapped keys bind the tenant, file id and key id the same way.
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterable, Sequence
+from typing import NamedTuple
 
+import msgspec
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from audit.crypto import NONCE_LEN, length_prefixed, new_key, new_kid, open_aead, seal
 from audit.kek import KeyEncryptionKey
+from serving.errors import NotFoundError
+
+from .records import AttributeValue, Chunk
 
 __all__ = [
     "FileKey",
+    "SealedChunk",
     "chunk_aad",
     "content_aad",
     "name_aad",
     "new_file_key",
+    "open_chunks",
     "open_file_key",
     "rewrap_file_key",
 ]
@@ -94,3 +102,59 @@ def rewrap_file_key(
     """The same data key, wrapped under ``new`` (a KEK rotation: the data itself is not re-encrypted)."""
     context = _wrap_context(tenant, file_id, kid)
     return new.wrap(old.unwrap(wrapped, context), context)
+
+
+class SealedChunk(NamedTuple):
+    """A chunk as both backends read it: its place, its sealed text, its file's sealed name and
+    wrapped data key, and the file's attributes in the store (JSON)."""
+
+    store_id: str
+    key: int
+    idx: int
+    start_token: int
+    end_token: int
+    text: bytes
+    file_pk: int
+    file_id: str
+    name: bytes
+    kid: bytes
+    wrapped: bytes
+    attributes: bytes | str
+
+
+def open_chunks(
+    kek: KeyEncryptionKey, tenant: str, keys: Sequence[tuple[str, int]], rows: Iterable[SealedChunk]
+) -> list[Chunk]:
+    """The chunks ``keys`` asks for, in its order, decrypted from ``rows`` (read in one query);
+    each file's data key is unwrapped and its name opened once. A key with no row (erased since it
+    was ranked, or never the tenant's) is ``NotFoundError``."""
+    by_key = {(r.store_id, r.key): r for r in rows}
+    files: dict[int, tuple[FileKey, str]] = {}
+    out: list[Chunk] = []
+    for place in keys:
+        row = by_key.get(place)
+        if row is None:
+            raise NotFoundError("No such chunk.")
+        opened = files.get(row.file_pk)
+        if opened is None:
+            fkey = open_file_key(kek, tenant, row.file_id, bytes(row.kid), bytes(row.wrapped))
+            opened = files[row.file_pk] = (
+                fkey,
+                fkey.open(bytes(row.name), name_aad(tenant, row.file_id)).decode(),
+            )
+        fkey, filename = opened
+        out.append(
+            Chunk(
+                store_id=row.store_id,
+                file_id=row.file_id,
+                filename=filename,
+                index=row.idx,
+                start_token=row.start_token,
+                end_token=row.end_token,
+                text=fkey.open(
+                    bytes(row.text), chunk_aad(tenant, row.file_id, row.store_id, row.idx)
+                ).decode(),
+                attributes=msgspec.json.decode(row.attributes, type=dict[str, AttributeValue]),
+            )
+        )
+    return out

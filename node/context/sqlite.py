@@ -44,7 +44,17 @@ from .records import (
     StoreFile,
     VectorStore,
 )
-from .sealing import FileKey, chunk_aad, content_aad, name_aad, new_file_key, open_file_key, rewrap_file_key
+from .sealing import (
+    FileKey,
+    SealedChunk,
+    chunk_aad,
+    content_aad,
+    name_aad,
+    new_file_key,
+    open_chunks,
+    open_file_key,
+    rewrap_file_key,
+)
 from .sqlite_erase import drop_store, erase_chunks, settle
 from .sqlite_schema import create_store_tables, open_database, transaction
 from .vector_cache import VectorCache
@@ -482,35 +492,18 @@ class SqliteBackend:
 
     async def read_chunks(self, tenant: str, keys: Sequence[tuple[str, int]]) -> list[Chunk]:
         def go() -> list[Chunk]:
-            out: list[Chunk] = []
-            opened: dict[int, tuple[FileKey, str]] = {}
-            for store_id, key in keys:
-                row = self._one(
-                    "SELECT c.idx, c.start_token, c.end_token, c.text, f.pk, f.id, f.name, sf.attributes"
-                    " FROM chunks c JOIN stores s ON s.pk = c.store_pk JOIN files f ON f.pk = c.file_pk"
-                    " JOIN store_files sf ON sf.store_pk = c.store_pk AND sf.file_pk = c.file_pk"
-                    " WHERE c.key = ? AND s.id = ? AND s.tenant = ?",
-                    (key, store_id, tenant),
-                    "chunk",
-                )
-                idx, start, end, text, fpk, file_id, name, attributes = row
-                if fpk not in opened:
-                    fkey = self._file_key(tenant, file_id, fpk)
-                    opened[fpk] = (fkey, fkey.open(bytes(name), name_aad(tenant, file_id)).decode())
-                fkey, filename = opened[fpk]
-                out.append(
-                    Chunk(
-                        store_id=store_id,
-                        file_id=file_id,
-                        filename=filename,
-                        index=idx,
-                        start_token=start,
-                        end_token=end,
-                        text=fkey.open(bytes(text), chunk_aad(tenant, file_id, store_id, idx)).decode(),
-                        attributes=msgspec.json.decode(attributes, type=dict[str, AttributeValue]),
-                    )
-                )
-            return out
+            for store_id in dict.fromkeys(s for s, _ in keys):
+                self._store_row(tenant, store_id)  # NotFoundError: not the tenant's
+            rows = self._conn.execute(
+                "SELECT s.id, c.key, c.idx, c.start_token, c.end_token, c.text, f.pk, f.id, f.name, k.kid,"
+                " k.wrapped, sf.attributes"
+                " FROM chunks c JOIN stores s ON s.pk = c.store_pk JOIN files f ON f.pk = c.file_pk"
+                " JOIN file_keys k ON k.file_pk = f.pk"
+                " JOIN store_files sf ON sf.store_pk = c.store_pk AND sf.file_pk = c.file_pk"
+                " WHERE c.key IN (SELECT value FROM json_each(?)) AND s.tenant = ?",
+                (_json(sorted({k for _, k in keys})).decode(), tenant),
+            )
+            return open_chunks(self._kek, tenant, keys, (SealedChunk(*r) for r in rows))
 
         return await self._run(go)
 
