@@ -172,7 +172,10 @@ async def open_context(
             'serves (a models.toml model with task = "embed", in `serve`)',
         )
     backend = await SqliteBackend.open(
-        data_dir / settings.path, load_kek(config.audit), vector_cache_bytes=settings.vector_cache_bytes
+        data_dir / settings.path,
+        load_kek(config.audit),
+        vector_cache_bytes=settings.vector_cache_bytes,
+        fulltext_cache_bytes=settings.fulltext_cache_bytes,
     )
     try:
         service = ContextService(

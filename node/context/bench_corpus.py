@@ -20,7 +20,7 @@ import numpy as np
 
 from .records import ChunkIn
 
-__all__ = ["Corpus", "IngestResult", "make_corpus", "prose", "unit_vectors"]
+__all__ = ["Corpus", "IngestResult", "corpus_queries", "make_corpus", "prose", "unit_vectors"]
 
 _WORDS = (
     "the patient record policy account transfer review report clinic dose daily contract claim "
@@ -110,15 +110,24 @@ def make_corpus(
                 for i in range(start, min(chunks, start + chunks_per_file))
             ]
         )
-    noise = unit_vectors(queries, dims, seed + 1)
+    return Corpus(files=files, queries=corpus_queries(files, queries, seed))
+
+
+def corpus_queries(files: Sequence[Sequence[ChunkIn]], n: int, seed: int) -> list[tuple[str, bytes]]:
+    """``n`` queries: 2-4 consecutive words of a random chunk (so full text finds it) with that
+    chunk's vector slightly perturbed."""
+    rng = random.Random(seed)
+    chunks = [c for f in files for c in f]
+    dims = len(chunks[0].vector) // 4
+    noise = unit_vectors(n, dims, seed + 1)
     out: list[tuple[str, bytes]] = []
-    for q in range(queries):
-        target = rng.randrange(chunks)
-        words = texts[target].replace(".", "").split()
+    for q in range(n):
+        target = chunks[rng.randrange(len(chunks))]
+        words = target.text.replace(".", "").split()
         at = rng.randrange(max(1, len(words) - 4))
-        vec = vectors[target] + 0.5 * noise[q]
+        vec = np.frombuffer(target.vector, dtype=np.float32) + 0.5 * noise[q]
         out.append((" ".join(words[at : at + rng.randrange(2, 5)]), (vec / np.linalg.norm(vec)).tobytes()))
-    return Corpus(files=files, queries=out)
+    return out
 
 
 @dataclass(frozen=True, slots=True)

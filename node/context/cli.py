@@ -102,7 +102,12 @@ async def _evaluate(
             db = data_dir / CONTEXT_DB
         assert kek is not None
         model_dir = await asyncio.to_thread(ensure_model, spec, models_file, data_dir)
-        backend = await SqliteBackend.open(db, kek, vector_cache_bytes=config.vector_cache_bytes)
+        backend = await SqliteBackend.open(
+            db,
+            kek,
+            vector_cache_bytes=config.vector_cache_bytes,
+            fulltext_cache_bytes=config.fulltext_cache_bytes,
+        )
         try:
             engine = LocalEmbedder(spec, model_dir)
             async with engine:

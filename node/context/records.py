@@ -75,6 +75,8 @@ class ContextConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     rrf_k: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 60
     #: memory for stores' vectors as in-memory matrices (0: every vector search scans vec0)
     vector_cache_bytes: Annotated[int, msgspec.Meta(ge=0, le=2**40)] = 256 * 2**20
+    #: memory for phrases' BM25 score lists (0: FTS5 ranks every full-text search itself)
+    fulltext_cache_bytes: Annotated[int, msgspec.Meta(ge=0, le=2**40)] = 64 * 2**20
     #: candidates taken from each ranking before fusion (at least ``max_num_results``)
     candidates: Annotated[int, msgspec.Meta(ge=1, le=4096)] = 50
 

@@ -28,10 +28,12 @@ from typing import Any, TypeVar
 
 import apsw
 import msgspec
+import numpy as np
 
 from audit.kek import KeyEncryptionKey
 from serving.errors import NotFoundError
 
+from .fulltext_cache import FulltextCache
 from .records import (
     AttributeValue,
     Candidate,
@@ -91,29 +93,42 @@ class SqliteBackend:
     """``ContextBackend`` on one SQLite database. Open with ``await SqliteBackend.open(path, kek)``."""
 
     def __init__(
-        self, conn: apsw.Connection, kek: KeyEncryptionKey, pool: ThreadPoolExecutor, vector_cache_bytes: int
+        self,
+        conn: apsw.Connection,
+        kek: KeyEncryptionKey,
+        pool: ThreadPoolExecutor,
+        vector_cache_bytes: int,
+        fulltext_cache_bytes: int,
     ) -> None:
         self._conn = conn
         self._kek = kek
         self._pool = pool
         self._vectors = VectorCache(vector_cache_bytes)
+        self._fulltext = FulltextCache(fulltext_cache_bytes)
 
     @classmethod
     async def open(
-        cls, path: str | Path, kek: KeyEncryptionKey, *, vector_cache_bytes: int = 256 * 2**20
+        cls,
+        path: str | Path,
+        kek: KeyEncryptionKey,
+        *,
+        vector_cache_bytes: int = 256 * 2**20,
+        fulltext_cache_bytes: int = 64 * 2**20,
     ) -> SqliteBackend:
         """``vector_cache_bytes``: memory for stores' vectors as matrices (``node.context.vector_cache``);
-        0 searches every store with vec0."""
+        0 searches every store with vec0. ``fulltext_cache_bytes``: memory for phrases' BM25 score
+        lists (``node.context.fulltext_cache``); 0 ranks every full-text search in FTS5."""
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bastion-context")
         try:
             conn = await asyncio.get_running_loop().run_in_executor(pool, open_database, Path(path))
         except BaseException:
             pool.shutdown(wait=False)
             raise
-        return cls(conn, kek, pool, vector_cache_bytes)
+        return cls(conn, kek, pool, vector_cache_bytes, fulltext_cache_bytes)
 
     async def aclose(self) -> None:
         self._vectors.clear()
+        self._fulltext.clear()
         await self._run(self._conn.close)
         self._pool.shutdown(wait=True)
 
@@ -408,7 +423,7 @@ class SqliteBackend:
                         f"INSERT INTO vec_{spk} (rowid, embedding) VALUES (?, ?)",  # noqa: S608
                         (rowid, chunk.vector),
                     )
-                self._vectors.drop(spk)
+                self._changed(spk)
                 self._conn.execute(
                     "UPDATE store_files SET status = ?, usage_bytes = ?, chunks = ?, last_error = NULL,"
                     " last_error_code = NULL"
@@ -441,6 +456,17 @@ class SqliteBackend:
             (spk, _json(sorted(file_ids)).decode()),
         )
 
+    def _keys_of(self, spk: int, file_ids: Collection[str]) -> list[int]:
+        """The store's chunk keys of ``file_ids``."""
+        return [
+            r[0]
+            for r in self._all(
+                "SELECT c.key FROM chunks c JOIN files f ON f.pk = c.file_pk"
+                " WHERE c.store_pk = ? AND f.id IN (SELECT value FROM json_each(?))",
+                (spk, _json(sorted(file_ids)).decode()),
+            )
+        ]
+
     async def fulltext(
         self, tenant: str, store_id: str, terms: Sequence[str], k: int, file_ids: Collection[str] | None
     ) -> list[Candidate]:
@@ -448,6 +474,12 @@ class SqliteBackend:
             spk = self._store_row(tenant, store_id)[0]
             if not terms:
                 return []
+            if self._fulltext.enabled:
+                allowed = None
+                if file_ids is not None:
+                    allowed = np.array(sorted(self._keys_of(spk, file_ids)), dtype=np.int64)
+                found = self._fulltext.search(self._conn, spk, [_fts_query([t]) for t in terms], k, allowed)
+                return [Candidate(store_id=store_id, key=key, raw=-score) for key, score in found]
             cond, args = self._within(spk, file_ids)
             rows = self._all(
                 f"SELECT rowid, bm25(fts_{spk}) FROM fts_{spk} WHERE fts_{spk} MATCH ?{cond}"  # noqa: S608
@@ -548,12 +580,17 @@ class SqliteBackend:
 
         return await self._run(go)
 
-    def _erase_chunks(self, store_pk: int, dimensions: int, file_pk: int) -> int:
+    def _changed(self, store_pk: int) -> None:
+        """The store's chunks changed: its cached vectors and score lists go."""
         self._vectors.drop(store_pk)
+        self._fulltext.drop(store_pk)
+
+    def _erase_chunks(self, store_pk: int, dimensions: int, file_pk: int) -> int:
+        self._changed(store_pk)
         return erase_chunks(self._conn, store_pk, dimensions, file_pk)
 
     def _drop_store(self, store_pk: int) -> int:
-        self._vectors.drop(store_pk)
+        self._changed(store_pk)
         return drop_store(self._conn, store_pk)
 
 
