@@ -8,11 +8,20 @@ and ``file_search`` (``node.file_search``) hold:
 
 - ingestion runs as a task per file: a file is ``in_progress`` until it is
   ``completed`` or ``failed``, and clients poll (``create_and_poll``);
-- file batches are the files they were created with, kept in memory: a batch
-  id does not outlive the node (its files' statuses do);
+- file batches are kept by the backend with their store (``create_batch``,
+  ``get_batch``): a batch id outlives the node, and its counts are its files'
+  statuses in the store;
+- every call is a request against the tenant's ``rpm`` and is refused (429,
+  ``Retry-After``) while the tenant is over ``rpm``, ``tpm`` or
+  ``tokens_per_day`` (``admit``: the counters ``/v1/embeddings`` and chat draw
+  on); the embedding tokens a search query or an ingestion spends are charged to
+  the same counters as they are spent (``Meter``), an ingestion's in the
+  background: like a chat stream, the ingestion that crosses a token limit
+  completes, and the tenant's next call is refused;
 - every upload, deletion and search is an audit event (``context.*``): who, which
   store, which files, which chunks and their scores; a query's text only in the
-  event's encrypted ``content``.
+  event's encrypted ``content``. A call refused (by a limit or otherwise) is
+  ``context.rejected`` with the error's code and HTTP status.
 """
 
 from __future__ import annotations
@@ -20,8 +29,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
-import uuid
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +36,7 @@ from typing import Any
 
 from audit import AuditEvent, AuditLog
 from audit.log import load_kek
+from router.limits import LimitState
 from serving.embedding import Embedder
 from serving.errors import BastionError
 from serving.models import ModelsFile
@@ -39,18 +47,24 @@ from .errors import to_bastion_error
 from .startup import ExitCode, StartupError
 from .tenancy import Principal
 
-__all__ = ["Batch", "ContextApi", "open_context"]
+__all__ = ["ContextApi", "Meter", "open_context"]
 
 _log = logging.getLogger("bastion.context")
 
 
-@dataclass(frozen=True)
-class Batch:
-    id: str
+@dataclass
+class Meter:
+    """A ``Charge`` for one tenant: each embedding's tokens go to its limits as they are spent
+    (``LimitState.record``, as ``/v1/embeddings`` charges), and add up in ``tokens`` for the
+    audit record."""
+
+    limits: LimitState
     tenant: str
-    store_id: str
-    file_ids: tuple[str, ...]
-    created_at: int
+    tokens: int = 0
+
+    def __call__(self, tokens: int) -> None:
+        self.tokens += tokens
+        self.limits.record(self.tenant, tokens=tokens)
 
 
 @dataclass
@@ -61,17 +75,32 @@ class ContextApi:
     #: tokenizers of the local chat models, by name (``file_search`` packs with the answering model's)
     tokenizers: Mapping[str, TextTokenizer] = field(default_factory=dict)
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
-    _batches: dict[str, Batch] = field(default_factory=dict)
+
+    # -- limits -------------------------------------------------------------------------------------
+
+    async def admit(
+        self, limits: LimitState, principal: Principal, request_id: str, operation: str, path: str
+    ) -> None:
+        """Count the call against the tenant's ``rpm``, or refuse it (429 with ``Retry-After``; 503
+        when a fleet's counters cannot answer) as ``context.rejected``."""
+        try:
+            await limits.admit(principal.tenant.name, principal.tenant)
+        except Exception as exc:
+            meta = {"request_id": request_id, "key_id": principal.key_id, "operation": operation}
+            await self._rejected(principal, meta | {"path": path}, exc)
+            raise
 
     # -- ingestion ----------------------------------------------------------------------------------
 
-    def ingest_later(self, tenant: str, store_id: str, file_ids: tuple[str, ...]) -> None:
-        """Ingest attached files one after another in a task (each ends ``completed`` or ``failed``)."""
+    def ingest_later(self, meter: Meter, store_id: str, file_ids: tuple[str, ...]) -> None:
+        """Ingest attached files one after another in a task (each ends ``completed`` or ``failed``),
+        charging ``meter``'s tenant for the embeddings."""
+        tenant = meter.tenant
 
         async def run() -> None:
             for file_id in file_ids:
                 try:
-                    await self.service.ingest(tenant, store_id, file_id)
+                    await self.service.ingest(tenant, store_id, file_id, charge=meter)
                 except NotFoundError:
                     continue  # detached or deleted meanwhile
                 except Exception:  # the file is marked failed (server_error) by the service
@@ -91,25 +120,6 @@ class ContextApi:
             task.cancel()
         await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
-    # -- batches ------------------------------------------------------------------------------------
-
-    def new_batch(self, tenant: str, store_id: str, file_ids: tuple[str, ...]) -> Batch:
-        batch = Batch(
-            id="vsfb_" + uuid.uuid4().hex,
-            tenant=tenant,
-            store_id=store_id,
-            file_ids=file_ids,
-            created_at=int(time.time()),
-        )
-        self._batches[batch.id] = batch
-        return batch
-
-    def batch(self, tenant: str, store_id: str, batch_id: str) -> Batch:
-        batch = self._batches.get(batch_id)
-        if batch is None or batch.tenant != tenant or batch.store_id != store_id:
-            raise NotFoundError(f"No file batch found with id '{batch_id}'.", param="batch_id")
-        return batch
-
     # -- audit --------------------------------------------------------------------------------------
 
     @contextlib.asynccontextmanager
@@ -128,16 +138,18 @@ class ContextApi:
         try:
             yield record
         except BaseException as exc:
-            err: BastionError | None = to_bastion_error(exc) if isinstance(exc, Exception) else None
             record.pop("content", None)
-            record |= {
-                "status": err.code if err else "cancelled",
-                "http_status": err.status_code if err else 499,
-            }
-            await self._append("context.rejected", principal, record, None)
+            await self._rejected(principal, record, exc)
             raise
         content = record.pop("content", None)
         await self._append(f"context.{operation}", principal, record | {"status": "ok"}, content)
+
+    async def _rejected(self, principal: Principal, meta: dict[str, Any], exc: BaseException) -> None:
+        err: BastionError | None = to_bastion_error(exc) if isinstance(exc, Exception) else None
+        meta |= {"status": err.code if err else "cancelled", "http_status": err.status_code if err else 499}
+        if err is not None and err.reason:
+            meta["route_error"] = err.reason
+        await self._append("context.rejected", principal, meta, None)
 
     async def _append(
         self, kind: str, principal: Principal, meta: dict[str, Any], content: dict[str, Any] | None

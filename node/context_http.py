@@ -8,6 +8,11 @@ searches are audited (``ContextApi.audited``). Adding a file to a store answers
 (``create_and_poll``, ``upload_and_poll``), told how often by
 ``openai-poll-after-ms``.
 
+Every call is counted against the tenant's limits before its handler runs
+(``CONTEXT_DEPENDENCIES``: ``principal`` is the authenticated *and admitted*
+tenant, or a 429 recorded as ``context.rejected``); searches and ingestions
+charge the embedding tokens they spend (``ContextApi.admit``, ``Meter``).
+
 The ``/v1/files`` routes have their own body limit (``[context] max_file_bytes`` plus the
 form's framing: ``upload_router``); the others keep ``[server] max_body_bytes``.
 """
@@ -18,12 +23,13 @@ from typing import Any
 
 from litestar import Controller, Request, Response, Router, delete, get, post
 from litestar.datastructures import State
+from litestar.di import Provide
 from litestar.params import FromPath
 
 from serving.errors import BadRequestError
 
 from .context import NotFoundError, StoreFile, parse_filter
-from .context_api import ContextApi
+from .context_api import ContextApi, Meter
 from .context_wire import (
     AddFile,
     CreateBatch,
@@ -43,7 +49,7 @@ from .state import NodeState
 from .tenancy import Principal
 from .wire import decode_request
 
-__all__ = ["CONTEXT_CONTROLLERS", "context_api", "upload_router"]
+__all__ = ["CONTEXT_CONTROLLERS", "CONTEXT_DEPENDENCIES", "context_api", "meter", "upload_router"]
 
 #: what a client waits between polls of an ``in_progress`` file or batch
 POLL_HEADERS = {"openai-poll-after-ms": "100"}
@@ -66,10 +72,31 @@ def _tenant(principal: Principal) -> str:
     return principal.tenant.name
 
 
+def meter(node: NodeState, principal: Principal) -> Meter:
+    """What charges ``principal``'s tenant for the embeddings of its search or ingestion."""
+    return Meter(node.router.limits, _tenant(principal))
+
+
+async def _admitted(node: Node, request: _Req, request_id: RequestId, authenticated: Tenant) -> Principal:
+    """The authenticated tenant, once this call is counted against its limits."""
+    api = context_api(node)  # a node without [context] answers 404 and counts nothing
+    operation = request.route_handler.handler_name
+    await api.admit(node.router.limits, authenticated, request_id, operation, request.url.path)
+    return authenticated
+
+
+#: the context controllers' dependencies: ``principal`` is authenticated, then admitted
+CONTEXT_DEPENDENCIES = {
+    **TENANT_DEPENDENCIES,
+    "authenticated": TENANT_DEPENDENCIES["principal"],
+    "principal": Provide(_admitted),
+}
+
+
 class FilesController(Controller):
     """``/v1/files`` (in its own router: its body limit is ``[context] max_file_bytes``)."""
 
-    dependencies = TENANT_DEPENDENCIES
+    dependencies = CONTEXT_DEPENDENCIES
 
     @post("/v1/files", status_code=200)
     async def upload(
@@ -127,7 +154,7 @@ class FilesController(Controller):
 class VectorStoresController(Controller):
     """``/v1/vector_stores``: stores, their files, file batches and search."""
 
-    dependencies = TENANT_DEPENDENCIES
+    dependencies = CONTEXT_DEPENDENCIES
 
     @post("/v1/vector_stores", status_code=200)
     async def create(
@@ -144,7 +171,7 @@ class VectorStoresController(Controller):
             if body.file_ids:
                 for file_id in body.file_ids:
                     await api.service.attach(tenant, vs.id, file_id, chunking=chunking)
-                api.ingest_later(tenant, vs.id, tuple(body.file_ids))
+                api.ingest_later(meter(node, principal), vs.id, tuple(body.file_ids))
                 vs = await api.service.backend.get_store(tenant, vs.id)
         return store_object(vs)
 
@@ -187,7 +214,7 @@ class VectorStoresController(Controller):
             principal, request_id, "store.file.add", store_id=store_id, file_id=body.file_id
         ):
             sf = await _attach(api, _tenant(principal), store_id, body)
-            api.ingest_later(_tenant(principal), store_id, (body.file_id,))
+            api.ingest_later(meter(node, principal), store_id, (body.file_id,))
         return Response(store_file_object(sf), headers=POLL_HEADERS)
 
     @get("/v1/vector_stores/{store_id:str}/files")
@@ -238,27 +265,25 @@ class VectorStoresController(Controller):
             await api.service.backend.get_store(tenant, store_id)
             for e in entries:
                 await api.service.backend.get_file(tenant, e.file_id)  # every id checked before any attach
-            files = [await _attach(api, tenant, store_id, e) for e in entries]
-            batch = api.new_batch(tenant, store_id, ids)
-            api.ingest_later(tenant, store_id, ids)
-        return Response(batch_object(batch.id, store_id, batch.created_at, files), headers=POLL_HEADERS)
+            for e in entries:
+                await _attach(api, tenant, store_id, e)
+            batch = await api.service.backend.create_batch(tenant, store_id, ids)
+            api.ingest_later(meter(node, principal), store_id, ids)
+        return Response(batch_object(batch), headers=POLL_HEADERS)
 
     @get("/v1/vector_stores/{store_id:str}/file_batches/{batch_id:str}")
     async def retrieve_batch(
         self, node: Node, store_id: FromPath[str], batch_id: FromPath[str], principal: Tenant
     ) -> Response[dict[str, Any]]:
-        api, tenant = context_api(node), _tenant(principal)
-        batch = api.batch(tenant, store_id, batch_id)
-        files = await _batch_files(api, tenant, store_id, batch.file_ids)
-        return Response(batch_object(batch.id, store_id, batch.created_at, files), headers=POLL_HEADERS)
+        batch = await context_api(node).service.backend.get_batch(_tenant(principal), store_id, batch_id)
+        return Response(batch_object(batch), headers=POLL_HEADERS)
 
     @get("/v1/vector_stores/{store_id:str}/file_batches/{batch_id:str}/files")
     async def batch_files(
         self, node: Node, store_id: FromPath[str], batch_id: FromPath[str], request: _Req, principal: Tenant
     ) -> dict[str, Any]:
-        api, tenant = context_api(node), _tenant(principal)
-        batch = api.batch(tenant, store_id, batch_id)
-        files = await _batch_files(api, tenant, store_id, batch.file_ids)
+        batch = await context_api(node).service.backend.get_batch(_tenant(principal), store_id, batch_id)
+        files = list(batch.files)
         if status := request.query_params.get("filter"):
             files = [f for f in files if f.status.value == status]
         return page(files, lambda f: f.file_id, store_file_object, request.query_params)
@@ -267,7 +292,7 @@ class VectorStoresController(Controller):
     async def cancel_batch(
         self, node: Node, store_id: FromPath[str], batch_id: FromPath[str], principal: Tenant
     ) -> dict[str, Any]:
-        context_api(node).batch(_tenant(principal), store_id, batch_id)
+        await context_api(node).service.backend.get_batch(_tenant(principal), store_id, batch_id)
         raise BadRequestError("cancelling a file batch is not supported: delete its files instead.")
 
     # -- search -------------------------------------------------------------------------------------
@@ -279,7 +304,7 @@ class VectorStoresController(Controller):
         api = context_api(node)
         async with api.audited(principal, request_id, "search", store_ids=[store_id]) as record:
             body = decode_request(await request.body(), SearchRequest)
-            ranking = body.ranking_options
+            ranking, spent = body.ranking_options, meter(node, principal)
             hits = await api.service.search(
                 _tenant(principal),
                 [store_id],
@@ -287,8 +312,10 @@ class VectorStoresController(Controller):
                 max_num_results=body.max_num_results,
                 filters=parse_filter(body.filters) if body.filters is not None else None,
                 score_threshold=ranking.score_threshold if ranking is not None else 0.0,
+                charge=spent,
             )
             record |= {
+                "embedding_tokens": spent.tokens,
                 "chunks": [h.id for h in hits],
                 "scores": [round(h.score, 6) for h in hits],
                 "content": {"query": body.text()},
@@ -304,18 +331,6 @@ async def _attach(api: ContextApi, tenant: str, store_id: FromPath[str], entry: 
         attributes=entry.attributes,
         chunking=chunking_of(entry.chunking_strategy, api.settings.chunking),
     )
-
-
-async def _batch_files(
-    api: ContextApi, tenant: str, store_id: FromPath[str], file_ids: tuple[str, ...]
-) -> list[StoreFile]:
-    files: list[StoreFile] = []
-    for file_id in file_ids:
-        try:
-            files.append(await api.service.backend.store_file(tenant, store_id, file_id))
-        except NotFoundError:
-            continue  # removed from the store since
-    return files
 
 
 def upload_router(node: NodeState) -> Router:

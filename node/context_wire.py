@@ -15,7 +15,7 @@ import msgspec
 
 from serving.errors import BadRequestError
 
-from .context import AttributeValue, FileObject, Hit, StaticChunking, StoreFile, VectorStore
+from .context import AttributeValue, FileBatch, FileObject, Hit, StaticChunking, StoreFile, VectorStore
 
 __all__ = [
     "AddFile",
@@ -184,15 +184,19 @@ def store_file_object(sf: StoreFile) -> dict[str, Any]:
     }
 
 
-def batch_object(batch_id: str, store_id: str, created_at: int, files: Sequence[StoreFile]) -> dict[str, Any]:
+def batch_object(batch: FileBatch) -> dict[str, Any]:
+    """The batch, its counts from its files' statuses in the store."""
     counts = _counts(
-        {s: sum(1 for f in files if f.status.value == s) for s in ("in_progress", "completed", "failed")}
+        {
+            s: sum(1 for f in batch.files if f.status.value == s)
+            for s in ("in_progress", "completed", "failed")
+        }
     )
     return {
-        "id": batch_id,
+        "id": batch.id,
         "object": "vector_store.files_batch",
-        "created_at": created_at,
-        "vector_store_id": store_id,
+        "created_at": batch.created_at,
+        "vector_store_id": batch.store_id,
         "status": "in_progress" if counts["in_progress"] else "completed",
         "file_counts": counts,
     }

@@ -18,6 +18,12 @@ only when ``include`` asks for ``file_search_call.results``) and one
 ``filename``, ``index`` at the end of the text, and this node's ``chunk_id``,
 ``<file_id>#<n>``). The search is audited as ``context.search`` under the
 request's id (chunk ids and scores; the query encrypted).
+
+Limits: the search is a request of its own against the tenant's ``rpm`` (so a
+Responses request with ``file_search`` counts two, its search and its
+generation), admitted before it runs; a refusal is the Responses request's 429
+(``request.rejected``). The query's embedding tokens are charged to the tenant
+like ``/v1/embeddings``'.
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ from serving.errors import BadRequestError
 
 from .context import Hit, pack, parse_filter
 from .context_api import ContextApi
-from .context_http import context_api
+from .context_http import context_api, meter
 from .responses_wire import ResponsesRequest, last_user_text
 from .state import NodeState
 from .tenancy import Principal
@@ -98,6 +104,8 @@ async def retrieve(
     if not query.strip():
         raise BadRequestError("file_search needs a user message with text to search for.", param="input")
     settings = api.settings
+    await state.router.limits.admit(principal.tenant.name, principal.tenant)
+    spent = meter(state, principal)
     async with api.audited(principal, request_id, "search", store_ids=tool.vector_store_ids) as record:
         hits = await api.service.search(
             principal.tenant.name,
@@ -106,6 +114,7 @@ async def retrieve(
             max_num_results=tool.max_num_results or settings.file_search_results,
             filters=parse_filter(tool.filters) if tool.filters is not None else None,
             score_threshold=tool.ranking_options.score_threshold if tool.ranking_options else 0.0,
+            charge=spent,
         )
         tokenizer = _tokenizer(api, req.model)
         packed = pack(
@@ -116,6 +125,7 @@ async def retrieve(
             "scores": [round(h.score, 6) for h in hits],
             "packed": [h.id for h in packed.hits],
             "packed_tokens": packed.tokens,
+            "embedding_tokens": spent.tokens,
             "content": {"query": query},
         }
     item: dict[str, Any] = {

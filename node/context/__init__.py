@@ -16,7 +16,7 @@ budget), ``service`` (ingestion and search), ``evaluation`` and ``cli``
 
 from serving.errors import FileParseError, FileTooLargeError, NotFoundError, UnsupportedFileError
 
-from .backend import ChunkIndex, ContextBackend, FileRepository, StoreRepository
+from .backend import BatchRepository, ChunkIndex, ContextBackend, FileRepository, StoreRepository
 from .chunking import FileTokenizer, TextTokenizer, static_chunks
 from .filters import Comparison, Compound, Filter, parse_filter
 from .fusion import Hit, Packed, SearchMode, dedupe, pack, reciprocal_rank_fusion
@@ -28,6 +28,7 @@ from .records import (
     ChunkIn,
     ContextConfig,
     Erased,
+    FileBatch,
     FileObject,
     FileStatus,
     StaticChunking,
@@ -41,6 +42,7 @@ from .sqlite import SqliteBackend
 __all__ = [
     "SUPPORTED_EXTENSIONS",
     "AttributeValue",
+    "BatchRepository",
     "Candidate",
     "Chunk",
     "ChunkIn",
@@ -51,6 +53,7 @@ __all__ = [
     "ContextConfig",
     "ContextService",
     "Erased",
+    "FileBatch",
     "FileObject",
     "FileParseError",
     "FileRepository",

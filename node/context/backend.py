@@ -27,13 +27,14 @@ from .records import (
     Chunk,
     ChunkIn,
     Erased,
+    FileBatch,
     FileObject,
     StaticChunking,
     StoreFile,
     VectorStore,
 )
 
-__all__ = ["ChunkIndex", "ContextBackend", "FileRepository", "StoreRepository"]
+__all__ = ["BatchRepository", "ChunkIndex", "ContextBackend", "FileRepository", "StoreRepository"]
 
 
 @runtime_checkable
@@ -101,6 +102,20 @@ class StoreRepository(Protocol):
 
 
 @runtime_checkable
+class BatchRepository(Protocol):
+    """File batches, kept with the store they belong to (erased with it, or with their tenant)."""
+
+    async def create_batch(self, tenant: str, store_id: str, file_ids: Sequence[str]) -> FileBatch:
+        """A batch of ``file_ids`` (attached to the store already; a repeated id counts once)."""
+        ...
+
+    async def get_batch(self, tenant: str, store_id: str, batch_id: str) -> FileBatch:
+        """The batch with those of its files still in the store (one detached or deleted since
+        leaves it); ``NotFoundError`` for a batch of another store or tenant."""
+        ...
+
+
+@runtime_checkable
 class ChunkIndex(Protocol):
     """Chunks and their full-text and vector indexes."""
 
@@ -133,7 +148,7 @@ class ChunkIndex(Protocol):
 
 
 @runtime_checkable
-class ContextBackend(FileRepository, StoreRepository, ChunkIndex, Protocol):
+class ContextBackend(FileRepository, StoreRepository, BatchRepository, ChunkIndex, Protocol):
     """Everything the context service needs from storage."""
 
     async def erase_tenant(self, tenant: str) -> Erased:

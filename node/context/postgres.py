@@ -42,6 +42,7 @@ from .records import (
     Chunk,
     ChunkIn,
     Erased,
+    FileBatch,
     FileObject,
     FileStatus,
     StaticChunking,
@@ -218,6 +219,7 @@ class PostgresBackend:
                 for spk in stores:
                     chunks += await self._erase_chunks(conn, spk, pk)
                 await conn.execute("DELETE FROM ctx_store_files WHERE file_pk = %s", (pk,))
+                await conn.execute("DELETE FROM ctx_batch_files WHERE file_pk = %s", (pk,))
                 await conn.execute("DELETE FROM ctx_file_keys WHERE file_pk = %s", (pk,))
                 await conn.execute("DELETE FROM ctx_files WHERE pk = %s", (pk,))
             await vacuum(conn, stores)
@@ -349,8 +351,55 @@ class PostgresBackend:
                 await conn.execute(
                     "DELETE FROM ctx_store_files WHERE store_pk = %s AND file_pk = %s", (spk, fpk)
                 )
+                await conn.execute(
+                    "DELETE FROM ctx_batch_files WHERE file_pk = %s"
+                    " AND batch_pk IN (SELECT pk FROM ctx_file_batches WHERE store_pk = %s)",
+                    (fpk, spk),
+                )
             await vacuum(conn, [spk])
         return Erased(files=(file_id,), chunks=chunks)
+
+    # -- file batches -----------------------------------------------------------------------------
+
+    async def create_batch(self, tenant: str, store_id: str, file_ids: Sequence[str]) -> FileBatch:
+        batch_id = "vsfb_" + secrets.token_hex(12)
+        async with self._pool.connection() as conn:
+            async with conn.transaction():
+                file_pks = [(await self._pks(conn, tenant, store_id, f))[1] for f in file_ids]
+                spk = (await _store_row(conn, tenant, store_id))[0]
+                (bpk,) = await _one(
+                    conn,
+                    "INSERT INTO ctx_file_batches (id, store_pk, created_at) VALUES (%s, %s, %s)"
+                    " RETURNING pk",
+                    (batch_id, spk, int(time.time())),
+                    "file batch",
+                )
+                for fpk in file_pks:
+                    await conn.execute(
+                        "INSERT INTO ctx_batch_files VALUES (%s, %s) ON CONFLICT DO NOTHING", (bpk, fpk)
+                    )
+            return await self._batch(conn, tenant, store_id, batch_id)
+
+    async def _batch(self, conn: _Conn, tenant: str, store_id: str, batch_id: str) -> FileBatch:
+        spk = (await _store_row(conn, tenant, store_id))[0]
+        bpk, created = await _one(
+            conn,
+            "SELECT pk, created_at FROM ctx_file_batches WHERE id = %s AND store_pk = %s",
+            (batch_id, spk),
+            f"file batch '{batch_id}'",
+        )
+        rows = await _all(
+            conn,
+            _SF + " AND sf.file_pk IN (SELECT file_pk FROM ctx_batch_files WHERE batch_pk = %s)"  # noqa: S608
+            " ORDER BY sf.seq",
+            (tenant, store_id, bpk),
+        )
+        files = tuple(store_file_of(r) for r in rows)
+        return FileBatch(id=batch_id, store_id=store_id, created_at=created, files=files)
+
+    async def get_batch(self, tenant: str, store_id: str, batch_id: str) -> FileBatch:
+        async with self._pool.connection() as conn:
+            return await self._batch(conn, tenant, store_id, batch_id)
 
     # -- chunks and search -------------------------------------------------------------------------
 
@@ -545,6 +594,12 @@ class PostgresBackend:
         (count,) = await _one(conn, f"SELECT count(*) FROM {chunk_table(store_pk)}", (), "store")  # noqa: S608
         await conn.execute(f"DROP TABLE IF EXISTS {chunk_table(store_pk)}")
         await conn.execute("DELETE FROM ctx_store_files WHERE store_pk = %s", (store_pk,))
+        await conn.execute(
+            "DELETE FROM ctx_batch_files WHERE batch_pk IN"
+            " (SELECT pk FROM ctx_file_batches WHERE store_pk = %s)",
+            (store_pk,),
+        )
+        await conn.execute("DELETE FROM ctx_file_batches WHERE store_pk = %s", (store_pk,))
         await conn.execute("DELETE FROM ctx_stores WHERE pk = %s", (store_pk,))
         self._matrices.pop(store_pk, None)
         return int(count)

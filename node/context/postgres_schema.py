@@ -1,7 +1,8 @@
 """The PostgreSQL backend's schema: shared tables, one chunk table per vector store, migrations, erasure.
 
 Tables (prefix ``ctx_``): ``ctx_stores``, ``ctx_files`` (name and contents
-encrypted), ``ctx_file_keys`` (wrapped data keys), ``ctx_store_files`` and, per
+encrypted), ``ctx_file_keys`` (wrapped data keys), ``ctx_store_files``,
+``ctx_file_batches`` and ``ctx_batch_files`` (a batch's store and files) and, per
 store, ``ctx_chunks_<n>``: each chunk's encrypted text, its ``tsvector``
 (``english``: stemmed lexemes and positions, never the text) under a GIN index,
 and its vector (little-endian float32 ``bytea``). A store's chunks live in its
@@ -44,6 +45,16 @@ MIGRATIONS: tuple[str, ...] = (
         usage_bytes BIGINT NOT NULL DEFAULT 0, chunks INTEGER NOT NULL DEFAULT 0,
         last_error TEXT, last_error_code TEXT, PRIMARY KEY (store_pk, file_pk));
     CREATE INDEX ctx_store_files_file ON ctx_store_files (file_pk);
+    """,
+    # file batches: the store they belong to and the files they added
+    """
+    CREATE TABLE ctx_file_batches (
+        pk BIGSERIAL PRIMARY KEY, id TEXT NOT NULL UNIQUE, store_pk BIGINT NOT NULL,
+        created_at BIGINT NOT NULL);
+    CREATE INDEX ctx_file_batches_store ON ctx_file_batches (store_pk);
+    CREATE TABLE ctx_batch_files (
+        batch_pk BIGINT NOT NULL, file_pk BIGINT NOT NULL, PRIMARY KEY (batch_pk, file_pk));
+    CREATE INDEX ctx_batch_files_file ON ctx_batch_files (file_pk);
     """,
 )
 #: serialises migrations between nodes starting at once (an arbitrary constant: "ctx" in ASCII)

@@ -20,6 +20,7 @@ __all__ = [
     "ChunkIn",
     "ContextConfig",
     "Erased",
+    "FileBatch",
     "FileObject",
     "FileStatus",
     "StaticChunking",
@@ -118,6 +119,16 @@ class StoreFile(msgspec.Struct, frozen=True, kw_only=True):
     last_error: str | None = None
     #: OpenAI's ``last_error.code``: ``server_error``, ``unsupported_file`` or ``invalid_file``
     last_error_code: str | None = None
+
+
+class FileBatch(msgspec.Struct, frozen=True, kw_only=True):
+    """A file batch (OpenAI's ``vector_store.files_batch``): the files it added that are still in
+    its store, whose statuses make its counts."""
+
+    id: str
+    store_id: str
+    created_at: int
+    files: tuple[StoreFile, ...] = ()
 
 
 class ChunkIn(msgspec.Struct, frozen=True, kw_only=True):

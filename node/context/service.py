@@ -10,7 +10,9 @@
 
 Every other read and delete is the backend's (``service.backend``), which
 takes the tenant with every call. Embeddings come from the node's own engine,
-so neither files nor queries leave the node.
+so neither files nor queries leave the node. ``ingest`` and ``search`` take a
+``charge``: it is told the tokens of every embedding made for the tenant (the
+HTTP layer charges them to the tenant's limits, as ``/v1/embeddings`` does).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import re
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from serving.embedding import Embedder, EmbeddingRequest
 from serving.errors import BadRequestError, BastionError, FileTooLargeError, UnsupportedFileError
@@ -39,7 +41,10 @@ from .records import (
     VectorStore,
 )
 
-__all__ = ["ContextService", "query_terms"]
+__all__ = ["Charge", "ContextService", "query_terms"]
+
+#: told the input tokens of each embedding made on a tenant's behalf (as the engine counted them)
+Charge = Callable[[int], None]
 
 #: OpenAI's limits on a file's attributes
 _MAX_ATTRIBUTES = 16
@@ -162,7 +167,9 @@ class ContextService:
             tenant, store_id, file_id, attributes=attributes or {}, chunking=strategy
         )
 
-    async def ingest(self, tenant: str, store_id: str, file_id: str) -> StoreFile:
+    async def ingest(
+        self, tenant: str, store_id: str, file_id: str, *, charge: Charge | None = None
+    ) -> StoreFile:
         """Parse, chunk, embed and index an attached file: ``completed``, or ``failed`` with
         ``last_error`` saying why (a client's error: the engine failing raises instead)."""
         current = await self.backend.store_file(tenant, store_id, file_id)
@@ -183,7 +190,7 @@ class ContextService:
             batch = self.config.embed_batch
             for i in range(0, len(spans), batch):
                 part = spans[i : i + batch]
-                vectors = await self._embed([s.text for s in part], f"ctx-{file_id}-{i}")
+                vectors = await self._embed([s.text for s in part], f"ctx-{file_id}-{i}", charge)
                 chunks += [
                     ChunkIn(
                         index=s.index, text=s.text, start_token=s.start_token, end_token=s.end_token, vector=v
@@ -215,7 +222,9 @@ class ContextService:
         await self.attach(tenant, store_id, file_id, attributes=attributes, chunking=chunking)
         return await self.ingest(tenant, store_id, file_id)
 
-    async def _embed(self, texts: Sequence[str], request_id: str) -> tuple[bytes, ...]:
+    async def _embed(
+        self, texts: Sequence[str], request_id: str, charge: Charge | None = None
+    ) -> tuple[bytes, ...]:
         result = await self.embedder.embed(
             EmbeddingRequest(
                 request_id=f"{request_id}-{uuid.uuid4().hex[:8]}",
@@ -223,6 +232,8 @@ class ContextService:
                 texts=tuple(texts),
             )
         )
+        if charge is not None:
+            charge(result.prompt_tokens)
         return result.vectors
 
     # -- search -----------------------------------------------------------------------------------
@@ -237,6 +248,7 @@ class ContextService:
         filters: Filter | None = None,
         score_threshold: float = 0.0,
         mode: SearchMode = SearchMode.HYBRID,
+        charge: Charge | None = None,
     ) -> list[Hit]:
         """The best chunks of the tenant's stores for ``query``: fused, de-duplicated, at most
         ``max_num_results``, none scoring below ``score_threshold`` (see ``node.context.fusion``)."""
@@ -261,7 +273,7 @@ class ContextService:
                 fulltext += await self.backend.fulltext(tenant, sid, terms, depth, files)
             fulltext = sorted(fulltext, key=lambda c: c.raw)[:depth]
         if mode is not SearchMode.FULLTEXT:
-            (qvec,) = await self._embed([query], "ctx-query")
+            (qvec,) = await self._embed([query], "ctx-query", charge)
             vector = []
             for sid, files in allowed.items():
                 vector += await self.backend.nearest(tenant, sid, qvec, depth, files)

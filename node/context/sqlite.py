@@ -40,6 +40,7 @@ from .records import (
     Chunk,
     ChunkIn,
     Erased,
+    FileBatch,
     FileObject,
     FileStatus,
     StaticChunking,
@@ -222,6 +223,7 @@ class SqliteBackend:
                 )
                 chunks = sum(self._erase_chunks(s, d, pk) for s, d in stores)
                 self._conn.execute("DELETE FROM store_files WHERE file_pk = ?", (pk,))
+                self._conn.execute("DELETE FROM batch_files WHERE file_pk = ?", (pk,))
                 self._conn.execute("DELETE FROM file_keys WHERE file_pk = ?", (pk,))
                 self._conn.execute("DELETE FROM files WHERE pk = ?", (pk,))
             settle(self._conn, [s for s, _ in stores])
@@ -378,10 +380,51 @@ class SqliteBackend:
             with transaction(self._conn):
                 chunks = self._erase_chunks(spk, dims, fpk)
                 self._conn.execute("DELETE FROM store_files WHERE store_pk = ? AND file_pk = ?", (spk, fpk))
+                self._conn.execute(
+                    "DELETE FROM batch_files WHERE file_pk = ?"
+                    " AND batch_pk IN (SELECT pk FROM file_batches WHERE store_pk = ?)",
+                    (fpk, spk),
+                )
             settle(self._conn, [spk])
             return Erased(files=(file_id,), chunks=chunks)
 
         return await self._run(go)
+
+    # -- file batches -----------------------------------------------------------------------------
+
+    async def create_batch(self, tenant: str, store_id: str, file_ids: Sequence[str]) -> FileBatch:
+        def go() -> FileBatch:
+            file_pks = [self._pks(tenant, store_id, file_id)[2] for file_id in file_ids]
+            spk, batch_id = self._store_row(tenant, store_id)[0], "vsfb_" + secrets.token_hex(12)
+            with transaction(self._conn):
+                self._conn.execute(
+                    "INSERT INTO file_batches (id, store_pk, created_at) VALUES (?, ?, ?)",
+                    (batch_id, spk, int(time.time())),
+                )
+                bpk = self._conn.last_insert_rowid()
+                for fpk in file_pks:
+                    self._conn.execute("INSERT OR IGNORE INTO batch_files VALUES (?, ?)", (bpk, fpk))
+            return self._batch(tenant, store_id, batch_id)
+
+        return await self._run(go)
+
+    def _batch(self, tenant: str, store_id: str, batch_id: str) -> FileBatch:
+        spk = self._store_row(tenant, store_id)[0]
+        bpk, created = self._one(
+            "SELECT pk, created_at FROM file_batches WHERE id = ? AND store_pk = ?",
+            (batch_id, spk),
+            f"file batch '{batch_id}'",
+        )
+        rows = self._all(
+            f"SELECT {_SF_COLS} FROM {_SF_FROM} JOIN batch_files b ON b.file_pk = sf.file_pk"  # noqa: S608
+            " WHERE b.batch_pk = ? AND sf.store_pk = ? ORDER BY sf.rowid",
+            (bpk, spk),
+        )
+        files = tuple(_store_file_of(tuple(r)) for r in rows)
+        return FileBatch(id=batch_id, store_id=store_id, created_at=created, files=files)
+
+    async def get_batch(self, tenant: str, store_id: str, batch_id: str) -> FileBatch:
+        return await self._run(self._batch, tenant, store_id, batch_id)
 
     # -- chunks and search -------------------------------------------------------------------------
 

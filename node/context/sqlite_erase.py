@@ -39,11 +39,17 @@ def erase_chunks(conn: apsw.Connection, store_pk: int, dimensions: int, file_pk:
 
 
 def drop_store(conn: apsw.Connection, store_pk: int) -> int:
-    """Delete a store: both its index tables, its chunks and memberships, its row; returns the chunks."""
+    """Delete a store: both its index tables, its chunks, memberships and file batches, its row;
+    returns the chunks."""
     row: Any = conn.execute("SELECT count(*) FROM chunks WHERE store_pk = ?", (store_pk,)).fetchone()
     drop_store_tables(conn, store_pk)
     conn.execute("DELETE FROM chunks WHERE store_pk = ?", (store_pk,))
     conn.execute("DELETE FROM store_files WHERE store_pk = ?", (store_pk,))
+    conn.execute(
+        "DELETE FROM batch_files WHERE batch_pk IN (SELECT pk FROM file_batches WHERE store_pk = ?)",
+        (store_pk,),
+    )
+    conn.execute("DELETE FROM file_batches WHERE store_pk = ?", (store_pk,))
     conn.execute("DELETE FROM stores WHERE pk = ?", (store_pk,))
     return int(row[0])
 

@@ -53,6 +53,16 @@ MIGRATIONS: tuple[str, ...] = (
     """,
     # OpenAI's last_error.code beside the message
     "ALTER TABLE store_files ADD COLUMN last_error_code TEXT;",
+    # file batches: the store they belong to and the files they added
+    """
+    CREATE TABLE file_batches (
+        pk INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, store_pk INTEGER NOT NULL,
+        created_at INTEGER NOT NULL);
+    CREATE INDEX file_batches_store ON file_batches (store_pk);
+    CREATE TABLE batch_files (
+        batch_pk INTEGER NOT NULL, file_pk INTEGER NOT NULL, PRIMARY KEY (batch_pk, file_pk));
+    CREATE INDEX batch_files_file ON batch_files (file_pk);
+    """,
 )
 
 

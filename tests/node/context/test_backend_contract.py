@@ -9,8 +9,10 @@ on one database never search stale vectors.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
+import sqlite3
 import struct
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -38,15 +40,18 @@ def kind(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
+async def _open(kind: str, tmp_path: Path, kek: LocalKek, request: pytest.FixtureRequest) -> ContextBackend:
+    """A backend of ``kind`` on this test's database (a second call: another node on the same one)."""
+    if kind == "sqlite":
+        return await SqliteBackend.open(tmp_path / "data" / "context.db", kek)
+    return await PostgresBackend.open(request.getfixturevalue("pg_url"), kek)
+
+
 @pytest_asyncio.fixture(loop_scope="session")
 async def store_backend(
     kind: str, tmp_path: Path, kek: LocalKek, request: pytest.FixtureRequest
 ) -> AsyncIterator[ContextBackend]:
-    backend: ContextBackend
-    if kind == "sqlite":
-        backend = await SqliteBackend.open(tmp_path / "data" / "context.db", kek)
-    else:
-        backend = await PostgresBackend.open(request.getfixturevalue("pg_url"), kek)
+    backend = await _open(kind, tmp_path, kek, request)
     try:
         yield backend
     finally:
@@ -92,6 +97,7 @@ async def test_another_tenants_ids_are_not_found_everywhere(store_backend: Conte
         b.delete_file("globex", fid),
         b.delete_store("globex", sid),
         b.attach_file("globex", sid, fid, attributes={}, chunking=StaticChunking()),
+        b.create_batch("globex", sid, [fid]),
     ]
     for call in calls:
         with pytest.raises(NotFoundError):
@@ -185,6 +191,54 @@ async def test_erasure_removes_a_file_and_a_tenant_from_both_indexes(store_backe
     assert len(gone.stores) == 2 and len(gone.files) == 1 and gone.chunks == 1 and gone.keys == 1
     assert await b.list_stores("acme") == [] and await b.list_files("acme") == []
     assert len(await b.fulltext("globex", other_sid, ["wombat"], 5, None)) == 1
+
+
+async def test_file_batches_outlive_the_backend_stay_the_tenants_and_go_with_their_files(
+    store_backend: ContextBackend, kind: str, tmp_path: Path, kek: LocalKek, request: pytest.FixtureRequest
+) -> None:
+    b = store_backend
+    sid, fid = await _store_with_file(b, "acme", ["alpha"])
+    f2 = await b.put_file("acme", filename="two.txt", purpose="assistants", content=b"2")
+    await b.attach_file("acme", sid, f2.id, attributes={}, chunking=StaticChunking())
+    made = await b.create_batch("acme", sid, [fid, f2.id, fid])
+    assert made.id.startswith("vsfb_") and [f.file_id for f in made.files] == [fid, f2.id]
+    other_sid, other_fid = await _store_with_file(b, "acme", ["beta"])
+    other = await b.create_batch("acme", other_sid, [other_fid])
+    second = await _open(kind, tmp_path, kek, request)  # another node (or a restart) on the same data
+    try:
+        batch = await second.get_batch("acme", sid, made.id)
+        assert (batch.id, batch.store_id, batch.created_at) == (made.id, sid, made.created_at)
+        assert [(f.file_id, f.status) for f in batch.files] == [
+            (fid, FileStatus.COMPLETED),
+            (f2.id, FileStatus.IN_PROGRESS),
+        ]
+        for tenant, store_id in (("globex", sid), ("acme", other_sid)):
+            with pytest.raises(NotFoundError):
+                await second.get_batch(tenant, store_id, made.id)
+        await second.detach_file("acme", sid, f2.id)
+        assert [f.file_id for f in (await b.get_batch("acme", sid, made.id)).files] == [fid]
+        await second.delete_file("acme", fid)
+        assert (await b.get_batch("acme", sid, made.id)).files == ()
+        await second.delete_store("acme", sid)
+        with pytest.raises(NotFoundError):
+            await b.get_batch("acme", sid, made.id)
+        await second.erase_tenant("acme")
+        with pytest.raises(NotFoundError):
+            await b.get_batch("acme", other_sid, other.id)
+    finally:
+        await second.aclose()
+    for table in ("file_batches", "batch_files"):
+        assert _rows(kind, tmp_path, request, table) == 0, table
+
+
+def _rows(kind: str, tmp_path: Path, request: pytest.FixtureRequest, table: str) -> int:
+    """How many rows a table holds, read past the backend (``ctx_`` tables on PostgreSQL)."""
+    if kind == "sqlite":
+        with contextlib.closing(sqlite3.connect(tmp_path / "data" / "context.db")) as db:
+            return int(db.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
+    with psycopg.connect(request.getfixturevalue("pg_url")) as conn:
+        row = conn.execute(f"SELECT count(*) FROM ctx_{table}").fetchone()
+        return int(row[0]) if row else -1
 
 
 async def test_a_kek_rotation_rewraps_every_data_key(store_backend: ContextBackend) -> None:
