@@ -200,7 +200,7 @@ async def test_the_schema_is_migrated_forward(tmp_path: Path, backend: SqliteBac
 
     conn = apsw.Connection(str(tmp_path / "data" / "context.db"))
     try:
-        assert conn.execute("PRAGMA user_version").fetchall()[0][0] == len(MIGRATIONS) == 2
+        assert conn.execute("PRAGMA user_version").fetchall()[0][0] == len(MIGRATIONS) == 3
         conn.execute("PRAGMA user_version = 99")
     finally:
         conn.close()
