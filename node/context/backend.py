@@ -143,7 +143,9 @@ class ChunkIndex(Protocol):
         ...
 
     async def read_chunks(self, tenant: str, keys: Sequence[tuple[str, int]]) -> list[Chunk]:
-        """The chunks of these ``(store_id, key)`` candidates, decrypted, in the order asked."""
+        """The chunks of these ``(store_id, key)`` candidates, decrypted, in the order asked; a key
+        whose chunk is gone (erased since it was ranked) is left out. A store not the tenant's is
+        ``NotFoundError``."""
         ...
 
 

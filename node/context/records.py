@@ -154,6 +154,8 @@ class Chunk(msgspec.Struct, frozen=True, kw_only=True):
     """A stored chunk, decrypted for the tenant that owns it."""
 
     store_id: str
+    #: the backend's key for it (a ``Candidate``'s)
+    key: int
     file_id: str
     filename: str
     index: int

@@ -24,7 +24,6 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from audit.crypto import NONCE_LEN, length_prefixed, new_key, new_kid, open_aead, seal
 from audit.kek import KeyEncryptionKey
-from serving.errors import NotFoundError
 
 from .records import AttributeValue, Chunk
 
@@ -126,15 +125,15 @@ def open_chunks(
     kek: KeyEncryptionKey, tenant: str, keys: Sequence[tuple[str, int]], rows: Iterable[SealedChunk]
 ) -> list[Chunk]:
     """The chunks ``keys`` asks for, in its order, decrypted from ``rows`` (read in one query);
-    each file's data key is unwrapped and its name opened once. A key with no row (erased since it
-    was ranked, or never the tenant's) is ``NotFoundError``."""
+    each file's data key is unwrapped and its name opened once. A key with no row (its file was
+    detached or deleted since it was ranked) is left out."""
     by_key = {(r.store_id, r.key): r for r in rows}
     files: dict[int, tuple[FileKey, str]] = {}
     out: list[Chunk] = []
     for place in keys:
         row = by_key.get(place)
         if row is None:
-            raise NotFoundError("No such chunk.")
+            continue
         opened = files.get(row.file_pk)
         if opened is None:
             fkey = open_file_key(kek, tenant, row.file_id, bytes(row.kid), bytes(row.wrapped))
@@ -146,6 +145,7 @@ def open_chunks(
         out.append(
             Chunk(
                 store_id=row.store_id,
+                key=row.key,
                 file_id=row.file_id,
                 filename=filename,
                 index=row.idx,

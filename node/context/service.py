@@ -286,9 +286,16 @@ class ContextService:
         # read a few more than asked: de-duplication may drop some
         fused = fused[: 3 * max_num_results]
         chunks = await self.backend.read_chunks(tenant, [(f.store_id, f.key) for f in fused])
+        read = {(c.store_id, c.key): c for c in chunks}  # a chunk erased since it was ranked is gone
         hits = [
-            Hit(chunk=c, score=f.score, fulltext_rank=f.fulltext_rank, vector_rank=f.vector_rank)
-            for f, c in zip(fused, chunks, strict=True)
+            Hit(
+                chunk=read[f.store_id, f.key],
+                score=f.score,
+                fulltext_rank=f.fulltext_rank,
+                vector_rank=f.vector_rank,
+            )
+            for f in fused
+            if (f.store_id, f.key) in read
         ]
         return dedupe(hits)[:max_num_results]
 

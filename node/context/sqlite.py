@@ -60,7 +60,7 @@ from .sealing import (
 )
 from .sqlite_erase import drop_store, erase_chunks, settle
 from .sqlite_schema import create_store_tables, open_database, transaction
-from .vector_cache import VectorCache
+from .vector_cache import Matrix, VectorCache, rank
 
 __all__ = ["SqliteBackend"]
 
@@ -106,6 +106,7 @@ class SqliteBackend:
         self._pool = pool
         self._vectors = VectorCache(vector_cache_bytes)
         self._fulltext = FulltextCache(fulltext_cache_bytes)
+        self._rankers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="bastion-context-rank")
 
     @classmethod
     async def open(
@@ -132,6 +133,7 @@ class SqliteBackend:
         self._fulltext.clear()
         await self._run(self._conn.close)
         self._pool.shutdown(wait=True)
+        self._rankers.shutdown(wait=True)
 
     async def _run(self, fn: Callable[..., _T], *args: Any) -> _T:
         return await asyncio.get_running_loop().run_in_executor(self._pool, functools.partial(fn, *args))
@@ -536,7 +538,7 @@ class SqliteBackend:
     async def nearest(
         self, tenant: str, store_id: str, vector: bytes, k: int, file_ids: Collection[str] | None
     ) -> list[Candidate]:
-        def go() -> list[Candidate]:
+        def go() -> tuple[Matrix, set[int] | None] | list[Candidate]:
             store = self._store_row(tenant, store_id)
             spk, dims = store[0], store[7]
             file_pks = None
@@ -548,9 +550,9 @@ class SqliteBackend:
                         (tenant, _json(sorted(file_ids)).decode()),
                     )
                 }
-            cached = self._vectors.nearest(self._conn, spk, dims, vector, k, file_pks)
-            if cached is not None:
-                return [Candidate(store_id=store_id, key=key, raw=d) for key, d in cached]
+            matrix = self._vectors.matrix(self._conn, spk, dims)
+            if matrix is not None:
+                return matrix, file_pks
             if file_ids is None:
                 sql = f"SELECT rowid, distance FROM vec_{spk} WHERE embedding MATCH ? AND k = ?"  # noqa: S608
                 rows = self._all(sql, (vector, min(k, 4096)))
@@ -563,7 +565,15 @@ class SqliteBackend:
                 )
             return [Candidate(store_id=store_id, key=r[0], raw=r[1]) for r in rows]
 
-        return await self._run(go)
+        found = await self._run(go)
+        if isinstance(found, list):
+            return found
+        # ranked off the database's thread (numpy lets go of the GIL): two searches rank at once
+        # while the one thread serves the others' reads
+        ranked = await asyncio.get_running_loop().run_in_executor(
+            self._rankers, rank, found[0], vector, k, found[1]
+        )
+        return [Candidate(store_id=store_id, key=key, raw=d) for key, d in ranked]
 
     async def read_chunks(self, tenant: str, keys: Sequence[tuple[str, int]]) -> list[Chunk]:
         def go() -> list[Chunk]:

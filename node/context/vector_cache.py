@@ -80,22 +80,10 @@ class VectorCache:
         self._stores.clear()
         self._bytes = 0
 
-    def nearest(
-        self,
-        conn: apsw.Connection,
-        store_pk: int,
-        dims: int,
-        vector: bytes,
-        k: int,
-        file_pks: Collection[int] | None,
-    ) -> list[tuple[int, float]] | None:
-        """The ``k`` nearest (key, cosine distance), best first; None when the store does not fit."""
-        matrix = self._matrix(conn, store_pk, dims)
-        if matrix is None:
-            return None
-        return rank(matrix, vector, k, file_pks)
-
-    def _matrix(self, conn: apsw.Connection, store_pk: int, dims: int) -> Matrix | None:
+    def matrix(self, conn: apsw.Connection, store_pk: int, dims: int) -> Matrix | None:
+        """The store's vectors (read from ``vec_<store_pk>`` on a miss); None when they do not fit.
+        A matrix is never changed, so it may be ranked on another thread (``rank``) while the
+        store changes: that ranking answers for the store as it was."""
         found = self._stores.get(store_pk)
         if found is not None:
             self._stores.move_to_end(store_pk)

@@ -62,12 +62,16 @@ async def _corpus(backend: SqliteBackend, rng: random.Random, files: int) -> tup
         f = await backend.put_file("acme", filename=f"{n}.txt", purpose="assistants", content=b"-")
         await backend.attach_file("acme", store.id, f.id, attributes={}, chunking=StaticChunking())
         chunks = [
-            ChunkIn(index=i, text=_text(rng), start_token=0, end_token=1, vector=bytes(4 * DIMS))
+            ChunkIn(index=i, text=_text(rng), start_token=0, end_token=1, vector=_vector(rng))
             for i in range(rng.randrange(20, 60))
         ]
         await backend.write_chunks("acme", store.id, f.id, chunks)
         ids.append(f.id)
     return store.id, ids
+
+
+def _vector(rng: random.Random) -> bytes:
+    return np.array([rng.uniform(-1, 1) for _ in range(DIMS)], dtype="<f4").tobytes()
 
 
 def _query(rng: random.Random) -> list[str]:
@@ -164,3 +168,17 @@ def test_max_score_top_k_is_the_exhaustive_top_k(
     got = top_k(postings, k, allowed, rare_rows=rare_rows)
     assert [r for r, _ in got] == [r for r, _ in want]
     assert np.allclose([s for _, s in got], [s for _, s in want])
+
+
+async def test_a_chunk_erased_after_it_was_ranked_is_left_out(tmp_path: Path) -> None:
+    backend = await SqliteBackend.open(tmp_path / "context.db", LocalKek(os.urandom(32)))
+    try:
+        sid, files = await _corpus(backend, random.Random(3), 2)
+        ranked = await backend.nearest("acme", sid, np.ones(DIMS, dtype="<f4").tobytes(), 200, None)
+        await backend.delete_file("acme", files[0])
+        chunks = await backend.read_chunks("acme", [(c.store_id, c.key) for c in ranked])
+        assert chunks and {c.file_id for c in chunks} == {files[1]}
+        kept = [c.key for c in ranked if c.key in {ch.key for ch in chunks}]
+        assert [c.key for c in chunks] == kept  # still in the order asked
+    finally:
+        await backend.aclose()

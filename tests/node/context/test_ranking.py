@@ -114,6 +114,7 @@ def test_reciprocal_rank_fusion_rewards_agreement() -> None:
 def _hit(file_id: str, start: int, end: int, score: float, text: str = "x") -> Hit:
     chunk = Chunk(
         store_id="vs",
+        key=start,
         file_id=file_id,
         filename="f",
         index=start,
