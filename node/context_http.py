@@ -51,8 +51,9 @@ from .wire import decode_request
 
 __all__ = ["CONTEXT_CONTROLLERS", "CONTEXT_DEPENDENCIES", "context_api", "meter", "upload_router"]
 
-#: what a client waits between polls of an ``in_progress`` file or batch
-POLL_HEADERS = {"openai-poll-after-ms": "100"}
+#: what a client waits between polls of an ``in_progress`` file or batch: OpenAI's client's own default,
+#: as each poll counts against the tenant's rpm
+POLL_HEADERS = {"openai-poll-after-ms": "1000"}
 #: room for the multipart framing and the ``purpose`` field around a file of the maximum size
 _FORM_OVERHEAD = 64 * 1024
 
