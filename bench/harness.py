@@ -289,11 +289,14 @@ def bastion_server(
     start_timeout_s: float,
     audit: bool = True,
 ) -> Iterator[Server]:
-    """``bastion serve``: dev mode on ``data_dir`` (audit log on; it prints its generated key), or
-    with ``audit=False`` the node ``no_audit_config`` describes, serving ``model`` alone."""
+    """``bastion serve``: dev mode on ``data_dir`` and ``models_file`` (audit log on; it prints its
+    generated key), or with ``audit=False`` the node ``no_audit_config`` describes, serving
+    ``model`` alone."""
     port = free_port()
     work = Path(tempfile.mkdtemp(prefix="bastion-bench-"))
-    env = dict(os.environ, BASTION_DATA_DIR=str(data_dir.resolve()))
+    env = dict(
+        os.environ, BASTION_DATA_DIR=str(data_dir.resolve()), BASTION_MODELS_FILE=str(models_file.resolve())
+    )
     env.pop("BASTION_CONFIG", None)
     cmd = [*bastion_command(), "serve", "--port", str(port)]
     key: list[str] = []
