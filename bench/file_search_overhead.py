@@ -10,8 +10,11 @@ record, then a plain one whose input (a system message of filler words and the
 same question, the shape ``file_search`` gives the model) is padded to the
 ``usage.input_tokens`` the ``file_search`` answer reported (counted with the
 chat model's ``tokenizer.json``, the template's tokens calibrated once), both
-with the same ``max_output_tokens`` and temperature 0. Every question is new,
-so the engine's prefix cache cannot hold one side's prompt. Prints p50/p99 of
+with the same ``max_output_tokens`` and temperature 0, and the same
+``instructions``, which number the pair: every prompt differs from its first
+line, so the engine's prefix cache holds neither side's prompt (the retrieved
+chunks alone would repeat: a small corpus ranks the same chunk first for
+many questions). Prints p50/p99 of
 both, the added time (median of the pairs' differences) and the ratio of p50s,
 with the input and output token counts that make the pairs comparable.
 
@@ -84,6 +87,12 @@ def _question(i: int) -> str:
     return f"What does record {_code(i)} say about the {_TOPICS[i % len(_TOPICS)]}?"
 
 
+def _instructions(i: int) -> str:
+    """Each pair's own first line, so that no prompt shares a cached prefix with an earlier one
+    (the retrieved chunks alone would: a small corpus puts the same chunk first for many questions)."""
+    return f"Request {i}: answer briefly."
+
+
 def _p(values: list[float], q: float) -> float:
     s = sorted(values)
     return s[min(len(s) - 1, int(q * len(s)))] if s else float("nan")
@@ -131,9 +140,16 @@ class _Bench:
             await asyncio.sleep(0.2)
         raise TimeoutError(f"the vector store was not ingested after {self.args.start_timeout_s} s")
 
-    def _body(self, input_: str | list[dict[str, str]], tools: list[dict[str, Any]] | None) -> dict[str, Any]:
-        body: dict[str, Any] = {"model": self.args.model, "input": input_, "temperature": 0,
-                                "max_output_tokens": self.args.max_output_tokens}  # fmt: skip
+    def _body(
+        self, i: int, input_: str | list[dict[str, str]], tools: list[dict[str, Any]] | None
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "model": self.args.model,
+            "instructions": _instructions(i),
+            "input": input_,
+            "temperature": 0,
+            "max_output_tokens": self.args.max_output_tokens,
+        }
         if tools:
             body["tools"] = tools
         return body
@@ -146,9 +162,11 @@ class _Bench:
             raise RuntimeError(f"/v1/responses answered {r.status_code}: {r.text[:300]}")
         return ms, r.json()
 
-    def _plain_input(self, target: int, question: str, rng: random.Random) -> list[dict[str, str]]:
-        """A system message of filler words and ``question``, ``target`` input tokens in all."""
-        want = target - self.template_tokens - self.count(question)
+    def _plain_input(self, i: int, target: int, question: str) -> list[dict[str, str]]:
+        """A system message of filler words and ``question``, ``target`` input tokens in all
+        (with request ``i``'s instructions)."""
+        rng = random.Random(i)
+        want = target - self.template_tokens - self.count(question) - self.count(_instructions(i))
         words: list[str] = []
         for _ in range(8):  # one-token words: each step corrects by the counted difference
             have = self.count(" ".join(words)) if words else 0
@@ -165,18 +183,19 @@ class _Bench:
         filler = " ".join(self.filler * 8)
         question = _question(0)
         msgs = [{"role": "system", "content": filler}, {"role": "user", "content": question}]
-        _, answer = await self._respond(client, self._body(msgs, None))
-        self.template_tokens = answer["usage"]["input_tokens"] - self.count(filler) - self.count(question)
+        _, answer = await self._respond(client, self._body(-1, msgs, None))
+        texts = self.count(filler) + self.count(question) + self.count(_instructions(-1))
+        self.template_tokens = answer["usage"]["input_tokens"] - texts
 
     async def pair(self, client: httpx.AsyncClient, i: int, *, split: bool) -> Pair:
         question = _question(i)
         tool = {"type": "file_search", "vector_store_ids": [self.store_id],
                 "max_num_results": self.args.max_num_results}  # fmt: skip
-        fs_ms, fs = await self._respond(client, self._body(question, [tool]))
+        fs_ms, fs = await self._respond(client, self._body(i, question, [tool]))
         message = next(o for o in fs["output"] if o["type"] == "message")
         annotations = message["content"][0]["annotations"]
-        plain_input = self._plain_input(fs["usage"]["input_tokens"], question, random.Random(i))
-        plain_ms, plain = await self._respond(client, self._body(plain_input, None))
+        plain_input = self._plain_input(i, fs["usage"]["input_tokens"], question)
+        plain_ms, plain = await self._respond(client, self._body(i, plain_input, None))
         out = Pair(
             fs_ms=fs_ms,
             plain_ms=plain_ms,

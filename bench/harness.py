@@ -122,14 +122,20 @@ def wait_ready(url: str, proc: subprocess.Popen[bytes], path: str, timeout_s: fl
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM, then after a minute SIGKILL to the whole process group."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+    """SIGTERM, then after a minute SIGKILL to the whole process group; SIGKILL to what is left of
+    the group once the server is gone too (a node stopped while its engines start leaves them)."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # the group outlives its leader while members remain
+    except (ProcessLookupError, PermissionError):
+        pass  # nothing left
+    proc.wait()
 
 
 @contextmanager
