@@ -145,7 +145,13 @@ async def build_node(
             )
         node.context = await stack.enter_async_context(
             open_context(
-                config, data_dir=data_dir, models=models, engines=local, embedders=embedders, audit=log
+                config,
+                config_dir=base,
+                data_dir=data_dir,
+                models=models,
+                engines=local,
+                embedders=embedders,
+                audit=log,
             )
         )
         _wire_metric_sources(node)

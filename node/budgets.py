@@ -14,7 +14,7 @@ from pathlib import Path
 from router.ledger import BudgetLedger
 from router.limits import Limiter, LimitState
 
-from .config import ConfigError, StateConfig, resolve
+from .config import ConfigError, PostgresConfig, StateConfig, resolve
 from .periodic import every
 
 __all__ = ["BUDGETS_DB", "open_limits", "persisted_budgets", "postgres_url"]
@@ -40,25 +40,27 @@ async def open_limits(state: StateConfig, *, config_dir: Path, data_dir: Path) -
         yield pg
 
 
-def postgres_url(state: StateConfig, *, config_dir: Path) -> str:
-    """The URL from the config, its environment variable or its file (never logged)."""
-    if state.postgres_url is not None:
-        return state.postgres_url
-    if state.postgres_url_env is not None:
-        url = os.environ.get(state.postgres_url_env, "").strip()
+def postgres_url(db: PostgresConfig, *, config_dir: Path, section: str = "[state]") -> str:
+    """The URL from the config, its environment variable or its file (never logged); ``section``
+    names where ``db`` is configured in the errors."""
+    if db.postgres_url is not None:
+        return db.postgres_url
+    if db.postgres_url_env is not None:
+        url = os.environ.get(db.postgres_url_env, "").strip()
         if not url:
             raise ConfigError(
-                f"[state] postgres_url_env: environment variable {state.postgres_url_env} is empty"
+                f"{section} postgres_url_env: environment variable {db.postgres_url_env} is empty"
             )
         return url
-    assert state.postgres_url_file is not None
-    path = resolve(config_dir, state.postgres_url_file)
+    if db.postgres_url_file is None:
+        raise ConfigError(f"{section} names no PostgreSQL database")
+    path = resolve(config_dir, db.postgres_url_file)
     try:
         url = path.read_text(encoding="utf-8").strip()
     except OSError as exc:
-        raise ConfigError(f"[state] postgres_url_file: cannot read {path} ({exc.strerror})") from None
+        raise ConfigError(f"{section} postgres_url_file: cannot read {path} ({exc.strerror})") from None
     if not url:
-        raise ConfigError(f"[state] postgres_url_file: {path} is empty")
+        raise ConfigError(f"{section} postgres_url_file: {path} is empty")
     return url
 
 

@@ -433,7 +433,7 @@ def _cmd_context(args: argparse.Namespace) -> int:
     apply_no_egress_env()
     from .context.cli import run_context_command
 
-    kek = None
+    kek, config = None, None
     if args.config:
         from audit import AuditError
         from audit.log import load_kek
@@ -447,7 +447,8 @@ def _cmd_context(args: argparse.Namespace) -> int:
         except (ConfigError, AuditError) as exc:
             return _fail(str(exc))
     models_file, data_dir = _models_context(args)
-    return run_context_command(args, models_file, data_dir, kek)
+    where = None if config is None else (config, Path(args.config).resolve().parent)
+    return run_context_command(args, models_file, data_dir, kek, where)
 
 
 def _add_models_location(parser: argparse.ArgumentParser) -> None:

@@ -29,6 +29,7 @@ __all__ = [
     "LoggingConfig",
     "MetricsConfig",
     "NodeConfig",
+    "PostgresConfig",
     "ServerConfig",
     "StateConfig",
     "TenantConfig",
@@ -97,22 +98,19 @@ class LoggingConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     backup_count: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 5
 
 
-class StateConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """Where tenant limits and budgets are counted (``[state]``).
+class PostgresConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A PostgreSQL database the node connects to: ``[state]``, and ``[context.postgres]``.
 
-    Left out: this node alone (memory, with day and month budgets in
-    ``data_dir/budgets.db``). With PostgreSQL, every node that names the same
-    database shares its tenants' rpm, tpm, tokens per day and spend per month.
     The URL may hold a password, so it comes from an environment variable
     (``postgres_url_env``) or a file (``postgres_url_file``); a ``postgres_url``
     written in the file itself is accepted only without a password (peer, trust or
-    ``.pgpass`` authentication).
+    ``.pgpass`` authentication). ``node.budgets.postgres_url`` reads it.
     """
 
     postgres_url: Annotated[str, msgspec.Meta(pattern=r"^postgres(ql)?://")] | None = None
     postgres_url_env: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")] | None = None
     postgres_url_file: str | None = None
-    #: a limit check waiting longer than this for the database refuses the request (fail closed)
+    #: a limit check (or a connection to the database) waiting longer than this fails (closed)
     timeout_s: Annotated[float, msgspec.Meta(gt=0, le=60)] = 2.0
     max_connections: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 10
 
@@ -122,13 +120,22 @@ class StateConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
             raise ValueError(f"set one of postgres_url, postgres_url_env, postgres_url_file, not {given}")
         if self.postgres_url is not None and _has_password(self.postgres_url):
             raise ValueError(
-                "[state] postgres_url holds a password: secrets never live in the config file; "
+                "postgres_url holds a password: secrets never live in the config file; "
                 "put the URL in an environment variable (postgres_url_env) or a file (postgres_url_file)"
             )
 
     @property
     def shared(self) -> bool:
         return any((self.postgres_url, self.postgres_url_env, self.postgres_url_file))
+
+
+class StateConfig(PostgresConfig, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Where tenant limits and budgets are counted (``[state]``).
+
+    Left out: this node alone (memory, with day and month budgets in
+    ``data_dir/budgets.db``). With PostgreSQL, every node that names the same
+    database shares its tenants' rpm, tpm, tokens per day and spend per month.
+    """
 
 
 def _has_password(url: str) -> bool:
@@ -163,6 +170,44 @@ class ContextSection(ContextConfig, frozen=True, kw_only=True, forbid_unknown_fi
     file_search_tokens: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 2000
     #: ``file_search`` results when the tool names no ``max_num_results``
     file_search_results: Annotated[int, msgspec.Meta(ge=1, le=50)] = 10
+    #: where stores live: ``sqlite`` (``path`` in ``data_dir``) or ``postgres`` (the database of
+    #: ``[context.postgres]``, else ``[state]``'s)
+    backend: Literal["sqlite", "postgres"] = "sqlite"
+    #: ``backend = "postgres"``: its own database (left out: the fleet's ``[state]`` database)
+    postgres: PostgresConfig | None = None
+
+    def __post_init__(self) -> None:
+        if self.backend == "sqlite" and self.postgres is not None:
+            raise ValueError(
+                '`postgres` is for backend = "postgres"; this store is SQLite (the default): '
+                'remove [context.postgres] or set backend = "postgres"'
+            )
+        if self.backend == "postgres" and self.path is not None:
+            raise ValueError(
+                '`path` names the SQLite file; backend = "postgres" keeps stores in PostgreSQL: remove it'
+            )
+        if self.backend == "postgres" and self.fulltext_cache_bytes != _default(self, "fulltext_cache_bytes"):
+            raise ValueError(
+                '`fulltext_cache_bytes` caches SQLite\'s BM25 score lists; backend = "postgres" ranks '
+                "in the server (ts_rank): remove it"
+            )
+        if self.postgres is not None and not self.postgres.shared:
+            raise ValueError(
+                "[context.postgres] names no database: set postgres_url_env, postgres_url_file "
+                "or postgres_url (without a password)"
+            )
+
+    def database(self, state: StateConfig) -> tuple[PostgresConfig, str] | None:
+        """The PostgreSQL database of ``backend = "postgres"`` and the section naming it (None: SQLite)."""
+        if self.backend != "postgres":
+            return None
+        if self.postgres is not None:
+            return self.postgres, "[context.postgres]"
+        return state, "[state]"
+
+
+def _default(struct: msgspec.Struct, name: str) -> object:
+    return next(f.default for f in msgspec.structs.fields(struct) if f.name == name)
 
 
 class NodeConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -196,6 +241,12 @@ class NodeConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
             raise ValueError("API key ids must be unique across tenants")
         if self.context is not None and self.context.enabled and self.audit is None:
             raise ValueError("[context] encrypts files under the audit log's KEK: it needs [audit] enabled")
+        ctx = self.context
+        if ctx is not None and ctx.backend == "postgres" and ctx.postgres is None and not self.state.shared:
+            raise ValueError(
+                '[context] backend = "postgres" needs a database: [context.postgres] postgres_url_env '
+                "(or postgres_url_file, postgres_url), or the fleet's [state] database"
+            )
         if self.dev_mode and not _is_loopback(self.server.host):
             raise ValueError(f"dev mode binds to loopback only; refusing host {self.server.host!r}")
 

@@ -1,7 +1,8 @@
 """The node's context store as the HTTP layer uses it: the service, ingestion in the background, audit.
 
 ``open_context`` is ``build_node``'s part: with ``[context]`` it opens the
-store (``<data_dir>/context.db``, data keys under the audit log's KEK) on the
+store (``backend``: ``<data_dir>/context.db`` or PostgreSQL, ``node.context.backends``;
+data keys under the audit log's KEK) on the
 embedding model that section names, and closes it (ingestion tasks first) when
 the node stops. ``ContextApi`` is what the controllers (``node.context_http``)
 and ``file_search`` (``node.file_search``) hold:
@@ -41,8 +42,9 @@ from serving.embedding import Embedder
 from serving.errors import BastionError
 from serving.models import ModelsFile
 
-from .config import ContextSection, NodeConfig
-from .context import ContextService, FileTokenizer, NotFoundError, SqliteBackend, TextTokenizer
+from .config import ConfigError, ContextSection, NodeConfig
+from .context import ContextService, FileTokenizer, NotFoundError, TextTokenizer
+from .context.backends import ContextDatabaseError, open_backend
 from .errors import to_bastion_error
 from .startup import ExitCode, StartupError
 from .tenancy import Principal
@@ -163,13 +165,15 @@ class ContextApi:
 async def open_context(
     config: NodeConfig,
     *,
+    config_dir: Path,
     data_dir: Path,
     models: ModelsFile,
     engines: Mapping[str, Any],
     embedders: Mapping[str, Embedder],
     audit: AuditLog | None,
 ) -> AsyncIterator[ContextApi | None]:
-    """The context store that ``[context]`` configures (None without one)."""
+    """The context store that ``[context]`` configures (None without one): SQLite in ``data_dir`` or
+    PostgreSQL (``node.context.backends``); a database that cannot be reached stops start-up (exit 9)."""
     settings = config.context
     if settings is None or not settings.enabled:
         yield None
@@ -183,12 +187,14 @@ async def open_context(
             f"[context] embedding_model '{settings.embedding_model}' is not an embedding model this node "
             'serves (a models.toml model with task = "embed", in `serve`)',
         )
-    backend = await SqliteBackend.open(
-        data_dir / settings.path,
-        load_kek(config.audit),
-        vector_cache_bytes=settings.vector_cache_bytes,
-        fulltext_cache_bytes=settings.fulltext_cache_bytes,
-    )
+    try:
+        backend = await open_backend(
+            config, config_dir=config_dir, data_dir=data_dir, kek=load_kek(config.audit)
+        )
+    except ContextDatabaseError as exc:
+        raise StartupError(ExitCode.DATABASE, f"refusing to serve: {exc.message}") from None
+    except ConfigError as exc:
+        raise StartupError(ExitCode.CONFIG, exc.message) from None
     try:
         service = ContextService(
             backend,

@@ -23,11 +23,12 @@ from audit import AuditConfig, AuditError
 from audit.cli import LIVE_ACTIONS, exit_code_of, run_audit_command
 from audit.kek import kek_from_file
 from audit.log import load_kek
+from serving.errors import StartupFailure
 
 from .admin import AdminClient, admin_socket_path
 from .backup import PARTS, BackupError, restore, take_backup
-from .config import NodeConfig, resolve
-from .context.operations import describe_erased, offline_rewrap, offline_shred
+from .config import NodeConfig
+from .context.operations import check_database, describe_erased, offline_rewrap, offline_shred
 
 __all__ = ["add_operations_commands", "audit_command", "backup_command", "restore_command"]
 
@@ -68,22 +69,29 @@ def audit_command(args: argparse.Namespace, audit: AuditConfig, config: NodeConf
             live = AdminClient.find(admin_socket_path(config, config_dir))
         except (AuditError, OSError) as exc:
             return _fail(exc, exit_code_of(exc))
+    offline = live is None and (action == "rotate-kek" or (action == "shred" and args.subject is None))
+    if offline:
+        try:  # the context store's PostgreSQL must answer before the log's keys change
+            check_database(config, config_dir)
+        except StartupFailure as exc:
+            return _fail(exc, 1)
     code = run_audit_command(args, audit, live)
-    if code != 0 or live is not None or action not in ("shred", "rotate-kek"):
+    if code != 0 or not offline:
         return code
-    data_dir = resolve(config_dir, config.data_dir)
     try:
         kek = load_kek(audit)
-        if action == "shred" and args.subject is None:
-            erased = offline_shred(data_dir, kek, args.tenant)
+        if action == "shred":
+            erased = offline_shred(config, config_dir, kek, args.tenant)
             if erased is not None:
                 print(f"erased tenant {args.tenant!r} from the context store: {describe_erased(erased)}")
-        elif action == "rotate-kek":
-            rewrapped = offline_rewrap(data_dir, kek, kek_from_file(args.new_kek_file))
+        else:
+            rewrapped = offline_rewrap(config, config_dir, kek, kek_from_file(args.new_kek_file))
             if rewrapped is not None:
                 print(f"rewrapped {rewrapped} context data key(s)")
     except (AuditError, OSError) as exc:
         return _fail(exc, exit_code_of(exc))
+    except StartupFailure as exc:
+        return _fail(exc, 1)
     return 0
 
 

@@ -54,6 +54,8 @@ class ExitCode(IntEnum):
     PORT = 7
     #: an engine failed to start or to pass its first forward pass
     ENGINE = 8
+    #: a PostgreSQL database the node keeps data in (``[context] backend = "postgres"``) cannot be reached
+    DATABASE = 9
     #: interrupted (Ctrl-C) during start-up
     INTERRUPTED = 130
 
@@ -125,6 +127,10 @@ def check_node(
     if config.state.shared:  # the fleet's PostgreSQL URL: its variable or file must hold one
         with problems.check(ExitCode.CONFIG, (ConfigError,)):
             postgres_url(config.state, config_dir=config_dir)
+    database = config.context.database(config.state) if config.context is not None else None
+    if database is not None and database[0] is not config.state:  # the context store's own URL
+        with problems.check(ExitCode.CONFIG, (ConfigError,)):
+            postgres_url(database[0], config_dir=config_dir, section=database[1])
     if config.audit is not None:
         with problems.check(ExitCode.KEYS, (AuditError,), "audit key: "):
             check_keys(config.audit)

@@ -4,8 +4,10 @@
     bastion context eval --config node.toml --tenant acme --store vs_... --queries labelled.jsonl
 
 ``--corpus`` indexes a folder of documents into a throw-away store (a temporary
-database under a random key) first; ``--store`` evaluates a store of the node's
-own ``<data_dir>/context.db``, opened with the audit log's KEK. Either way the
+database under a random key; with a ``--config`` whose ``[context]`` backend is
+PostgreSQL, a throw-away tenant in that database, erased afterwards) first;
+``--store`` evaluates a store of the node's own context store (``<data_dir>/context.db``
+or its PostgreSQL database), opened with the audit log's KEK. Either way the
 node's pinned embedding model (``--model``, else the first ``task = "embed"``
 model of the models file) runs here, in process. Exit codes: 0 ok, 2 bad
 usage, configuration or query file.
@@ -15,18 +17,24 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
+import secrets
 import sys
 import tempfile
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import msgspec
 
 from audit.kek import KeyEncryptionKey, LocalKek
+from serving.errors import StartupFailure
 
+from ..config import NodeConfig
+from .backend import ContextBackend
+from .backends import CONTEXT_DB, open_backend, sqlite_path
 from .chunking import FileTokenizer
 from .evaluation import LabelledQuery, Report, evaluate, load_queries
-from .operations import CONTEXT_DB
 from .records import ContextConfig
 from .service import ContextService
 from .sqlite import SqliteBackend
@@ -53,8 +61,13 @@ def add_context_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
 
 
 def run_context_command(
-    args: argparse.Namespace, models_file: Path, data_dir: Path, kek: KeyEncryptionKey | None
+    args: argparse.Namespace,
+    models_file: Path,
+    data_dir: Path,
+    kek: KeyEncryptionKey | None,
+    node: tuple[NodeConfig, Path] | None = None,
 ) -> int:
+    """``node``: the ``--config`` and its folder (which backend its ``[context]`` names)."""
     if args.store and not args.tenant:
         return _fail("--store needs --tenant")
     if args.store and kek is None:
@@ -66,8 +79,8 @@ def run_context_command(
     except (OSError, ValueError) as exc:
         return _fail(str(exc))
     try:
-        report = asyncio.run(_evaluate(args, models_file, data_dir, kek, queries))
-    except (OSError, ValueError, LookupError) as exc:
+        report = asyncio.run(_evaluate(args, models_file, data_dir, kek, queries, node))
+    except (OSError, ValueError, LookupError, StartupFailure) as exc:
         return _fail(str(exc))
     print(msgspec.json.encode(report).decode() if args.json else format_report(report))
     return 0
@@ -84,6 +97,7 @@ async def _evaluate(
     data_dir: Path,
     kek: KeyEncryptionKey | None,
     queries: list[LabelledQuery],
+    node: tuple[NodeConfig, Path] | None,
 ) -> Report:
     from serving.embedding import LocalEmbedder
     from serving.model_commands import ensure_model
@@ -95,34 +109,68 @@ async def _evaluate(
         raise LookupError(f'{models_file} pins no embedding model (task = "embed")')
     spec = models.get(name)
     config = msgspec.convert({"embedding_model": spec.name}, ContextConfig)
-    with tempfile.TemporaryDirectory(prefix="bastion-context-eval-") as tmp:
-        if args.corpus:
-            db, kek = Path(tmp) / CONTEXT_DB, LocalKek(os.urandom(32))
-        else:
-            db = data_dir / CONTEXT_DB
-        assert kek is not None
-        model_dir = await asyncio.to_thread(ensure_model, spec, models_file, data_dir)
+    model_dir = await asyncio.to_thread(ensure_model, spec, models_file, data_dir)
+    async with _eval_backend(args, config, data_dir, kek, node) as (backend, tenant):
+        engine = LocalEmbedder(spec, model_dir)
+        async with engine:
+            service = ContextService(
+                backend,
+                engine,
+                FileTokenizer.of_model(model_dir),
+                config,
+                embed_max_tokens=spec.max_model_len,
+            )
+            if args.corpus:
+                store_ids = [await index_folder(service, tenant, Path(args.corpus))]
+            else:
+                store_ids = [args.store]
+            return await evaluate(service, tenant, store_ids, queries, k=args.k)
+
+
+@contextlib.asynccontextmanager
+async def _eval_backend(
+    args: argparse.Namespace,
+    settings: ContextConfig,
+    data_dir: Path,
+    kek: KeyEncryptionKey | None,
+    node: tuple[NodeConfig, Path] | None,
+) -> AsyncIterator[tuple[ContextBackend, str]]:
+    """The backend to evaluate on and the tenant: the node's for ``--store``; for ``--corpus`` a
+    temporary SQLite file, or a throw-away tenant in the node's PostgreSQL (erased after)."""
+    postgres = node is not None and node[0].context is not None and node[0].context.backend == "postgres"
+    if args.corpus and not postgres:
+        with tempfile.TemporaryDirectory(prefix="bastion-context-eval-") as tmp:
+            backend: ContextBackend = await SqliteBackend.open(
+                Path(tmp) / CONTEXT_DB,
+                LocalKek(os.urandom(32)),
+                vector_cache_bytes=settings.vector_cache_bytes,
+                fulltext_cache_bytes=settings.fulltext_cache_bytes,
+            )
+            try:
+                yield backend, "eval"
+            finally:
+                await backend.aclose()
+        return
+    if node is None or node[0].context is None:
+        assert kek is not None and not args.corpus
         backend = await SqliteBackend.open(
-            db,
+            sqlite_path(None, data_dir),
             kek,
-            vector_cache_bytes=config.vector_cache_bytes,
-            fulltext_cache_bytes=config.fulltext_cache_bytes,
+            vector_cache_bytes=settings.vector_cache_bytes,
+            fulltext_cache_bytes=settings.fulltext_cache_bytes,
         )
+    else:
+        config, config_dir = node
+        kek = LocalKek(os.urandom(32)) if args.corpus else kek
+        assert kek is not None
+        backend = await open_backend(config, config_dir=config_dir, data_dir=data_dir, kek=kek)
+    tenant = f"eval-{secrets.token_hex(6)}" if args.corpus else args.tenant
+    try:
+        yield backend, tenant
+    finally:
         try:
-            engine = LocalEmbedder(spec, model_dir)
-            async with engine:
-                service = ContextService(
-                    backend,
-                    engine,
-                    FileTokenizer.of_model(model_dir),
-                    config,
-                    embed_max_tokens=spec.max_model_len,
-                )
-                if args.corpus:
-                    tenant, store_ids = "eval", [await index_folder(service, "eval", Path(args.corpus))]
-                else:
-                    tenant, store_ids = args.tenant, [args.store]
-                return await evaluate(service, tenant, store_ids, queries, k=args.k)
+            if args.corpus:
+                await backend.erase_tenant(tenant)
         finally:
             await backend.aclose()
 

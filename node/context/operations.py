@@ -11,23 +11,31 @@ operations cover them too:
 
 A running node does both through its admin socket with its open backend
 (``node.admin.admin_channel(context=...)``); with no node running the CLI opens
-``<data_dir>/context.db`` itself (``offline_shred``/``offline_rewrap``).
+the stores itself (``offline_shred``/``offline_rewrap``): the PostgreSQL
+database ``[context]`` names (``backend = "postgres"``) and the SQLite file
+(``<data_dir>/context.db``, or ``[context] path``) when it exists
+(``node.context.backends.stored_backends``). ``check_database`` connects to
+PostgreSQL first, so an unreachable server stops the command before the audit
+log's keys change.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TypeVar
 
 from audit.kek import KeyEncryptionKey
 
+from ..config import NodeConfig
+from .backend import ContextBackend
+from .backends import CONTEXT_DB, check_database, stored_backends
 from .records import Erased
-from .sqlite import SqliteBackend
 
-__all__ = ["CONTEXT_DB", "describe_erased", "offline_rewrap", "offline_shred"]
+__all__ = ["CONTEXT_DB", "check_database", "describe_erased", "offline_rewrap", "offline_shred"]
 
-#: the node's context database in ``data_dir``
-CONTEXT_DB = "context.db"
+_T = TypeVar("_T")
 
 
 def describe_erased(erased: Erased) -> dict[str, int]:
@@ -39,33 +47,35 @@ def describe_erased(erased: Erased) -> dict[str, int]:
     }
 
 
-def offline_shred(data_dir: Path, kek: KeyEncryptionKey, tenant: str) -> Erased | None:
-    """Erase the tenant from ``<data_dir>/context.db``; None when the node has no context store."""
-    db = data_dir / CONTEXT_DB
-    if not db.exists():
-        return None
-
-    async def go() -> Erased:
-        backend = await SqliteBackend.open(db, kek)
-        try:
-            return await backend.erase_tenant(tenant)
-        finally:
-            await backend.aclose()
+def _each_store(
+    config: NodeConfig,
+    config_dir: Path,
+    kek: KeyEncryptionKey,
+    op: Callable[[ContextBackend], Awaitable[_T]],
+) -> list[_T]:
+    async def go() -> list[_T]:
+        async with stored_backends(config, config_dir, kek) as backends:
+            return [await op(backend) for backend in backends]
 
     return asyncio.run(go())
 
 
-def offline_rewrap(data_dir: Path, old: KeyEncryptionKey, new: KeyEncryptionKey) -> int | None:
-    """Rewrap ``<data_dir>/context.db``'s data keys from ``old`` to ``new``; None when there is none."""
-    db = data_dir / CONTEXT_DB
-    if not db.exists():
+def offline_shred(config: NodeConfig, config_dir: Path, kek: KeyEncryptionKey, tenant: str) -> Erased | None:
+    """Erase the tenant from every context store of the node; None when it has none."""
+    done = _each_store(config, config_dir, kek, lambda backend: backend.erase_tenant(tenant))
+    if not done:
         return None
+    return Erased(
+        stores=tuple(s for e in done for s in e.stores),
+        files=tuple(f for e in done for f in e.files),
+        chunks=sum(e.chunks for e in done),
+        keys=sum(e.keys for e in done),
+    )
 
-    async def go() -> int:
-        backend = await SqliteBackend.open(db, old)
-        try:
-            return await backend.rewrap(new)
-        finally:
-            await backend.aclose()
 
-    return asyncio.run(go())
+def offline_rewrap(
+    config: NodeConfig, config_dir: Path, old: KeyEncryptionKey, new: KeyEncryptionKey
+) -> int | None:
+    """Rewrap every context store's data keys from ``old`` to ``new``; None when there is none."""
+    done = _each_store(config, config_dir, old, lambda backend: backend.rewrap(new))
+    return sum(done) if done else None

@@ -62,8 +62,8 @@ class StaticChunking(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
 class ContextConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """The ``[context]`` settings: where the store lives, which model embeds, the limits."""
 
-    #: the SQLite database (relative to ``data_dir``)
-    path: Annotated[str, msgspec.Meta(min_length=1)] = "context.db"
+    #: the SQLite database, relative to ``data_dir`` (left out: ``context.db``); SQLite only
+    path: Annotated[str, msgspec.Meta(min_length=1)] | None = None
     #: the pinned ``task = "embed"`` model that embeds chunks and queries
     embedding_model: Annotated[str, msgspec.Meta(min_length=1)]
     max_file_bytes: Annotated[int, msgspec.Meta(ge=1, le=2**31)] = 64 * 2**20
