@@ -23,6 +23,7 @@ import msgspec
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from audit.crypto import NONCE_LEN, length_prefixed, new_key, new_kid, open_aead, seal
+from audit.errors import AuditKeyError
 from audit.kek import KeyEncryptionKey
 
 from .records import AttributeValue, Chunk
@@ -98,9 +99,17 @@ def open_file_key(kek: KeyEncryptionKey, tenant: str, file_id: str, kid: bytes, 
 def rewrap_file_key(
     old: KeyEncryptionKey, new: KeyEncryptionKey, tenant: str, file_id: str, kid: bytes, wrapped: bytes
 ) -> bytes:
-    """The same data key, wrapped under ``new`` (a KEK rotation: the data itself is not re-encrypted)."""
+    """The same data key, wrapped under ``new`` (a KEK rotation: the data itself is not re-encrypted).
+
+    A key already under ``new`` is kept: nodes sharing one PostgreSQL store share the KEK, and the
+    first node's rotation rewrapped the store's keys for all of them. Under neither: ``AuditKeyError``."""
     context = _wrap_context(tenant, file_id, kid)
-    return new.wrap(old.unwrap(wrapped, context), context)
+    try:
+        key = old.unwrap(wrapped, context)
+    except AuditKeyError:
+        new.unwrap(wrapped, context)
+        return wrapped
+    return new.wrap(key, context)
 
 
 class SealedChunk(NamedTuple):

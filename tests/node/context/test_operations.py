@@ -163,10 +163,27 @@ def test_offline_shred_and_rotation_cover_a_postgres_store(
     generate_kek_file(new)
     assert main(["audit", "--config", str(config), "rotate-kek", "--new-kek-file", str(new)]) == 0
     assert "rewrapped 2 context data key(s)" in capsys.readouterr().out  # globex's: PostgreSQL's and SQLite's
-    read = lambda b: b.file_content("globex", ids["globex"][1])  # noqa: E731
+
+    def read(b: ContextBackend) -> Awaitable[bytes]:
+        return b.file_content("globex", ids["globex"][1])
+
     assert asyncio.run(_pg(pg_url, kek_from_file(new), read)) == b"raw"
     with pytest.raises(AuditKeyError):
         asyncio.run(_pg(pg_url, kek, read))
+
+    # another node on the same database (its own audit log, the fleet's old KEK) rotates to the same
+    # new KEK: its log is rewrapped, the shared context keys are already under the new KEK and kept
+    other = tmp_path / "b"
+    other.mkdir(mode=0o700)
+    (other / "ctx-pg-url").write_text(pg_url)
+    b_config = other / "node.toml"
+    b_config.write_text(node_setup(other, extra=PG_CONTEXT).toml)
+    (other / "kek.key").write_bytes((tmp_path / "kek.key").read_bytes())  # the fleet's (old) KEK
+    assert main(["audit", "--config", str(b_config), "shred", "--tenant", "nobody"]) == 0  # its log exists
+    capsys.readouterr()
+    assert main(["audit", "--config", str(b_config), "rotate-kek", "--new-kek-file", str(new)]) == 0
+    assert "rewrapped 1 context data key(s)" in capsys.readouterr().out
+    assert asyncio.run(_pg(pg_url, kek_from_file(new), read)) == b"raw"
 
 
 def test_an_unreachable_postgres_store_stops_the_offline_command_before_the_log_changes(
