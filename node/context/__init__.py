@@ -7,7 +7,9 @@ built on ``ContextService`` and the ``ContextBackend`` it holds.
 
 Modules: ``records`` (what the interface takes and returns), ``backend`` (the
 storage Protocol), ``sqlite``/``sqlite_schema`` (the embedded backend: SQLite,
-sqlite-vec, FTS5), ``sealing`` (per-file data keys under the audit KEK),
+sqlite-vec, FTS5), ``postgres``/``postgres_schema`` (the fleet's: PostgreSQL),
+``backends`` (the one ``[context] backend`` names, opened), ``sealing``
+(per-file data keys under the audit KEK),
 ``parse`` (text, Markdown, HTML, PDF), ``chunking`` (OpenAI static chunks),
 ``filters`` (attribute filters), ``fusion`` (RRF, de-duplication, token
 budget), ``service`` (ingestion and search), ``evaluation`` and ``cli``
