@@ -76,6 +76,8 @@ class ContextApi:
     audit: AuditLog | None
     #: tokenizers of the local chat models, by name (``file_search`` packs with the answering model's)
     tokenizers: Mapping[str, TextTokenizer] = field(default_factory=dict)
+    #: the local chat models' context windows (``max_model_len``), by name: retrieved text must fit
+    windows: Mapping[str, int] = field(default_factory=dict)
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
     # -- limits -------------------------------------------------------------------------------------
@@ -208,7 +210,10 @@ async def open_context(
             for name, engine in engines.items()
             if name not in embedders and getattr(engine, "model_dir", None) is not None
         }
-        api = ContextApi(service=service, settings=settings, audit=audit, tokenizers=tokenizers)
+        windows = {name: int(engines[name].max_model_len) for name in tokenizers}
+        api = ContextApi(
+            service=service, settings=settings, audit=audit, tokenizers=tokenizers, windows=windows
+        )
         try:
             yield api
         finally:

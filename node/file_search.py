@@ -5,7 +5,10 @@ does not wait for the model to ask): the query is the last user input's text,
 searched in the tool's ``vector_store_ids`` (the tenant's own: another tenant's
 is 404, as everywhere) with its ``max_num_results``, ``filters`` and
 ``ranking_options.score_threshold``. The best chunks are packed whole under
-``[context] file_search_tokens``, counted with the answering model's tokenizer
+``[context] file_search_tokens`` (for a local model, no more than its window
+leaves after the rest of the prompt and the answer's ``max_output_tokens``, so
+retrieval never pushes a request past the window), each counted as the prompt
+holds it (number, file name and chunk id, text), with the answering model's tokenizer
 (the local model's ``tokenizer.json``; for an alias that is not a local model,
 the embedding model's, an approximation), and given to the model as a system
 message after the instructions. The retrieved text is then part of the prompt:
@@ -29,6 +32,7 @@ like ``/v1/embeddings``'.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
@@ -39,7 +43,7 @@ from serving.errors import BadRequestError
 from .context import Hit, pack, parse_filter
 from .context_api import ContextApi
 from .context_http import context_api, meter
-from .responses_wire import ResponsesRequest, last_user_text
+from .responses_wire import ResponsesRequest, last_user_text, to_chat
 from .state import NodeState
 from .tenancy import Principal
 
@@ -47,8 +51,10 @@ __all__ = ["INCLUDE_RESULTS", "Retrieval", "retrieve"]
 
 #: the one ``include`` value this node honours
 INCLUDE_RESULTS = "file_search_call.results"
-#: tokens of framing around each chunk in the prompt (its header line)
-_FRAMING = 16
+#: tokens kept free for the chat template's framing of the messages, beyond their text
+_TEMPLATE_ROOM = 32
+#: the least room left for the answer when the request sets no ``max_output_tokens``
+_ANSWER_ROOM = 64
 _PREAMBLE = (
     "Excerpts from the user's files follow, retrieved for this request. Use them to answer, "
     "and say so when they do not hold the answer."
@@ -116,10 +122,10 @@ async def retrieve(
             score_threshold=tool.ranking_options.score_threshold if tool.ranking_options else 0.0,
             charge=spent,
         )
-        tokenizer = _tokenizer(api, req.model)
-        packed = pack(
-            hits, budget_tokens=settings.file_search_tokens, count_tokens=tokenizer, overhead=_FRAMING
-        )
+        count = _tokenizer(api, req.model)
+        budget = _budget(api, req, count)
+        packed = pack(hits, budget_tokens=budget, count_tokens=count, render=_block)
+        record["budget_tokens"] = budget
         record |= {
             "chunks": [h.id for h in hits],
             "scores": [round(h.score, 6) for h in hits],
@@ -137,12 +143,31 @@ async def retrieve(
     }
     if not packed.hits:
         return Retrieval(item=item, context=None)
-    blocks = [f"[{n}] {h.chunk.filename} ({h.id})\n{h.chunk.text}" for n, h in enumerate(packed.hits, 1)]
+    blocks = [_block(n, h) for n, h in enumerate(packed.hits, 1)]
     citations = [
         {"type": "file_citation", "file_id": h.chunk.file_id, "filename": h.chunk.filename, "chunk_id": h.id}
         for h in packed.hits
     ]
     return Retrieval(item=item, context="\n\n".join([_PREAMBLE, *blocks]), annotations=citations)
+
+
+def _block(n: int, hit: Hit) -> str:
+    """A chunk as the prompt holds it: numbered, with its file and id, then a blank line after it."""
+    return f"[{n}] {hit.chunk.filename} ({hit.id})\n{hit.chunk.text}\n\n"
+
+
+def _budget(api: ContextApi, req: ResponsesRequest, count: Callable[[str], int]) -> int:
+    """Tokens the retrieved chunks may take: ``[context] file_search_tokens``, and for a local model
+    no more than its window leaves after the rest of the prompt (counted as JSON, which over-counts)
+    and the answer (``max_output_tokens``, or at least ``_ANSWER_ROOM``)."""
+    budget = api.settings.file_search_tokens
+    window = api.windows.get(req.model)
+    if window is None:  # an external model: its window is the provider's
+        return budget
+    chat = to_chat(req)
+    rest = count(msgspec.json.encode([chat["messages"], chat.get("tools") or []]).decode())
+    answer = max(req.max_output_tokens or 0, _ANSWER_ROOM)
+    return max(0, min(budget, window - rest - answer - count(_PREAMBLE) - _TEMPLATE_ROOM))
 
 
 def _tokenizer(api: ContextApi, model: str) -> Any:

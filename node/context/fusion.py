@@ -101,15 +101,23 @@ class Packed(msgspec.Struct, frozen=True, kw_only=True):
 
 
 def pack(
-    hits: Sequence[Hit], *, budget_tokens: int, count_tokens: Callable[[str], int], overhead: int = 0
+    hits: Sequence[Hit],
+    *,
+    budget_tokens: int,
+    count_tokens: Callable[[str], int],
+    overhead: int = 0,
+    render: Callable[[int, Hit], str] | None = None,
 ) -> Packed:
     """The best hits whose text fits ``budget_tokens`` (counted with the generating model's
     tokenizer, ``overhead`` tokens of framing per hit), in rank order. A hit that does not fit is
-    skipped and smaller ones after it may still go in: whole chunks only, never a cut one."""
+    skipped and smaller ones after it may still go in: whole chunks only, never a cut one.
+    ``render(n, hit)``: the hit as the prompt will hold it (numbered from 1, with its header),
+    counted instead of its bare text."""
     chosen: list[Hit] = []
     used = 0
     for hit in hits:
-        cost = count_tokens(hit.chunk.text) + overhead
+        text = render(len(chosen) + 1, hit) if render is not None else hit.chunk.text
+        cost = count_tokens(text) + overhead
         if used + cost <= budget_tokens:
             chosen.append(hit)
             used += cost

@@ -227,6 +227,59 @@ async def test_upload_search_and_answer_with_citations(ctx: Ctx) -> None:
     assert raw.http_response.headers["x-request-id"] in records  # the file_search under the request's id
 
 
+async def test_retrieved_text_never_pushes_a_request_past_the_window(ctx: Ctx) -> None:
+    """file_search packs under what the local model's window leaves (2048 tokens here), not only
+    under ``file_search_tokens`` (600): with a long prompt fewer chunks go in, never a 400."""
+    c = ctx.client("initech")
+    note = "\n\n".join(
+        f"Ward {n}: metoprolol dose {n} mg twice daily, checked by nurse {n}." for n in range(60)
+    )
+    f = await c.files.create(file=("wards.txt", note.encode()), purpose="assistants")
+    vs = await c.vector_stores.create(name="wards")
+    sf = await c.vector_stores.files.create_and_poll(
+        vector_store_id=vs.id,
+        file_id=f.id,
+        chunking_strategy={
+            "type": "static",
+            "static": {"max_chunk_size_tokens": 100, "chunk_overlap_tokens": 0},
+        },
+        poll_interval_ms=50,
+    )
+    assert sf.status == "completed" and (sf.usage_bytes or 0) > 0
+
+    async def prompt_tokens(words: int) -> int:
+        r = await c.responses.create(
+            model=TINY, instructions="policy " * words, input="metoprolol dose?", max_output_tokens=16
+        )
+        return r.usage.input_tokens
+
+    base, more = await prompt_tokens(100), await prompt_tokens(300)
+    words = 100 + int((1650 - base) * 200 / (more - base))  # about 1650 of 2048 before retrieval
+    instructions = "policy " * words
+    # without the window's limit, 600 tokens of chunks would overflow it: the test means something
+    assert 2048 - 16 - 600 < await prompt_tokens(words) < 1800
+    raw = await c.responses.with_raw_response.create(
+        model=TINY,
+        instructions=instructions,
+        input="metoprolol dose?",
+        tools=[{"type": "file_search", "vector_store_ids": [vs.id], "max_num_results": 20}],
+        max_output_tokens=16,
+    )
+    resp = raw.parse()
+    assert resp.output[0].type == "file_search_call"
+    assert resp.usage.input_tokens + 16 <= 2048
+    cited = resp.output[1].content[0].annotations
+    assert 1 <= len(cited) < 20  # some chunks fit, not all twenty
+    records = await audit_records_by_request(ctx.setup)
+    (search,) = [
+        r for r in records[raw.http_response.headers["x-request-id"]] if r["type"] == "context.search"
+    ]
+    assert (
+        0 < search["meta"]["budget_tokens"] < 600
+        and search["meta"]["packed_tokens"] <= search["meta"]["budget_tokens"]
+    )
+
+
 async def test_deleting_a_file_erases_it_from_search_and_is_audited(ctx: Ctx) -> None:
     c = ctx.client("acme")
     vs_id, (file_id,) = await _store_with(c, ("ward.md", MARKDOWN))
