@@ -76,6 +76,7 @@ async def ctx(
             "acme": BOTH,
             "globex": BOTH,
             "initech": BOTH,
+            "umbrella": BOTH,
             "ext": f'models = ["gpt", "{EMBED}"]\nresidency = ["eu-west"]',
         },
         extra=f"""
@@ -230,7 +231,7 @@ async def test_upload_search_and_answer_with_citations(ctx: Ctx) -> None:
 async def test_retrieved_text_never_pushes_a_request_past_the_window(ctx: Ctx) -> None:
     """file_search packs under what the local model's window leaves (2048 tokens here), not only
     under ``file_search_tokens`` (600): with a long prompt fewer chunks go in, never a 400."""
-    c = ctx.client("initech")
+    c = ctx.client("umbrella")
     note = "\n\n".join(
         f"Ward {n}: metoprolol dose {n} mg twice daily, checked by nurse {n}." for n in range(60)
     )
