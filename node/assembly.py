@@ -37,6 +37,7 @@ from serving.errors import EngineUnavailableError, PinMismatchError
 from serving.gpu import GpuSampler, load_nvml
 from serving.models import ModelsFile, load_models_file, resolve_model_dir
 from serving.protocol import Provider
+from serving.rerank import Reranker
 
 from .admin import admin_channel, admin_socket_path, retention_schedule
 from .budgets import open_limits
@@ -103,7 +104,10 @@ async def build_node(
             providers = await stack.enter_async_context(external_providers(config.providers))
         # embedding engines answer /v1/embeddings only: the router (chat, completions) never sees them
         embedders: dict[str, Embedder] = {n: e for n, e in local.items() if isinstance(e, Embedder)}
-        generating = {name: e for name, e in local.items() if name not in embedders}
+        # a reranker serves [context] search only (``node.context_api``)
+        generating = {
+            name: e for name, e in local.items() if name not in embedders and not isinstance(e, Reranker)
+        }
         routing = router_config(config, local)
         router = Router(routing, local=generating, external=providers, limits=limits)
         stack.push_async_callback(router.aclose)
@@ -185,12 +189,14 @@ async def start_engines(
     A model's folder is ``resolve_model_dir``'s; raises ``PinMismatchError`` (a file fails
     its pin, or is missing) or ``EngineUnavailableError`` (the engine does not start)."""
     from serving.embedding import LocalEmbedder
-    from serving.engine import LocalEngine  # vLLM is heavy: import it only to serve
+    from serving.engine import LocalEngine
+    from serving.rerank import LocalReranker  # vLLM is heavy: import it only to serve
 
     local: dict[str, Provider] = {}
     for name in names:
         spec = models.get(name)
-        kind = LocalEmbedder if spec.task == "embed" else LocalEngine
+        kinds = {"embed": LocalEmbedder, "rerank": LocalReranker}
+        kind = kinds.get(spec.task, LocalEngine)
         engine = kind(spec, resolve_model_dir(spec, data_dir=data_dir, models_file_dir=models_dir))
         await engine.start()  # verifies every pinned file first; a mismatch never loads
         stack.push_async_callback(engine.aclose)

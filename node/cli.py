@@ -444,6 +444,8 @@ def _cmd_context(args: argparse.Namespace) -> int:
             config = load_config(Path(args.config))
             if config.audit is not None:
                 kek = load_kek(config.audit)
+            if args.reranker is None and config.context is not None:
+                args.reranker = config.context.reranker
         except (ConfigError, AuditError) as exc:
             return _fail(str(exc))
     models_file, data_dir = _models_context(args)

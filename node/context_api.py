@@ -30,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,15 +41,16 @@ from router.limits import LimitState
 from serving.embedding import Embedder
 from serving.errors import BastionError
 from serving.models import ModelsFile
+from serving.rerank import Reranker
 
 from .config import ConfigError, ContextSection, NodeConfig
-from .context import ContextService, FileTokenizer, NotFoundError, TextTokenizer
+from .context import ContextService, FileTokenizer, Hit, NotFoundError, TextTokenizer
 from .context.backends import ContextDatabaseError, open_backend
 from .errors import to_bastion_error
 from .startup import ExitCode, StartupError
 from .tenancy import Principal
 
-__all__ = ["ContextApi", "Meter", "open_context"]
+__all__ = ["ContextApi", "Meter", "open_context", "search_record"]
 
 _log = logging.getLogger("bastion.context")
 
@@ -163,6 +164,17 @@ class ContextApi:
             await self.audit.append(event)
 
 
+def search_record(hits: Sequence[Hit]) -> dict[str, Any]:
+    """A search's audit meta: the chunk ids and their scores (the reported ones); where a reranker
+    re-scored them, its scores are ``scores`` and the fused ones ``fused_scores``."""
+    record: dict[str, Any] = {"chunks": [h.id for h in hits], "scores": [round(h.score, 6) for h in hits]}
+    if any(h.fused_score is not None for h in hits):
+        record["fused_scores"] = [
+            round(h.fused_score if h.fused_score is not None else h.score, 6) for h in hits
+        ]
+    return record
+
+
 @contextlib.asynccontextmanager
 async def open_context(
     config: NodeConfig,
@@ -189,6 +201,7 @@ async def open_context(
             f"[context] embedding_model '{settings.embedding_model}' is not an embedding model this node "
             'serves (a models.toml model with task = "embed", in `serve`)',
         )
+    reranker = _reranker(settings, engines)
     try:
         backend = await open_backend(
             config, config_dir=config_dir, data_dir=data_dir, kek=load_kek(config.audit)
@@ -204,11 +217,14 @@ async def open_context(
             _tokenizer(embedder),
             settings,
             embed_max_tokens=models.get(settings.embedding_model).max_model_len,
+            reranker=reranker,
         )
         tokenizers = {
             name: _tokenizer(engine)
             for name, engine in engines.items()
-            if name not in embedders and getattr(engine, "model_dir", None) is not None
+            if name not in embedders
+            and not isinstance(engine, Reranker)
+            and getattr(engine, "model_dir", None) is not None
         }
         windows = {name: int(engines[name].max_model_len) for name in tokenizers}
         api = ContextApi(
@@ -220,6 +236,21 @@ async def open_context(
             await api.aclose()
     finally:
         await backend.aclose()
+
+
+def _reranker(settings: ContextSection, engines: Mapping[str, Any]) -> Reranker | None:
+    """The engine of ``[context] reranker`` (None without one); a StartupError naming it when this
+    node does not serve it as a reranker."""
+    if settings.reranker is None:
+        return None
+    engine = engines.get(settings.reranker)
+    if not isinstance(engine, Reranker):
+        raise StartupError(
+            ExitCode.CONFIG,
+            f"[context] reranker '{settings.reranker}' is not a reranker this node serves "
+            '(a models.toml model with task = "rerank", served)',
+        )
+    return engine
 
 
 def _tokenizer(engine: Any) -> FileTokenizer:

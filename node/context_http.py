@@ -29,7 +29,7 @@ from litestar.params import FromPath
 from serving.errors import BadRequestError
 
 from .context import NotFoundError, StoreFile, parse_filter
-from .context_api import ContextApi, Meter
+from .context_api import ContextApi, Meter, search_record
 from .context_wire import (
     AddFile,
     CreateBatch,
@@ -314,11 +314,10 @@ class VectorStoresController(Controller):
                 filters=parse_filter(body.filters) if body.filters is not None else None,
                 score_threshold=ranking.score_threshold if ranking is not None else 0.0,
                 charge=spent,
+                ranker=ranking.ranker if ranking is not None else None,
             )
-            record |= {
+            record |= search_record(hits) | {
                 "embedding_tokens": spent.tokens,
-                "chunks": [h.id for h in hits],
-                "scores": [round(h.score, 6) for h in hits],
                 "content": {"query": body.text()},
             }
         return search_page(body.text(), hits)

@@ -9,7 +9,7 @@ cursor-paged lists (``limit``, ``after``, ``before``, ``order``).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import msgspec
 
@@ -87,7 +87,8 @@ class CreateBatch(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
 
 
 class _Ranking(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    ranker: Literal["auto", "default-2024-11-15", "none"] | None = None
+    #: ``auto``, ``none`` or the reranker's name (``ContextService.ranker`` refuses anything else)
+    ranker: Annotated[str, msgspec.Meta(max_length=128)] | None = None
     score_threshold: float = 0.0
 
 

@@ -41,7 +41,7 @@ import msgspec
 from serving.errors import BadRequestError
 
 from .context import Hit, pack, parse_filter
-from .context_api import ContextApi
+from .context_api import ContextApi, search_record
 from .context_http import context_api, meter
 from .responses_wire import ResponsesRequest, last_user_text, to_chat
 from .state import NodeState
@@ -62,7 +62,8 @@ _PREAMBLE = (
 
 
 class _Ranking(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    ranker: Literal["auto", "default-2024-11-15", "none"] | None = None
+    #: ``auto``, ``none`` or the reranker's name (``ContextService.ranker`` refuses anything else)
+    ranker: Annotated[str, msgspec.Meta(max_length=128)] | None = None
     score_threshold: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)] = 0.0
 
 
@@ -121,14 +122,13 @@ async def retrieve(
             filters=parse_filter(tool.filters) if tool.filters is not None else None,
             score_threshold=tool.ranking_options.score_threshold if tool.ranking_options else 0.0,
             charge=spent,
+            ranker=tool.ranking_options.ranker if tool.ranking_options else None,
         )
         count = _tokenizer(api, req.model)
         budget = _budget(api, req, count)
         packed = pack(hits, budget_tokens=budget, count_tokens=count, render=_block)
         record["budget_tokens"] = budget
-        record |= {
-            "chunks": [h.id for h in hits],
-            "scores": [round(h.score, 6) for h in hits],
+        record |= search_record(hits) | {
             "packed": [h.id for h in packed.hits],
             "packed_tokens": packed.tokens,
             "embedding_tokens": spent.tokens,

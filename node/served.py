@@ -16,6 +16,7 @@ from router.config import RouteConfig, RouterConfig
 from serving.embedding import Embedder
 from serving.models import ModelsFile
 from serving.protocol import Provider
+from serving.rerank import Reranker
 
 from .config import ConfigError, NodeConfig
 
@@ -50,16 +51,25 @@ def served_models(config: NodeConfig, models: ModelsFile) -> list[str]:
                 f"route {route.alias!r} names local model {route.local!r}, an embedding model: routes carry "
                 "chat and completions; tenants name embedding models directly"
             )
+        elif route.local and models.get(route.local).task == "rerank":
+            problems.append(
+                f"route {route.alias!r} names local model {route.local!r}, a reranker: it serves "
+                "[context] search only"
+            )
     tenant_models = {m for t in config.tenants for m in t.models}
     # free-text redaction models run here, never elsewhere: each must be a served local model
     redacting = {t.redaction.ner_model for t in config.tenants if t.redaction.ner_model is not None}
+    reranker = _context_reranker(config, models, problems)
     if config.serve is not None:
         wanted = list(config.serve)
+        if reranker is not None and reranker not in wanted:
+            problems.append(f"[context] reranker {reranker!r} is a model `serve` leaves out")
     else:
         wanted = sorted(
             (tenant_models & set(known))
             | {r.local for r in config.routes if r.local}
             | (redacting & set(known))
+            | ({reranker} if reranker is not None else set())
         )
     for route in config.routes:
         if route.local and route.local in known and route.local not in wanted:
@@ -69,6 +79,11 @@ def served_models(config: NodeConfig, models: ModelsFile) -> list[str]:
     reachable = set(wanted) | set(aliases)
     for tenant in config.tenants:
         for name in tenant.models:
+            if name in known and models.get(name).task == "rerank":
+                problems.append(
+                    f"tenant {tenant.name!r} names model {name!r}, a reranker: it serves [context] only"
+                )
+                continue
             if name in reachable:
                 continue
             if name in known:
@@ -92,6 +107,21 @@ def served_models(config: NodeConfig, models: ModelsFile) -> list[str]:
     return wanted
 
 
+def _context_reranker(config: NodeConfig, models: ModelsFile, problems: list[str]) -> str | None:
+    """``[context] reranker`` when it names a ``task = "rerank"`` model (else a line in ``problems``)."""
+    context = config.context
+    if context is None or not context.enabled or context.reranker is None:
+        return None
+    name, known = context.reranker, list(models.names)
+    if name not in known:
+        problems.append(f"[context] reranker {name!r} is not in the models file{_closest(name, known)}")
+        return None
+    if (task := models.get(name).task) != "rerank":
+        problems.append(f'[context] reranker {name!r} is a {task} model, not a reranker (task = "rerank")')
+        return None
+    return name
+
+
 def _closest(name: str, candidates: Sequence[str]) -> str:
     """``; did you mean 'x'?`` for the nearest candidate, else the known names."""
     if match := difflib.get_close_matches(name, candidates, n=1, cutoff=0.5):
@@ -101,11 +131,12 @@ def _closest(name: str, candidates: Sequence[str]) -> str:
 
 def router_config(config: NodeConfig, local: Mapping[str, Provider]) -> RouterConfig:
     """The configured routes, plus one local-only alias per served model that no route names
-    (generating models only: an embedding model answers ``/v1/embeddings``, never the router)."""
+    (generating models only: an embedding model answers ``/v1/embeddings`` and a reranker serves
+    ``[context]``, never the router)."""
     routes = list(config.routes)
     aliased = {r.alias for r in routes}
     for name, engine in local.items():
-        if name not in aliased and not isinstance(engine, Embedder):
+        if name not in aliased and not isinstance(engine, Embedder | Reranker):
             routes.append(msgspec.convert({"alias": name, "local": name}, RouteConfig))
     return msgspec.convert(
         {

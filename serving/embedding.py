@@ -1,8 +1,8 @@
 """Embeddings: a pinned ``task = "embed"`` model served by vLLM's pooling runner in process.
 
-``LocalEmbedder`` is a ``LocalEngine`` (same pin checks, egress switches,
-probe-based health and shutdown) whose engine runs vLLM's pooling runner and
-whose probe is a one-input embedding. It satisfies ``Embedder``: the node asks
+``LocalEmbedder`` is a ``PoolingEngine`` (``serving.pooling``: a ``LocalEngine``
+with the same pin checks, egress switches, probe-based health and shutdown,
+on vLLM's pooling runner) whose probe is a one-input embedding. It satisfies ``Embedder``: the node asks
 it for the vectors of one request's inputs, already tokenized or as text. It
 validates what vLLM would otherwise reject deep in the engine (an empty input,
 a token id outside the vocabulary, an input longer than the context, an
@@ -16,16 +16,13 @@ There is no external embedding provider: embeddings are always computed here.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import uuid
-from collections.abc import AsyncIterator, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import msgspec
 
-from serving.engine import LocalEngine
-from serving.errors import BadRequestError, ContextLengthExceededError, EngineUnavailableError, InternalError
-from serving.protocol import Delta, GenerationRequest, Health, ProviderInfo
+from serving.errors import BadRequestError, ContextLengthExceededError
+from serving.pooling import PoolingEngine
+from serving.protocol import Health, ProviderInfo
 
 __all__ = ["Embedder", "EmbeddingRequest", "Embeddings", "LocalEmbedder"]
 
@@ -58,9 +55,11 @@ class Embedder(Protocol):
     async def embed(self, request: EmbeddingRequest) -> Embeddings: ...
 
 
-class LocalEmbedder(LocalEngine):
+class LocalEmbedder(PoolingEngine):
     """A pinned embedding model on vLLM's pooling runner. Use ``async with``."""
 
+    _task = "embed"
+    _use = "an embedding model; use /v1/embeddings"
     _vocab_size = 0
     _embedding_size = 0
     _matryoshka = False
@@ -75,26 +74,6 @@ class LocalEmbedder(LocalEngine):
         self._matryoshka = bool(config.is_matryoshka)
         dims = config.matryoshka_dimensions
         self._matryoshka_dims = tuple(int(d) for d in dims) if dims else None
-
-    def _runner_args(self) -> dict[str, Any]:
-        return {"runner": "pooling", "convert": "embed"}
-
-    def _forward_once(self, request_id: str) -> AsyncIterator[Any]:
-        from vllm.pooling_params import PoolingParams
-
-        gen: AsyncIterator[Any] = self._llm.encode(
-            {"prompt_token_ids": self._probe_ids}, PoolingParams(task="embed"), request_id
-        )
-        return gen
-
-    def stream(self, request: GenerationRequest) -> AsyncIterator[Delta]:
-        return self._refuse_generation()
-
-    async def _refuse_generation(self) -> AsyncIterator[Delta]:
-        raise BadRequestError(
-            f"The model '{self.name}' is an embedding model; use /v1/embeddings.", param="model"
-        )
-        yield Delta()  # pragma: no cover - makes this an async generator
 
     @property
     def embedding_size(self) -> int:
@@ -159,52 +138,10 @@ class LocalEmbedder(LocalEngine):
             raise self._unavailable()
         self._check_dimensions(request.dimensions)
         ids = self._token_ids(request)
-        base = f"{request.request_id}-{uuid.uuid4().hex[:12]}"
-        try:
-            async with asyncio.TaskGroup() as group:
-                tasks = [
-                    group.create_task(self._embed_one(seq, request.dimensions, f"{base}-{i}"))
-                    for i, seq in enumerate(ids)
-                ]
-        except BaseExceptionGroup as group_exc:
-            raise _first(group_exc.exceptions) from None
-        return Embeddings(vectors=tuple(t.result() for t in tasks), prompt_tokens=sum(len(s) for s in ids))
-
-    async def _embed_one(self, ids: list[int], dimensions: int | None, request_id: str) -> bytes:
-        from vllm.exceptions import GracefulHTTPError, VLLMClientError
-        from vllm.pooling_params import PoolingParams
-        from vllm.v1.engine.exceptions import EngineDeadError
-
-        params = PoolingParams(task="embed", dimensions=dimensions)
-        self._inflight.add(request_id)
-        finished = False
-        try:
-            async for out in self._llm.encode({"prompt_token_ids": ids}, params, request_id):
-                self._prober.note_output()
-                if out.finished:
-                    finished = True
-                    return _le_float32(out.outputs.data)
-            self._check_alive()
-            raise self._unavailable()
-        except EngineDeadError as exc:
-            self._health.dead("engine process died")
-            raise self._unavailable() from exc
-        except (BadRequestError, EngineUnavailableError, asyncio.CancelledError):
-            raise
-        except (ValueError, VLLMClientError) as exc:
-            raise BadRequestError(f"the engine rejected the input: {exc}", param="input") from exc
-        except GracefulHTTPError as exc:
-            raise EngineUnavailableError(f"model {self.name!r} is busy: {exc}", retry_after_s=1.0) from exc
-        except Exception as exc:
-            self._check_alive()
-            if not self._health.ready:
-                raise self._unavailable() from exc
-            raise InternalError(f"embedding failed: {type(exc).__name__}") from exc
-        finally:
-            self._inflight.discard(request_id)
-            if not finished and self._llm is not None and not self._llm.errored:
-                with contextlib.suppress(Exception):
-                    await self._llm.abort(request_id)
+        pooled = await self._pool_all(request.request_id, ids, self._params(dimensions=request.dimensions))
+        return Embeddings(
+            vectors=tuple(_le_float32(p) for p in pooled), prompt_tokens=sum(len(s) for s in ids)
+        )
 
 
 def _le_float32(data: Any) -> bytes:
@@ -214,12 +151,3 @@ def _le_float32(data: Any) -> bytes:
     array = data.detach().to("cpu").float().numpy()
     raw: bytes = np.ascontiguousarray(array, dtype="<f4").tobytes()
     return raw
-
-
-def _first(errors: Sequence[BaseException]) -> BaseException:
-    """The error to report from a failed batch: a client's mistake before an engine's."""
-    for kind in (BadRequestError, EngineUnavailableError):
-        for exc in errors:
-            if isinstance(exc, kind):
-                return exc
-    return errors[0]

@@ -82,7 +82,7 @@ def _build(spec: ModelSpec, model_dir: Path) -> Path:
 
 
 def build_dev(data_dir: Path, models_file: Path) -> dict[str, Path]:
-    """Build every built-in dev model (the tiny chat and embedding models) into the data
+    """Build every built-in dev model (the tiny chat, embedding and reranker models) into the data
     folder and verify each against its pins; returns each model's folder by name.
 
     A build that does not match the committed pins raises ``PinMismatchError``

@@ -57,9 +57,10 @@ class ModelSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     repo: str | None = None
     revision: str | None = None
     path: str | None = None
-    builder: Literal["tiny", "tiny-embed"] | None = None
-    #: ``generate`` (chat and completions) or ``embed`` (``/v1/embeddings``, vLLM's pooling runner)
-    task: Literal["generate", "embed"] = "generate"
+    builder: Literal["tiny", "tiny-embed", "tiny-rerank"] | None = None
+    #: ``generate`` (chat and completions), ``embed`` (``/v1/embeddings``, vLLM's pooling runner) or
+    #: ``rerank`` (a cross-encoder with one label: ``[context] reranker``, vLLM's ``classify`` task)
+    task: Literal["generate", "embed", "rerank"] = "generate"
     #: relative path -> sha256 hex, for every file the engine reads
     files: dict[str, str] = {}
 
@@ -109,10 +110,10 @@ class ModelSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
                 )
         elif self.revision is not None:
             raise ValueError(f"{where}: `revision` only applies to `repo` models")
-        if self.task == "embed" and self.tool_parser is not None:
-            raise ValueError(f"{where}: `tool_parser` is for generation models; an embedding model has none")
-        if self.task == "embed" and self.canaries:
-            raise ValueError(f"{where}: canaries replay generations; an embedding model has none")
+        if self.task != "generate" and self.tool_parser is not None:
+            raise ValueError(f"{where}: `tool_parser` is for generation models; a {self.task} model has none")
+        if self.task != "generate" and self.canaries:
+            raise ValueError(f"{where}: canaries replay generations; a {self.task} model has none")
         if not self.files:
             raise ValueError(f"{where}: `files` is empty; pin the sha256 of every file the engine reads")
         for rel, digest in self.files.items():

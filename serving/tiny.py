@@ -25,11 +25,22 @@ import tempfile
 from pathlib import Path
 from typing import Final
 
-__all__ = ["BUILDERS", "TINY_EMBED_SEED", "TINY_FILES", "TINY_SEED", "build_tiny", "build_tiny_embed"]
+__all__ = [
+    "BUILDERS",
+    "TINY_EMBED_SEED",
+    "TINY_FILES",
+    "TINY_RERANK_SEED",
+    "TINY_SEED",
+    "build_tiny",
+    "build_tiny_embed",
+    "build_tiny_rerank",
+]
 
 TINY_SEED: Final = 20240611
 #: the tiny embedding model: the same architecture and tokenizer, its own weights
 TINY_EMBED_SEED: Final = 20240612
+#: the tiny reranker (a cross-encoder): the same body and tokenizer, its own weights and a one-logit head
+TINY_RERANK_SEED: Final = 20240613
 #: every file the builder writes (and the engine reads)
 TINY_FILES: Final = (
     "config.json",
@@ -118,8 +129,11 @@ def _write_json(path: Path, obj: object) -> None:
     path.write_text(json.dumps(obj, sort_keys=True, indent=2, ensure_ascii=True) + "\n", encoding="utf-8")
 
 
-def _train_tokenizer(dest: Path) -> dict[str, int]:
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+def _train_tokenizer(dest: Path, *, pairs: bool = False) -> dict[str, int]:
+    """Train the byte-level BPE tokenizer into ``dest``. With ``pairs`` it frames a text pair as
+    ``<bos> query <eos> document <eos>`` (a cross-encoder's input: vLLM's score path tokenizes a
+    query and a document as one pair), and a single text as ``<bos> text``."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -139,10 +153,17 @@ def _train_tokenizer(dest: Path) -> dict[str, int]:
         if i is None:
             raise RuntimeError(f"tokenizer lost special token {tok!r}")
         ids[tok] = int(i)
+    if pairs:
+        tokenizer.post_processor = processors.TemplateProcessing(
+            single=f"{_BOS} $A",
+            pair=f"{_BOS} $A {_EOS} $B {_EOS}",
+            special_tokens=[(_BOS, ids[_BOS]), (_EOS, ids[_EOS])],
+        )
+        tokenizer.save(str(dest / "tokenizer.json"), pretty=True)
     return ids
 
 
-def _weights(dest: Path, seed: int) -> None:
+def _weights(dest: Path, seed: int, *, head: str = "lm_head", labels: int = _VOCAB) -> None:
     import torch
     from safetensors.torch import save_file
 
@@ -169,16 +190,18 @@ def _weights(dest: Path, seed: int) -> None:
         tensors[p + "input_layernorm.weight"] = torch.ones(_HIDDEN, dtype=torch.float32)
         tensors[p + "post_attention_layernorm.weight"] = torch.ones(_HIDDEN, dtype=torch.float32)
     tensors["model.norm.weight"] = torch.ones(_HIDDEN, dtype=torch.float32)
-    tensors["lm_head.weight"] = uniform(_VOCAB, _HIDDEN)
+    tensors[f"{head}.weight"] = uniform(labels, _HIDDEN)
     save_file(tensors, str(dest / "model.safetensors"), metadata={"format": "pt"})
 
 
-def _configs(dest: Path, ids: dict[str, int], extra: dict[str, object]) -> None:
+def _configs(
+    dest: Path, ids: dict[str, int], extra: dict[str, object], tokenizer_extra: dict[str, object]
+) -> None:
     _write_json(
         dest / "config.json",
-        extra
+        {"architectures": ["LlamaForCausalLM"]}
+        | extra
         | {
-            "architectures": ["LlamaForCausalLM"],
             "attention_bias": False,
             "bos_token_id": ids[_BOS],
             "eos_token_id": ids[_EOS],
@@ -206,7 +229,8 @@ def _configs(dest: Path, ids: dict[str, int], extra: dict[str, object]) -> None:
     )
     _write_json(
         dest / "tokenizer_config.json",
-        {
+        tokenizer_extra
+        | {
             "add_bos_token": False,
             "add_eos_token": False,
             "added_tokens_decoder": {
@@ -242,19 +266,46 @@ def build_tiny_embed(dest: Path) -> Path:
     return _build(dest, seed=TINY_EMBED_SEED, extra={"is_matryoshka": True})
 
 
+def build_tiny_rerank(dest: Path) -> Path:
+    """Build the tiny reranker: a cross-encoder (``LlamaForSequenceClassification``, one label)
+    that vLLM's pooling runner serves with its ``classify`` task, the last token's hidden state
+    through a one-logit ``score`` head. Its weights are random: it ranks, but not by relevance."""
+    return _build(
+        dest,
+        seed=TINY_RERANK_SEED,
+        extra={
+            "architectures": ["LlamaForSequenceClassification"],
+            "id2label": {"0": "LABEL_0"},
+            "label2id": {"LABEL_0": 0},
+        },
+        head="score",
+        labels=1,
+        pairs=True,
+    )
+
+
 #: ``builder`` in ``models.toml`` -> the function that builds it
-BUILDERS: Final = {"tiny": build_tiny, "tiny-embed": build_tiny_embed}
+BUILDERS: Final = {"tiny": build_tiny, "tiny-embed": build_tiny_embed, "tiny-rerank": build_tiny_rerank}
 
 
-def _build(dest: Path, *, seed: int, extra: dict[str, object]) -> Path:
+def _build(
+    dest: Path,
+    *,
+    seed: int,
+    extra: dict[str, object],
+    head: str = "lm_head",
+    labels: int = _VOCAB,
+    pairs: bool = False,
+) -> Path:
     dest = dest.resolve()
     dest.parent.mkdir(parents=True, exist_ok=True)
     # Build beside the destination, then swap, so a crash never leaves half a model.
     work = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
     try:
-        ids = _train_tokenizer(work)
-        _weights(work, seed)
-        _configs(work, ids, extra)
+        ids = _train_tokenizer(work, pairs=pairs)
+        _weights(work, seed, head=head, labels=labels)
+        # a pair's input is its token ids alone (no token type ids: a Llama body reads none)
+        _configs(work, ids, extra, {"model_input_names": ["input_ids", "attention_mask"]} if pairs else {})
         for name in TINY_FILES:
             os.chmod(work / name, 0o644)
         # mkdtemp makes the folder private; a model folder is read by the serving user

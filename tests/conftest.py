@@ -19,11 +19,13 @@ from serving.embedding import LocalEmbedder
 from serving.engine import LocalEngine
 from serving.model_commands import ensure_model
 from serving.models import ModelSpec, load_models_file
+from serving.rerank import LocalReranker
 from tests.postgres import PostgresServer, postgres_available
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY_NAME = "bastion-tiny"
 TINY_EMBED_NAME = "bastion-tiny-embed"
+TINY_RERANK_NAME = "bastion-tiny-rerank"
 
 
 @pytest.fixture(scope="session")
@@ -76,6 +78,21 @@ async def embed_engine(
     """One started engine on the tiny embedding model for the whole session (pooling runner)."""
     model_dir = ensure_model(tiny_embed_spec, models_file, data_dir)
     async with LocalEmbedder(tiny_embed_spec, model_dir) as engine:
+        yield engine
+
+
+@pytest.fixture(scope="session")
+def tiny_rerank_spec(models_file: Path) -> ModelSpec:
+    return load_models_file(models_file).get(TINY_RERANK_NAME)
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def rerank_engine(
+    tiny_rerank_spec: ModelSpec, models_file: Path, data_dir: Path
+) -> AsyncIterator[LocalReranker]:
+    """One started engine on the tiny reranker for the whole session (pooling runner, ``classify``)."""
+    model_dir = ensure_model(tiny_rerank_spec, models_file, data_dir)
+    async with LocalReranker(tiny_rerank_spec, model_dir) as engine:
         yield engine
 
 

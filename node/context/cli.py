@@ -9,8 +9,9 @@ PostgreSQL, a throw-away tenant in that database, erased afterwards) first;
 ``--store`` evaluates a store of the node's own context store (``<data_dir>/context.db``
 or its PostgreSQL database), opened with the audit log's KEK. Either way the
 node's pinned embedding model (``--model``, else the first ``task = "embed"``
-model of the models file) runs here, in process. Exit codes: 0 ok, 2 bad
-usage, configuration or query file.
+model of the models file) runs here, in process, and so does the reranker
+(``--reranker``, else the config's ``[context] reranker``), which adds a
+``hybrid+rerank`` row. Exit codes: 0 ok, 2 bad usage, configuration or query file.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import msgspec
 
 from audit.kek import KeyEncryptionKey, LocalKek
 from serving.errors import StartupFailure
+from serving.models import ModelsFile, ModelSpec
 
 from ..config import NodeConfig
 from .backend import ContextBackend
@@ -55,6 +57,10 @@ def add_context_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
     )
     ev.add_argument("--k", type=int, default=5, help="results per query (default 5)")
     ev.add_argument("--model", help="the embedding model (default: the first task = 'embed' model)")
+    ev.add_argument(
+        "--reranker",
+        help="a task = 'rerank' model: adds a hybrid+rerank row (default: the config's [context] reranker)",
+    )
     ev.add_argument("--config", help="node.toml (its models_file, data_dir, audit KEK)")
     ev.add_argument("--data-dir", help="without a config: the data folder (default ./data)")
     ev.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -102,23 +108,32 @@ async def _evaluate(
     from serving.embedding import LocalEmbedder
     from serving.model_commands import ensure_model
     from serving.models import load_models_file
+    from serving.rerank import LocalReranker
 
     models = load_models_file(models_file)
     name = args.model or next((s.name for s in models.models if s.task == "embed"), None)
     if name is None:
         raise LookupError(f'{models_file} pins no embedding model (task = "embed")')
     spec = models.get(name)
-    config = msgspec.convert({"embedding_model": spec.name}, ContextConfig)
+    rerank_spec = _reranker_spec(models, args.reranker, models_file)
+    config = msgspec.convert({"embedding_model": spec.name, "reranker": args.reranker}, ContextConfig)
     model_dir = await asyncio.to_thread(ensure_model, spec, models_file, data_dir)
     async with _eval_backend(args, config, data_dir, kek, node) as (backend, tenant):
-        engine = LocalEmbedder(spec, model_dir)
-        async with engine:
+        async with contextlib.AsyncExitStack() as engines:
+            engine = LocalEmbedder(spec, model_dir)
+            await engines.enter_async_context(engine)
+            reranker = None
+            if rerank_spec is not None:
+                rerank_dir = await asyncio.to_thread(ensure_model, rerank_spec, models_file, data_dir)
+                reranker = LocalReranker(rerank_spec, rerank_dir)
+                await engines.enter_async_context(reranker)
             service = ContextService(
                 backend,
                 engine,
                 FileTokenizer.of_model(model_dir),
                 config,
                 embed_max_tokens=spec.max_model_len,
+                reranker=reranker,
             )
             if args.corpus:
                 store_ids = [await index_folder(service, tenant, Path(args.corpus))]
@@ -175,6 +190,17 @@ async def _eval_backend(
             await backend.aclose()
 
 
+def _reranker_spec(models: ModelsFile, name: str | None, models_file: Path) -> ModelSpec | None:
+    if name is None:
+        return None
+    if name not in models.names:
+        raise LookupError(f"--reranker {name!r} is not a model of {models_file}")
+    spec = models.get(name)
+    if spec.task != "rerank":
+        raise LookupError(f'--reranker {name!r} has task = "{spec.task}": a reranker has task = "rerank"')
+    return spec
+
+
 async def index_folder(service: ContextService, tenant: str, folder: Path) -> str:
     """A new store of ``tenant`` holding every file of ``folder``; raises ValueError on a file that fails."""
     store = await service.create_store(tenant, name=folder.name)
@@ -193,10 +219,10 @@ async def index_folder(service: ContextService, tenant: str, folder: Path) -> st
 
 def format_report(report: Report) -> str:
     k = report.k
-    lines = [f"{'':10}{'recall@' + str(k):>10}{'MRR':>8}{'nDCG@' + str(k):>9}  queries"]
+    lines = [f"{'':16}{'recall@' + str(k):>10}{'MRR':>8}{'nDCG@' + str(k):>9}  queries"]
     groups = [("all", report.overall), *report.by_tag.items()]
     for group, modes in groups:
         lines.append(group)
         for mode, m in modes.items():
-            lines.append(f"  {mode:8}{m.recall:>10.3f}{m.mrr:>8.3f}{m.ndcg:>9.3f}  {m.queries}")
+            lines.append(f"  {mode:14}{m.recall:>10.3f}{m.mrr:>8.3f}{m.ndcg:>9.3f}  {m.queries}")
     return "\n".join(lines)

@@ -14,7 +14,8 @@ ranking is judged at the file level: a file's rank is that of its best chunk
   divided by the DCG of a perfect ranking.
 
 Each is the mean over the queries. An optional ``"tag"`` per query groups the
-figures (``by_tag``), so an operator can see where each ranking wins.
+figures (``by_tag``), so an operator can see where each ranking wins. With a
+reranker (``[context] reranker``) a ``hybrid+rerank`` row shows what it adds.
 """
 
 from __future__ import annotations
@@ -28,7 +29,10 @@ import msgspec
 from .fusion import SearchMode
 from .service import ContextService
 
-__all__ = ["LabelledQuery", "Metrics", "Report", "evaluate", "load_queries", "score_ranking"]
+__all__ = ["RERANKED", "LabelledQuery", "Metrics", "Report", "evaluate", "load_queries", "score_ranking"]
+
+#: the report's row for hybrid search reranked by the configured reranker
+RERANKED = "hybrid+rerank"
 
 
 class LabelledQuery(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -52,7 +56,7 @@ class Metrics(msgspec.Struct, frozen=True, kw_only=True):
 
 class Report(msgspec.Struct, frozen=True, kw_only=True):
     k: int
-    #: mode ("hybrid", "fulltext", "vector") -> figures over every query
+    #: mode ("hybrid", "fulltext", "vector", and "hybrid+rerank" with a reranker) -> figures
     overall: dict[str, Metrics]
     #: tag -> mode -> figures over that tag's queries
     by_tag: dict[str, dict[str, Metrics]]
@@ -102,22 +106,28 @@ async def evaluate(
     *,
     k: int = 5,
 ) -> Report:
-    """Every query in every mode, over the tenant's stores; the same service, filters none."""
+    """Every query in every mode, over the tenant's stores; the same service, filters none. The
+    modes rank without the reranker; with one, ``hybrid+rerank`` is hybrid's candidates reranked."""
     names = {}
     for store_id in store_ids:
         for sf in await service.backend.list_store_files(tenant, store_id):
             names[sf.file_id] = (await service.backend.get_file(tenant, sf.file_id)).filename
     rows: dict[str, dict[str, list[tuple[float, float, float]]]] = {}
+    runs = [(mode.value, mode, "none") for mode in SearchMode]
+    if service.reranker is not None:
+        runs.append((RERANKED, SearchMode.HYBRID, service.reranker.name))
     for q in queries:
         relevant = set(q.relevant)
-        for mode in SearchMode:
-            hits = await service.search(tenant, store_ids, q.query, max_num_results=k, mode=mode)
+        for row, mode, ranker in runs:
+            hits = await service.search(
+                tenant, store_ids, q.query, max_num_results=k, mode=mode, ranker=ranker
+            )
             ranked = [
                 h.chunk.file_id if h.chunk.file_id in relevant else names[h.chunk.file_id] for h in hits
             ]
             score = score_ranking(ranked, relevant, k)
             for group in ("", *((q.tag,) if q.tag else ())):
-                rows.setdefault(group, {}).setdefault(mode.value, []).append(score)
+                rows.setdefault(group, {}).setdefault(row, []).append(score)
     overall = {mode: _mean(r) for mode, r in rows.pop("", {}).items()}
     by_tag = {tag: {mode: _mean(r) for mode, r in modes.items()} for tag, modes in sorted(rows.items())}
     return Report(k=k, overall=overall, by_tag=by_tag)

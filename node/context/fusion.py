@@ -38,12 +38,14 @@ class Fused(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Hit(msgspec.Struct, frozen=True, kw_only=True):
-    """One search result: the chunk, its fused score and where each ranking placed it."""
+    """One search result: the chunk, its score and where each ranking placed it. ``score`` is the
+    fused score, or the reranker's when one re-scored the hit (the fused one is then ``fused_score``)."""
 
     chunk: Chunk
     score: float
     fulltext_rank: int | None
     vector_rank: int | None
+    fused_score: float | None = None
 
     @property
     def id(self) -> str:

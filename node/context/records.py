@@ -80,6 +80,11 @@ class ContextConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     fulltext_cache_bytes: Annotated[int, msgspec.Meta(ge=0, le=2**40)] = 64 * 2**20
     #: candidates taken from each ranking before fusion (at least ``max_num_results``)
     candidates: Annotated[int, msgspec.Meta(ge=1, le=4096)] = 50
+    #: a pinned ``task = "rerank"`` model (served by this node) that re-scores the best fused
+    #: candidates against the query; none: results keep their fused order and scores
+    reranker: Annotated[str, msgspec.Meta(min_length=1)] | None = None
+    #: fused candidates the reranker re-scores (at least ``max_num_results``): one engine pass each
+    rerank_candidates: Annotated[int, msgspec.Meta(ge=1, le=200)] = 20
 
 
 class FileObject(msgspec.Struct, frozen=True, kw_only=True):

@@ -5,14 +5,23 @@
     vs = await service.create_store(tenant, name="policies")
     sf = await service.add_file(tenant, vs.id, f.id, attributes={"year": 2025})  # completed or failed
     hits = await service.search(tenant, [vs.id], "metoprolol dose", max_num_results=5,
-                                filters=parse_filter({...}), score_threshold=0.3)
+                                filters=parse_filter({...}), score_threshold=0.3, ranker="auto")
     packed = pack(hits, budget_tokens=2000, count_tokens=chat_tokenizer.count)
 
 Every other read and delete is the backend's (``service.backend``), which
 takes the tenant with every call. Embeddings come from the node's own engine,
-so neither files nor queries leave the node. ``ingest`` and ``search`` take a
-``charge``: it is told the tokens of every embedding made for the tenant (the
-HTTP layer charges them to the tenant's limits, as ``/v1/embeddings`` does).
+so neither files nor queries leave the node; so does reranking. ``ingest`` and
+``search`` take a ``charge``: it is told the tokens of every embedding (and
+reranked pair) made for the tenant (the HTTP layer charges them to the tenant's
+limits, as ``/v1/embeddings`` does).
+
+Reranking (``[context] reranker``, optional): after fusion the best
+``rerank_candidates`` chunks (at least ``max_num_results``) are read, decrypted
+and scored against the query by the pinned cross-encoder; they are ordered by
+that score, which is what ``score`` then reports (``sigmoid`` of the model's
+logit, in (0, 1)) and what ``score_threshold`` applies to; the fused score stays
+in ``Hit.fused_score``. A request's ``ranker`` picks: ``auto`` (the default: the
+reranker where one is configured), ``none`` (fusion only) or the reranker's name.
 """
 
 from __future__ import annotations
@@ -22,8 +31,11 @@ import re
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 
+import msgspec
+
 from serving.embedding import Embedder, EmbeddingRequest
 from serving.errors import BadRequestError, BastionError, FileTooLargeError, UnsupportedFileError
+from serving.rerank import Reranker, RerankRequest
 
 from .backend import ContextBackend
 from .chunking import TextTokenizer, static_chunks
@@ -95,11 +107,15 @@ class ContextService:
         config: ContextConfig,
         *,
         embed_max_tokens: int,
+        reranker: Reranker | None = None,
     ) -> None:
+        if (reranker.name if reranker is not None else None) != config.reranker:
+            raise ValueError(f"[context] reranker is {config.reranker!r}; the service was given another")
         self.backend = backend
         self.embedder = embedder
         self.tokenizer = tokenizer
         self.config = config
+        self.reranker = reranker
         self._embed_max_tokens = embed_max_tokens
         self._dimensions: int | None = None
 
@@ -249,9 +265,12 @@ class ContextService:
         score_threshold: float = 0.0,
         mode: SearchMode = SearchMode.HYBRID,
         charge: Charge | None = None,
+        ranker: str | None = None,
     ) -> list[Hit]:
-        """The best chunks of the tenant's stores for ``query``: fused, de-duplicated, at most
-        ``max_num_results``, none scoring below ``score_threshold`` (see ``node.context.fusion``)."""
+        """The best chunks of the tenant's stores for ``query``: fused (see ``node.context.fusion``),
+        reranked where ``ranker`` asks for it, de-duplicated, at most ``max_num_results``, none
+        scoring below ``score_threshold``."""
+        reranker = self.ranker(ranker)
         if not query.strip():
             raise BadRequestError("`query` must not be empty.", param="query")
         if not 1 <= max_num_results <= 50:
@@ -278,13 +297,12 @@ class ContextService:
             for sid, files in allowed.items():
                 vector += await self.backend.nearest(tenant, sid, qvec, depth, files)
             vector = sorted(vector, key=lambda c: c.raw)[:depth]
-        fused = [
-            f
-            for f in reciprocal_rank_fusion(fulltext, vector, self.config.rrf_k)
-            if f.score >= score_threshold
-        ]
-        # read a few more than asked: de-duplication may drop some
-        fused = fused[: 3 * max_num_results]
+        fused = reciprocal_rank_fusion(fulltext, vector, self.config.rrf_k)
+        if reranker is None:
+            # read a few more than asked: de-duplication may drop some
+            fused = [f for f in fused if f.score >= score_threshold][: 3 * max_num_results]
+        else:
+            fused = fused[: max(self.config.rerank_candidates, max_num_results)]
         chunks = await self.backend.read_chunks(tenant, [(f.store_id, f.key) for f in fused])
         read = {(c.store_id, c.key): c for c in chunks}  # a chunk erased since it was ranked is gone
         hits = [
@@ -297,7 +315,27 @@ class ContextService:
             for f in fused
             if (f.store_id, f.key) in read
         ]
+        if reranker is not None:
+            reranked = await _rerank(reranker, query, hits, charge)
+            hits = [h for h in reranked if h.score >= score_threshold]
         return dedupe(hits)[:max_num_results]
+
+    def ranker(self, ranker: str | None) -> Reranker | None:
+        """The reranker a request's ``ranking_options.ranker`` asks for: ``auto`` (or none given) the
+        configured one if any, ``none`` no reranking, or the configured one by name; else a 400."""
+        if ranker in (None, "auto"):
+            return self.reranker
+        if ranker == "none":
+            return None
+        if self.reranker is not None and ranker == self.reranker.name:
+            return self.reranker
+        known = ", ".join(
+            repr(r) for r in ("auto", "none", *((self.reranker.name,) if self.reranker else ()))
+        )
+        raise BadRequestError(
+            f"`ranker` {ranker!r} is not a ranker of this node (it has {known}).",
+            param="ranking_options.ranker",
+        )
 
     async def _allowed(self, tenant: str, store_id: str, filters: Filter | None) -> list[str] | None:
         """The store's files a filter lets through (None: no filter, every file). Without a filter
@@ -307,3 +345,23 @@ class ContextService:
             return None
         files = await self.backend.list_store_files(tenant, store_id)  # NotFoundError for another tenant's
         return [f.file_id for f in files if filters.matches(f.attributes)]
+
+
+async def _rerank(reranker: Reranker, query: str, hits: Sequence[Hit], charge: Charge | None) -> list[Hit]:
+    """``hits`` re-scored against ``query`` by the cross-encoder, best first (ties keep fused order)."""
+    if not hits:
+        return []
+    out = await reranker.rerank(
+        RerankRequest(
+            request_id=f"ctx-rerank-{uuid.uuid4().hex[:8]}",
+            query=query,
+            documents=tuple(h.chunk.text for h in hits),
+        )
+    )
+    if charge is not None:
+        charge(out.prompt_tokens)
+    rescored = [
+        msgspec.structs.replace(h, score=score, fused_score=h.score)
+        for h, score in zip(hits, out.scores, strict=True)
+    ]
+    return sorted(rescored, key=lambda h: -h.score)

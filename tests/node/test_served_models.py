@@ -11,6 +11,7 @@ from node.served import router_config, served_models
 from serving.embedding import LocalEmbedder
 from serving.engine import LocalEngine
 from serving.models import ModelsFile, load_models_file
+from serving.rerank import LocalReranker
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -50,7 +51,10 @@ def test_the_named_models_are_served(models: ModelsFile) -> None:
             "tenant 'globex' names model 'bastoin-tiny'",
         ),
         ({"acme": '["chta"]'}, "did you mean 'chat'?"),
-        ({"acme": '["zzz-unrelated"]'}, "(known: bastion-tiny, bastion-tiny-embed, chat)"),
+        (
+            {"acme": '["zzz-unrelated"]'},
+            "(known: bastion-tiny, bastion-tiny-embed, bastion-tiny-rerank, chat)",
+        ),
     ],
 )
 def test_a_name_no_model_or_alias_has_fails_naming_tenant_name_and_closest(
@@ -120,3 +124,59 @@ def test_the_router_gets_no_alias_for_an_embedding_model(models: ModelsFile, tmp
         "bastion-tiny-embed": LocalEmbedder(models.get("bastion-tiny-embed"), tmp_path),
     }
     assert [r.alias for r in router_config(config, local).routes] == ["bastion-tiny"]
+
+
+_AUDITED = 'path = "a.db"\nkek_env = "K"\nsigning_key_file = "s.key"\ncheckpoint_path = "cp"\n'
+
+
+def _reranking(reranker: str, serve: str = "") -> str:
+    base = _config({"acme": '["bastion-tiny", "bastion-tiny-embed"]'}).replace("enabled = false\n", _AUDITED)
+    return serve + base + f'[context]\nembedding_model = "bastion-tiny-embed"\nreranker = "{reranker}"\n'
+
+
+def test_the_context_reranker_is_served_and_never_routed(models: ModelsFile, tmp_path: Path) -> None:
+    config = decode_config(_reranking("bastion-tiny-rerank"))
+    assert served_models(config, models) == ["bastion-tiny", "bastion-tiny-embed", "bastion-tiny-rerank"]
+    local = {
+        "bastion-tiny": LocalEngine(models.get("bastion-tiny"), tmp_path),
+        "bastion-tiny-rerank": LocalReranker(models.get("bastion-tiny-rerank"), tmp_path),
+    }
+    assert [r.alias for r in router_config(config, local).routes] == ["bastion-tiny"]
+
+
+@pytest.mark.parametrize(
+    ("reranker", "serve", "message"),
+    [
+        (
+            "bastion-tiny-rerak",
+            "",
+            "[context] reranker 'bastion-tiny-rerak' is not in the models file; did you "
+            "mean 'bastion-tiny-rerank'?",
+        ),
+        (
+            "bastion-tiny-embed",
+            "",
+            "[context] reranker 'bastion-tiny-embed' is a embed model, not a reranker",
+        ),
+        ("bastion-tiny", "", "[context] reranker 'bastion-tiny' is a generate model, not a reranker"),
+        (
+            "bastion-tiny-rerank",
+            'serve = ["bastion-tiny", "bastion-tiny-embed"]\n',
+            "[context] reranker 'bastion-tiny-rerank' is a model `serve` leaves out",
+        ),
+    ],
+)
+def test_a_misconfigured_reranker_refuses_to_start_naming_it(
+    models: ModelsFile, reranker: str, serve: str, message: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        served_models(decode_config(_reranking(reranker, serve)), models)
+    assert message in str(caught.value)
+
+
+def test_a_reranker_is_neither_a_route_nor_a_tenant_model(models: ModelsFile) -> None:
+    routed = _config({"acme": '["chat"]'}, '[[routes]]\nalias = "chat"\nlocal = "bastion-tiny-rerank"\n')
+    with pytest.raises(ConfigError, match="names local model 'bastion-tiny-rerank', a reranker"):
+        served_models(decode_config(routed), models)
+    with pytest.raises(ConfigError, match="names model 'bastion-tiny-rerank', a reranker"):
+        served_models(decode_config(_config({"acme": '["bastion-tiny-rerank"]'})), models)

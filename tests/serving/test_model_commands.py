@@ -47,6 +47,7 @@ def test_build_dev_builds_into_the_data_folder_and_verifies(
     assert built == {
         "bastion-tiny": tmp_path / "data" / "models" / "bastion-tiny",
         "bastion-tiny-embed": tmp_path / "data" / "models" / "bastion-tiny-embed",
+        "bastion-tiny-rerank": tmp_path / "data" / "models" / "bastion-tiny-rerank",
     }
     assert {p.name: sha256_file(p) for p in built["bastion-tiny"].iterdir()} == tiny_spec.files
     embed = load_models_file(models_file).get("bastion-tiny-embed")
