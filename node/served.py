@@ -117,7 +117,7 @@ def _context_reranker(config: NodeConfig, models: ModelsFile, problems: list[str
         problems.append(f"[context] reranker {name!r} is not in the models file{_closest(name, known)}")
         return None
     if (task := models.get(name).task) != "rerank":
-        problems.append(f'[context] reranker {name!r} is a {task} model, not a reranker (task = "rerank")')
+        problems.append(f'[context] reranker {name!r} has task = "{task}": a reranker has task = "rerank"')
         return None
     return name
 

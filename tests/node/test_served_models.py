@@ -156,9 +156,9 @@ def test_the_context_reranker_is_served_and_never_routed(models: ModelsFile, tmp
         (
             "bastion-tiny-embed",
             "",
-            "[context] reranker 'bastion-tiny-embed' is a embed model, not a reranker",
+            "[context] reranker 'bastion-tiny-embed' has task = \"embed\"",
         ),
-        ("bastion-tiny", "", "[context] reranker 'bastion-tiny' is a generate model, not a reranker"),
+        ("bastion-tiny", "", "[context] reranker 'bastion-tiny' has task = \"generate\""),
         (
             "bastion-tiny-rerank",
             'serve = ["bastion-tiny", "bastion-tiny-embed"]\n',

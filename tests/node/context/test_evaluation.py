@@ -52,3 +52,9 @@ def test_eval_cli_refuses_bad_input(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert main(["context", "eval", "--store", "vs_x", "--tenant", "acme", "--queries", good]) == 2
     assert "give --config" in capsys.readouterr().err
     assert main(["context", "eval", "--corpus", "x", "--queries", good, "--k", "0"]) == 2
+    docs = str(CORPUS / "docs")
+    assert (
+        main(["context", "eval", "--corpus", docs, "--queries", good, "--reranker", "bastion-tiny-embed"])
+        == 2
+    )
+    assert "--reranker 'bastion-tiny-embed' has task = \"embed\"" in capsys.readouterr().err

@@ -9,11 +9,14 @@ import pytest
 import pytest_asyncio
 
 from node.context import ContextService, FileTokenizer, Hit, SqliteBackend
+from node.context.cli import format_report, index_folder
+from node.context.evaluation import RERANKED, evaluate, load_queries
 from serving.embedding import LocalEmbedder
 from serving.errors import BadRequestError
 from serving.rerank import LocalReranker, RerankRequest
 from tests.conftest import TINY_RERANK_NAME
 from tests.node.context.conftest import context_config
+from tests.node.context.test_evaluation import CORPUS
 
 pytestmark = pytest.mark.engine
 
@@ -116,3 +119,15 @@ def test_a_service_given_another_reranker_than_its_config_names_is_refused(
             embed_max_tokens=embed_engine.max_model_len,
             reranker=rerank_engine,
         )
+
+
+async def test_eval_adds_a_hybrid_rerank_row_with_a_reranker(reranking: ContextService) -> None:
+    queries = load_queries(CORPUS / "queries.jsonl")[:8]
+    store_id = await index_folder(reranking, "eval", CORPUS / "docs")
+    report = await evaluate(reranking, "eval", [store_id], queries, k=5)
+    assert list(report.overall) == ["hybrid", "vector", "fulltext", RERANKED]
+    assert report.overall[RERANKED].queries == 8 and 0 <= report.overall[RERANKED].mrr <= 1
+    # the modes rank without the reranker: hybrid is what a plain hybrid search gives
+    plain = await reranking.search("eval", [store_id], queries[0].query, max_num_results=5, ranker="none")
+    assert all(h.fused_score is None for h in plain)
+    assert "hybrid+rerank" in format_report(report)
