@@ -53,6 +53,9 @@ from .records import (
     VectorStore,
 )
 
+#: OpenAI's dated name for its default ranker: apps send it, and it means this node's default here
+_OPENAI_DEFAULT_RANKER = "default-2024-11-15"
+
 __all__ = ["Charge", "ContextService", "query_terms"]
 
 #: told the input tokens of each embedding made on a tenant's behalf (as the engine counted them)
@@ -321,16 +324,23 @@ class ContextService:
         return dedupe(hits)[:max_num_results]
 
     def ranker(self, ranker: str | None) -> Reranker | None:
-        """The reranker a request's ``ranking_options.ranker`` asks for: ``auto`` (or none given) the
+        """The reranker a request's ``ranking_options.ranker`` asks for: ``auto`` (or none given, or
+        OpenAI's other documented value, ``default-2024-11-15``: this node's default ranking) the
         configured one if any, ``none`` no reranking, or the configured one by name; else a 400."""
-        if ranker in (None, "auto"):
+        if ranker in (None, "auto", _OPENAI_DEFAULT_RANKER):
             return self.reranker
         if ranker == "none":
             return None
         if self.reranker is not None and ranker == self.reranker.name:
             return self.reranker
         known = ", ".join(
-            repr(r) for r in ("auto", "none", *((self.reranker.name,) if self.reranker else ()))
+            repr(r)
+            for r in (
+                "auto",
+                _OPENAI_DEFAULT_RANKER,
+                "none",
+                *((self.reranker.name,) if self.reranker else ()),
+            )
         )
         raise BadRequestError(
             f"`ranker` {ranker!r} is not a ranker of this node (it has {known}).",

@@ -82,17 +82,18 @@ async def test_search_is_reranked_audited_and_the_ranker_is_honoured(ctx: Ctx) -
     assert fused != reranked and max(fused) == pytest.approx(1.0)  # first in both rankings
     threshold = (reranked[1] + reranked[2]) / 2
     assert await search(score_threshold=threshold) == reranked[:2]
+    assert await search(ranker="default-2024-11-15") == reranked  # OpenAI's dated name: the default
     with pytest.raises(openai.BadRequestError) as refused:
-        await search(ranker="default-2024-11-15")
+        await search(ranker="default-2099-01-01")
     assert refused.value.status_code == 400 and "ranking_options.ranker" in str(refused.value.body)
 
     records = await audit_records_by_request(ctx.setup)
     searches = [r for rs in records.values() for r in rs if r["type"] == "context.search"]
     with_rerank = [r["meta"] for r in searches if "fused_scores" in r["meta"]]
     plain = [r["meta"] for r in searches if "fused_scores" not in r["meta"]]
-    # four reranked searches (default, auto, named, threshold), one fused only; the refused one is
-    # a context.rejected record
-    assert len(with_rerank) == 4 and len(plain) == 1
+    # five reranked searches (default, auto, named, OpenAI's dated default, threshold), one fused
+    # only; the refused one is a context.rejected record
+    assert len(with_rerank) == 5 and len(plain) == 1
     first = with_rerank[0]
     assert [round(s, 6) for s in reranked] == first["scores"] and len(first["chunks"]) == 4
     assert sorted(first["fused_scores"], reverse=True) == [round(s, 6) for s in fused]
