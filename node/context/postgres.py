@@ -34,7 +34,7 @@ from psycopg_pool import AsyncConnectionPool
 from audit.kek import KeyEncryptionKey
 from serving.errors import NotFoundError
 
-from .postgres_rows import STORE_COLS, store_file_of, vector_store_of
+from .postgres_rows import STORE_COLS, vector_store_of
 from .postgres_schema import chunk_table, create_store_table, migrate, vacuum
 from .records import (
     AttributeValue,
@@ -48,6 +48,7 @@ from .records import (
     StaticChunking,
     StoreFile,
     VectorStore,
+    store_file_of,
 )
 from .sealing import (
     FileKey,

@@ -7,9 +7,9 @@ from typing import Any
 
 import msgspec
 
-from .records import AttributeValue, FileStatus, StaticChunking, StoreFile, VectorStore
+from .records import FileStatus, VectorStore
 
-__all__ = ["STORE_COLS", "store_file_of", "vector_store_of"]
+__all__ = ["STORE_COLS", "vector_store_of"]
 
 STORE_COLS = "pk, id, tenant, name, metadata, created_at, embedding_model, dimensions, version"
 
@@ -32,20 +32,4 @@ def vector_store_of(row: Sequence[Any], counts: Sequence[Sequence[Any]]) -> Vect
         dimensions=dims,
         file_counts=by_status,
         usage_bytes=usage,
-    )
-
-
-def store_file_of(row: Sequence[Any]) -> StoreFile:
-    store_id, file_id, status, attributes, chunking, created, usage, chunks, error, code = row
-    return StoreFile(
-        store_id=store_id,
-        file_id=file_id,
-        status=FileStatus(status),
-        attributes=msgspec.json.decode(attributes, type=dict[str, AttributeValue]),
-        chunking=msgspec.json.decode(chunking, type=StaticChunking),
-        created_at=created,
-        usage_bytes=usage,
-        chunks=chunks,
-        last_error=error,
-        last_error_code=code,
     )

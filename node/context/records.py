@@ -9,7 +9,8 @@ objects. Ids are opaque strings (``vs_...``, ``file-...``); a chunk's id is
 from __future__ import annotations
 
 import enum
-from typing import Annotated
+from collections.abc import Sequence
+from typing import Annotated, Any
 
 import msgspec
 
@@ -27,6 +28,7 @@ __all__ = [
     "StoreFile",
     "VectorStore",
     "chunk_id",
+    "store_file_of",
 ]
 
 #: a file attribute's value (OpenAI: string, number or boolean)
@@ -181,3 +183,21 @@ class Erased(msgspec.Struct, frozen=True, kw_only=True):
     files: tuple[str, ...] = ()
     chunks: int = 0
     keys: int = 0
+
+
+def store_file_of(row: Sequence[Any]) -> StoreFile:
+    """A ``StoreFile`` from both backends' row of (store id, file id, status, attributes JSON,
+    chunking JSON, created, usage bytes, chunks, last error, its code)."""
+    store_id, file_id, status, attributes, chunking, created, usage, chunks, error, code = row
+    return StoreFile(
+        store_id=store_id,
+        file_id=file_id,
+        status=FileStatus(status),
+        attributes=msgspec.json.decode(attributes, type=dict[str, AttributeValue]),
+        chunking=msgspec.json.decode(chunking, type=StaticChunking),
+        created_at=created,
+        usage_bytes=usage,
+        chunks=chunks,
+        last_error=error,
+        last_error_code=code,
+    )

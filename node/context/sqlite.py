@@ -46,6 +46,7 @@ from .records import (
     StaticChunking,
     StoreFile,
     VectorStore,
+    store_file_of,
 )
 from .sealing import (
     FileKey,
@@ -81,6 +82,11 @@ _SF_COLS = (
         )
     )
     + ", sf.last_error, sf.last_error_code"
+)
+#: a store's (first parameter) chunk keys of some files (second: their ids, a JSON list)
+_KEYS_OF_FILES = (
+    "SELECT c.key FROM chunks c JOIN files f ON f.pk = c.file_pk"
+    " WHERE c.store_pk = ? AND f.id IN (SELECT value FROM json_each(?))"
 )
 _SF_FROM = "store_files sf JOIN stores s ON s.pk = sf.store_pk JOIN files f ON f.pk = sf.file_pk"
 
@@ -359,7 +365,7 @@ class SqliteBackend:
             (tenant, store_id, file_id),
             f"file '{file_id}' in vector store '{store_id}'",
         )
-        return _store_file_of(row)
+        return store_file_of(row)
 
     async def store_file(self, tenant: str, store_id: str, file_id: str) -> StoreFile:
         return await self._run(self._store_file, tenant, store_id, file_id)
@@ -371,7 +377,7 @@ class SqliteBackend:
                 f"SELECT {_SF_COLS} FROM {_SF_FROM} WHERE s.tenant = ? AND s.id = ? ORDER BY sf.rowid",  # noqa: S608
                 (tenant, store_id),
             )
-            return [_store_file_of(tuple(r)) for r in rows]
+            return [store_file_of(tuple(r)) for r in rows]
 
         return await self._run(go)
 
@@ -422,7 +428,7 @@ class SqliteBackend:
             " WHERE b.batch_pk = ? AND sf.store_pk = ? ORDER BY sf.rowid",
             (bpk, spk),
         )
-        files = tuple(_store_file_of(tuple(r)) for r in rows)
+        files = tuple(store_file_of(tuple(r)) for r in rows)
         return FileBatch(id=batch_id, store_id=store_id, created_at=created, files=files)
 
     async def get_batch(self, tenant: str, store_id: str, batch_id: str) -> FileBatch:
@@ -495,21 +501,13 @@ class SqliteBackend:
         """A rowid condition limiting a store's index to the chunks of ``file_ids``."""
         if file_ids is None:
             return "", ()
-        return (
-            " AND rowid IN (SELECT c.key FROM chunks c JOIN files f ON f.pk = c.file_pk"
-            " WHERE c.store_pk = ? AND f.id IN (SELECT value FROM json_each(?)))",
-            (spk, _json(sorted(file_ids)).decode()),
-        )
+        return f" AND rowid IN ({_KEYS_OF_FILES})", (spk, _json(sorted(file_ids)).decode())
 
     def _keys_of(self, spk: int, file_ids: Collection[str]) -> list[int]:
-        """The store's chunk keys of ``file_ids``."""
+        """The store's chunk keys of ``file_ids``, ascending."""
         return [
             r[0]
-            for r in self._all(
-                "SELECT c.key FROM chunks c JOIN files f ON f.pk = c.file_pk"
-                " WHERE c.store_pk = ? AND f.id IN (SELECT value FROM json_each(?))",
-                (spk, _json(sorted(file_ids)).decode()),
-            )
+            for r in self._all(_KEYS_OF_FILES + " ORDER BY c.key", (spk, _json(sorted(file_ids)).decode()))
         ]
 
     async def fulltext(
@@ -522,7 +520,7 @@ class SqliteBackend:
             if self._fulltext.enabled:
                 allowed = None
                 if file_ids is not None:
-                    allowed = np.array(sorted(self._keys_of(spk, file_ids)), dtype=np.int64)
+                    allowed = np.array(self._keys_of(spk, file_ids), dtype=np.int64)
                 found = self._fulltext.search(self._conn, spk, [_fts_query([t]) for t in terms], k, allowed)
                 return [Candidate(store_id=store_id, key=key, raw=-score) for key, score in found]
             cond, args = self._within(spk, file_ids)
@@ -645,19 +643,3 @@ class SqliteBackend:
     def _drop_store(self, store_pk: int) -> int:
         self._changed(store_pk)
         return drop_store(self._conn, store_pk)
-
-
-def _store_file_of(row: tuple[Any, ...]) -> StoreFile:
-    store_id, file_id, status, attributes, chunking, created, usage, chunks, error, code = row
-    return StoreFile(
-        store_id=store_id,
-        file_id=file_id,
-        status=FileStatus(status),
-        attributes=msgspec.json.decode(attributes, type=dict[str, AttributeValue]),
-        chunking=msgspec.json.decode(chunking, type=StaticChunking),
-        created_at=created,
-        usage_bytes=usage,
-        chunks=chunks,
-        last_error=error,
-        last_error_code=code,
-    )
