@@ -191,6 +191,10 @@ class ContextSection(ContextConfig, frozen=True, kw_only=True, forbid_unknown_fi
                 '`fulltext_cache_bytes` caches SQLite\'s BM25 score lists; backend = "postgres" ranks '
                 "in the server (ts_rank): remove it"
             )
+        if self.reranker is None and self.rerank_candidates != _default(self, "rerank_candidates"):
+            raise ValueError(
+                "`rerank_candidates` is how many chunks `reranker` re-scores; no reranker is set"
+            )
         if self.postgres is not None and not self.postgres.shared:
             raise ValueError(
                 "[context.postgres] names no database: set postgres_url_env, postgres_url_file "

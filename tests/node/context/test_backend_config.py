@@ -73,6 +73,8 @@ def test_postgres_with_its_own_database() -> None:
          ["`path` names the SQLite file", "$.context"]),
         (PG + "fulltext_cache_bytes = 1024\n[context.postgres]\npostgres_url_env = \"X\"\n",
          ["`fulltext_cache_bytes` caches SQLite"]),
+        # a reranker's setting with no reranker
+        (CONTEXT + "rerank_candidates = 5\n", ["`rerank_candidates`", "no reranker is set"]),
         # [context.postgres] with no URL in it
         (CONTEXT + 'backend = "postgres"\n[context.postgres]\nmax_connections = 3\n',
          ["[context.postgres] names no database"]),
